@@ -1,0 +1,21 @@
+import pytest
+import torch
+
+from workbench.config import MeanFlowConfig
+from workbench.meanflow import NETWORKS
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def mf(**overrides) -> MeanFlowConfig:
+    """A MeanFlowConfig with overrides (keyword form of --set meanflow.KEY=VALUE)."""
+    return MeanFlowConfig(**overrides)
+
+
+def small_net(arch: str = "mlp", time_cond: str = "(t,t-r)", num_classes: int = 0, shape=(2,), dtype=torch.float64):
+    options = {"mlp": {"width": 32, "depth": 2}, "unet": {"channels": 8, "channel_mult": (1, 2)},
+               "dit": {"hidden": 16, "depth": 1, "heads": 2, "patch_size": 2}}[arch]
+    return NETWORKS[arch](shape, num_classes, time_cond, **options).to(dtype)

@@ -1,0 +1,68 @@
+"""`wb`: a thin Typer shell over the library. Bad input exits 2 with a message naming the problem."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from workbench.config import ConfigError, RunConfig, describe, with_overrides
+from workbench.data import DataError
+
+app = typer.Typer(help="MeanFlow Workbench: train, ablate, search and report on one-step MeanFlow models.",
+                  no_args_is_help=True, rich_markup_mode=None)
+
+
+def _config_keys() -> str:
+    rows = [f"  {key} = {default!s}: {doc}" for key, default, doc in describe()]
+    return "\b\nConfig keys for --set KEY=VALUE (default: description):\n" + "\n".join(rows)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command(epilog=_config_keys())
+def train(
+    data: Annotated[Optional[str], typer.Option(help="Data set (shortcut for --set data.name=...).")] = None,
+    net: Annotated[Optional[str], typer.Option(help="Network: mlp, unet or dit (net.arch).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (train.steps).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Training seed (train.seed).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Config override KEY=VALUE; repeatable.")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/DATA-NET-TIME].")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last checkpoint.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
+) -> None:
+    """Train one MeanFlow model; writes config.json, checkpoint.pt, metrics.jsonl and samples.png."""
+    from workbench.train import train as run_training  # torch import is slow; keep --help fast
+
+    shortcuts = {"data.name": data, "net.arch": net, "train.steps": steps, "train.seed": seed}
+    overrides = [f"{k}={v}" for k, v in shortcuts.items() if v is not None] + list(set_ or [])
+    try:
+        if resume is not None:
+            if not (resume / "config.json").is_file():
+                _fail(f"--resume {resume}: no config.json there (is it a run folder?)")
+            config = RunConfig.model_validate_json((resume / "config.json").read_text())
+            if overrides:
+                _fail("--resume continues a run exactly as configured; drop --data/--net/--steps/--seed/--set")
+            folder = resume
+        else:
+            config = with_overrides(RunConfig(), overrides)
+            folder = run_dir or Path("runs") / f"{config.data.name}-{config.net.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if dry_run:
+            typer.echo(config.model_dump_json(indent=2))
+            return
+        result = run_training(config, folder, resume=resume is not None)
+    except (ConfigError, DataError, FileNotFoundError) as err:
+        _fail(str(err))
+    typer.echo(f"run folder: {result.run_dir}  (final loss {result.final_loss:.4f}, {result.steps_per_s:.1f} steps/s)")
+    typer.echo(f"samples:    {result.run_dir / 'samples.png'}")
+
+
+@app.command()
+def config() -> None:
+    """List every config key with its default and allowed values."""
+    for key, default, doc in describe():
+        typer.echo(f"{key} = {default!s}    # {doc}")

@@ -1,0 +1,200 @@
+"""One typed, frozen config per run. Defaults give a tiny CPU run (MLP on checkerboard).
+
+Dotted overrides (`meanflow.ratio=0.5`) are checked by pydantic: an unknown key or invalid value
+raises ConfigError naming the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from workbench.data import DATASETS
+from workbench.meanflow import NETWORKS, TANGENTS, TIME_CONDITIONINGS, parse_time_dist
+
+
+class ConfigError(ValueError):
+    """Bad config input; the message names the key, the value and what is allowed."""
+
+
+def F(default: Any, doc: str, **constraints: Any) -> Any:
+    """A field with its one-line description (shown by `wb train --help`) and constraints."""
+    return Field(default, description=doc, **constraints)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Frozen):
+    name: Literal[tuple(DATASETS)] = F("checkerboard", "data set")
+    path: str = F("", ".npz file or image folder, for name = npz / folder")
+    data_dir: str = F("data", "where torchvision sets live (MNIST/raw, cifar-10-batches-py)")
+    download: bool = F(False, "let torchvision download a missing set (needs internet)")
+
+
+class MLPConfig(_Frozen):
+    width: int = F(256, "hidden units", ge=1)
+    depth: int = F(3, "residual blocks", ge=1)
+
+
+class UNetConfig(_Frozen):
+    channels: int = F(32, "base channel count", ge=8)
+    channel_mult: tuple[int, ...] = F((1, 2), "per resolution level; H, W divisible by 2^(levels - 1)")
+    blocks: int = F(1, "residual blocks per level", ge=1)
+    dropout: float = F(0.0, "dropout rate inside residual blocks", ge=0, lt=1)
+
+
+class DiTConfig(_Frozen):
+    hidden: int = F(128, "token width", ge=8)
+    depth: int = F(4, "transformer blocks", ge=1)
+    heads: int = F(4, "attention heads (hidden divisible by heads)", ge=1)
+    patch_size: int = F(2, "pixels per patch side", ge=1)
+
+
+class NetConfig(_Frozen):
+    arch: Literal[tuple(NETWORKS)] = F("mlp", "network family")
+    time_cond: Literal[tuple(TIME_CONDITIONINGS)] = F("(t,t-r)", "which of t, r, t - r are embedded (Table 1c)")
+    mlp: MLPConfig = MLPConfig()
+    unet: UNetConfig = UNetConfig()
+    dit: DiTConfig = DiTConfig()
+
+
+class MeanFlowConfig(_Frozen):
+    ratio: float = F(0.25, "fraction of samples with r != t (Table 1a); 0 = Flow Matching", ge=0, le=1)
+    ratio_mask: Literal["random", "prefix"] = F("random", "which samples get r = t: random (PyTorch) or prefix (JAX)")
+    t_dist: str = F("lognorm(-0.4,1.0)", "time distribution (Table 1d): uniform(lo,hi) or lognorm(mu,sigma)")
+    r_dist: str = F("", "separate distribution for the second draw; empty = same as t_dist")
+    tangent: Literal[tuple(TANGENTS)] = F("(v,0,1)", "JVP tangent over (z, r, t) (Table 1b)")
+    adaptive_p: float = F(1.0, "adaptive loss weight power p (Table 1e); 0 = plain L2", ge=0)
+    adaptive_c: float = F(1e-3, "c in w = 1 / (||Delta||^2 + c)^p", gt=0)
+    cfg_omega: float = F(1.0, "guidance scale w (Table 1f); 1 with kappa 0 = no guidance", gt=0)
+    cfg_kappa: float = F(0.0, "mixing kappa (Table 5); effective scale w / (1 - kappa)", ge=0, lt=1)
+    cfg_t_lo: float = F(0.0, "guidance only for t in [cfg_t_lo, cfg_t_hi]", ge=0, le=1)
+    cfg_t_hi: float = F(1.0, "upper end of the guidance interval", ge=0, le=1)
+    class_drop: float = F(0.1, "fraction of labels replaced by the null class", ge=0, le=1)
+
+    @field_validator("t_dist", "r_dist")
+    @classmethod
+    def _dist(cls, spec: str) -> str:
+        if spec:
+            parse_time_dist(spec)
+        return spec.replace(" ", "")
+
+    @model_validator(mode="after")
+    def _interval(self) -> MeanFlowConfig:
+        if self.cfg_t_lo > self.cfg_t_hi:
+            raise ValueError(f"cfg_t_lo={self.cfg_t_lo} must be <= cfg_t_hi={self.cfg_t_hi}")
+        return self
+
+
+class OptimConfig(_Frozen):
+    name: Literal["adam", "adamw"] = F("adam", "optimizer")
+    lr: float = F(1e-3, "peak learning rate", gt=0)
+    betas: tuple[float, float] = F((0.9, 0.999), "Adam betas, e.g. 0.9,0.95")
+    weight_decay: float = F(0.0, "decoupled for adamw, L2 for adam", ge=0)
+    warmup_steps: int = F(0, "linear warmup from 0 to lr", ge=0)
+    decay: Literal["constant", "cosine"] = F("constant", "after warmup")
+    grad_clip: float = F(0.0, "max global gradient norm; 0 = off", ge=0)
+
+
+class TrainConfig(_Frozen):
+    steps: int = F(3000, "optimizer steps", ge=1)
+    batch_size: int = F(512, "samples per optimizer step", ge=1)
+    seed: int = F(0, "seeds init, batches, t, r, noise and class dropout", ge=0, lt=2**31)
+    ema_decay: float = F(0.999, "EMA of weights used for sampling; 0 = raw weights", ge=0, lt=1)
+    precision: Literal["fp32", "bf16"] = F("fp32", "bf16 autocast outside the JVP (the JVP stays fp32)")
+    device: Literal["auto", "cpu", "cuda"] = F("auto", "auto = cuda when available")
+    checkpoint_every: int = F(1000, "steps between checkpoints (--resume continues from the last)", ge=1)
+    log_every: int = F(50, "steps between logged metric rows", ge=1)
+
+
+class SampleConfig(_Frozen):
+    steps: int = F(1, "NFE of the sample picture (1 = one-step)", ge=1)
+    num_points: int = F(4000, "points in a 2D scatter", ge=1)
+    num_images: int = F(64, "images in a grid", ge=1)
+    seed: int = F(0, "noise seed: sample i depends only on (seed, i)", ge=0, lt=2**31)
+
+
+class RunConfig(_Frozen):
+    data: DataConfig = DataConfig()
+    net: NetConfig = NetConfig()
+    meanflow: MeanFlowConfig = MeanFlowConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+
+
+def validate(tree: dict[str, Any]) -> RunConfig:
+    """Nested dict -> RunConfig, or ConfigError naming the first bad key."""
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        value = first.get("input")
+        shown = "" if isinstance(value, dict) else f"={value!r}"
+        raise ConfigError(f"{key}{shown}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
+def with_overrides(config: RunConfig, overrides: list[str] | dict[str, Any]) -> RunConfig:
+    """Applies 'a.b=value' strings (or a {dotted key: value} dict) to config."""
+    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
+    tree = config.model_dump()
+    for key, value in items:
+        node, parts = tree, key.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                where = ".".join(parts[:depth]) or "the config"
+                allowed = ", ".join(node) if isinstance(node, dict) else "none (not a section)"
+                raise ConfigError(f"unknown key {key!r}: {where} has keys {allowed}")
+            if depth < len(parts) - 1:
+                node = node[part]
+        if isinstance(node[parts[-1]], dict):
+            raise ConfigError(f"{key!r} is a section; set one of its keys: {', '.join(node[parts[-1]])}")
+        node[parts[-1]] = _parse(value, node[parts[-1]])
+    return validate(tree)
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} is not KEY=VALUE (e.g. meanflow.ratio=0.5)")
+    return key.strip(), value.strip()
+
+
+def _parse(value: Any, current: Any) -> Any:
+    """Strings from the command line; tuples as '1,2,2' or '(1,2,2)'; pydantic coerces the rest."""
+    if isinstance(value, str) and isinstance(current, (tuple, list)):
+        return [part for part in value.strip("()[] ").split(",") if part.strip()]
+    return value
+
+
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def describe() -> list[tuple[str, Any, str]]:
+    """(dotted key, default, description with allowed values) for every config field."""
+    def walk(model: type[BaseModel], prefix: str) -> list[tuple[str, Any, str]]:
+        rows = []
+        for name, field in model.model_fields.items():
+            if isinstance(field.default, BaseModel):
+                rows += walk(type(field.default), f"{prefix}{name}.")
+                continue
+            choices = getattr(field.annotation, "__args__", ())
+            allowed = f" [{' | '.join(map(str, choices))}]" if get_origin(field.annotation) is Literal else ""
+            bounds = ", ".join(f"{symbol} {getattr(m, op)}" for m in field.metadata
+                               for op, symbol in _BOUNDS.items() if hasattr(m, op))
+            rows.append((f"{prefix}{name}", field.default, f"{field.description}{allowed}{f' ({bounds})' if bounds else ''}"))
+        return rows
+    return walk(RunConfig, "")
+
+
+def flatten(config: RunConfig) -> dict[str, Any]:
+    """RunConfig -> {'meanflow.ratio': 0.25, ...} (tuples kept)."""
+    def walk(node: dict, prefix: str) -> dict[str, Any]:
+        out = {}
+        for key, value in node.items():
+            out.update(walk(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+    return walk(config.model_dump(), "")

@@ -1,0 +1,61 @@
+"""How a network sees (t, r) and the class label (Table 1c). Every network uses this module."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# Which scalars of (t, r) the network is given; each gets its own sinusoidal + MLP embedder.
+TIME_CONDITIONINGS = {
+    "(t,r)": lambda t, r: (t, r),
+    "(t,t-r)": lambda t, r: (t, t - r),
+    "(t,r,t-r)": lambda t, r: (t, r, t - r),
+    "t-r": lambda t, r: (t - r,),
+}
+
+
+def sinusoidal(s: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """(B,) scalars in [0, 1] -> (B, dim) features; scaled by 1000 like DiT's diffusion steps."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=s.dtype, device=s.device) / half)
+    args = 1000.0 * s[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class ScalarEmbedder(nn.Module):
+    """Embeds one time scalar: sinusoidal features -> Linear -> SiLU -> Linear (DiT's TimestepEmbedder)."""
+
+    def __init__(self, dim: int, freq_dim: int = 128):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sinusoidal(s, self.freq_dim))
+
+
+class Conditioning(nn.Module):
+    """(t, r, labels) -> (B, dim): sum of per-scalar time embeddings and the label embedding.
+
+    Labels are integers in [0, num_classes]; num_classes itself is the null class (classifier-free
+    guidance), and labels=None means null for every sample.
+    """
+
+    def __init__(self, dim: int, time_cond: str, num_classes: int = 0):
+        super().__init__()
+        if time_cond not in TIME_CONDITIONINGS:
+            raise ValueError(f"time_cond {time_cond!r} not in {sorted(TIME_CONDITIONINGS)}")
+        self.select = TIME_CONDITIONINGS[time_cond]
+        n_scalars = len(self.select(torch.zeros(1), torch.zeros(1)))
+        self.embedders = nn.ModuleList(ScalarEmbedder(dim) for _ in range(n_scalars))
+        self.num_classes = num_classes
+        self.label_embedding = nn.Embedding(num_classes + 1, dim) if num_classes else None
+
+    def forward(self, t: torch.Tensor, r: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        c = sum(embed(s) for embed, s in zip(self.embedders, self.select(t, r)))
+        if self.label_embedding is not None:
+            if labels is None:
+                labels = torch.full(t.shape, self.num_classes, dtype=torch.long, device=t.device)
+            c = c + self.label_embedding(labels)
+        return c

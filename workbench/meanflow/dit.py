@@ -1,0 +1,92 @@
+"""A small DiT (Peebles & Xie) with adaLN-Zero blocks, written so that torch.func.jvp works.
+
+The fused scaled_dot_product_attention kernels have no forward-mode AD, so attention here is the
+plain matmul-softmax form.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .conditioning import Conditioning
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        weights = (q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5).softmax(dim=-1)
+        return self.proj((weights @ v).transpose(1, 2).reshape(b, n, d))
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        nn.init.zeros_(self.adaLN[-1].weight)
+        nn.init.zeros_(self.adaLN[-1].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(c).chunk(6, dim=1)
+        x = x + gate1[:, None] * self.attn(_modulate(self.norm1(x), shift1, scale1))
+        return x + gate2[:, None] * self.mlp(_modulate(self.norm2(x), shift2, scale2))
+
+
+class DiT(nn.Module):
+    """u(z, t, r, labels) for z of shape (B, C, H, W), H and W divisible by patch_size."""
+
+    def __init__(
+        self,
+        data_shape: tuple[int, ...],
+        num_classes: int,
+        time_cond: str,
+        hidden: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        patch_size: int = 2,
+    ):
+        super().__init__()
+        c_img, height, width = data_shape
+        if height % patch_size or width % patch_size or hidden % heads:
+            raise ValueError(f"DiT: {height}x{width} not divisible by patch {patch_size}, or hidden {hidden} by heads {heads}")
+        self.num_classes, self.patch, self.data_shape = num_classes, patch_size, data_shape
+        self.cond = Conditioning(hidden, time_cond, num_classes)
+        self.patchify = nn.Conv2d(c_img, hidden, patch_size, stride=patch_size)
+        self.pos = nn.Parameter(0.02 * torch.randn(1, (height // patch_size) * (width // patch_size), hidden))
+        self.blocks = nn.ModuleList(DiTBlock(hidden, heads) for _ in range(depth))
+        self.final_norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.final_adaLN = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+        self.final = nn.Linear(hidden, patch_size * patch_size * c_img)
+        for layer in (self.final_adaLN[-1], self.final):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        c = self.cond(t, r, labels)
+        x = self.patchify(z).flatten(2).transpose(1, 2) + self.pos
+        for block in self.blocks:
+            x = block(x, c)
+        shift, scale = self.final_adaLN(c).chunk(2, dim=1)
+        x = self.final(_modulate(self.final_norm(x), shift, scale))
+        return self._unpatchify(x)
+
+    def _unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        c, h, w = self.data_shape
+        p = self.patch
+        x = x.view(x.shape[0], h // p, w // p, p, p, c)
+        return x.permute(0, 5, 1, 3, 2, 4).reshape(x.shape[0], c, h, w)

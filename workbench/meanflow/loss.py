@@ -1,0 +1,86 @@
+"""The MeanFlow objective (Geng et al. 2025), a pure function of its inputs.
+
+Convention: z_t = (1 - t) x + t e, v = e - x, r <= t; net(z, t, r, labels) predicts the average
+velocity u(z_t, r, t) = 1/(t - r) int_r^t v(z_s, s) ds. The MeanFlow identity (Eq. 6)
+    u(z_t, r, t) = v(z_t, t) - (t - r) d/dt u(z_t, r, t),   d/dt u = v d_z u + d_t u,
+gives the regression target u_tgt = v - (t - r) JVP(u; tangent (v, 0, 1) over (z, r, t)) (Eq. 10).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch.func import jvp
+
+if TYPE_CHECKING:
+    from workbench.config import MeanFlowConfig
+
+Net = Callable[..., torch.Tensor]
+
+# Tangent over (z, r, t) as (uses v, dr, dt) (Table 1b); only (v,0,1) is the true d/dt u.
+TANGENTS = {"(v,0,1)": (1.0, 0.0, 1.0), "(v,0,0)": (1.0, 0.0, 0.0), "(v,1,0)": (1.0, 1.0, 0.0), "(v,1,1)": (1.0, 1.0, 1.0)}
+
+
+def _expand(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, ..., 1) to broadcast against a batch shaped like `like`."""
+    return s.view(-1, *([1] * (like.dim() - 1)))
+
+
+def guided_velocity(
+    net: Net, z: torch.Tensor, t: torch.Tensor, v: torch.Tensor, labels: torch.Tensor | None,
+    dropped: torch.Tensor | None, config: MeanFlowConfig,
+) -> torch.Tensor:
+    """v~ = w v + kappa u(z, t, t | c) + (1 - w - kappa) u(z, t, t | null) (Eq. 13 / 19), no gradient.
+
+    Applied only where t is in [cfg_t_lo, cfg_t_hi] and the label was not dropped; elsewhere v.
+    """
+    omega, kappa = config.cfg_omega, config.cfg_kappa
+    if labels is None or (omega == 1.0 and kappa == 0.0):
+        return v
+    with torch.no_grad():
+        null = torch.full_like(labels, net.num_classes)
+        v_tilde = omega * v + (1.0 - omega - kappa) * net(z, t, t, null)
+        if kappa != 0.0:
+            v_tilde = v_tilde + kappa * net(z, t, t, labels)
+    guided = (t >= config.cfg_t_lo) & (t <= config.cfg_t_hi)
+    if dropped is not None:
+        guided = guided & ~dropped
+    return torch.where(_expand(guided, v), v_tilde, v)
+
+
+def adaptive_weight(err: torch.Tensor, p: float, c: float) -> torch.Tensor:
+    """w = 1 / (||Delta||^2 + c)^p, stop-gradient (Sec. 4.3); p = 0 is plain squared L2."""
+    return 1.0 / (err.detach() + c) ** p
+
+
+def meanflow_loss(
+    net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, noise: torch.Tensor,
+    config: MeanFlowConfig, labels: torch.Tensor | None = None, dropped: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """MeanFlow loss for data x (B, ...), times t >= r (B,), noise e like x.
+
+    labels (B,) ints and dropped (B,) bools (class dropout: those samples get the null class
+    net.num_classes and the unguided target). Returns (scalar loss, detached metrics).
+    """
+    z = (1 - _expand(t, x)) * x + _expand(t, x) * noise
+    v = noise - x
+    if labels is not None and dropped is not None:
+        labels = torch.where(dropped, torch.full_like(labels, net.num_classes), labels)
+    v_tilde = guided_velocity(net, z, t, v, labels, dropped, config)
+
+    # u and d/dt u in one forward-mode pass; the JVP stays fp32 even under bf16 autocast.
+    _, dr, dt = TANGENTS[config.tangent]
+    with torch.autocast(z.device.type, enabled=False):
+        u, dudt = jvp(
+            lambda z_, r_, t_: net(z_, t_, r_, labels),
+            (z, r, t),
+            (v_tilde, torch.full_like(r, dr), torch.full_like(t, dt)),
+        )
+    u_tgt = (v_tilde - _expand(t - r, x) * dudt).detach()
+
+    err = (u - u_tgt).pow(2).flatten(1).sum(dim=1)  # summed over data dimensions
+    weight = adaptive_weight(err, config.adaptive_p, config.adaptive_c)
+    loss = (weight * err).mean()
+    metrics = {"loss": loss.detach(), "mse": err.detach().mean(), "weight_mean": weight.mean(),
+               "frac_r_neq_t": (r != t).float().mean()}
+    return loss, metrics

@@ -1,0 +1,9 @@
+"""Network registry: name -> constructor(data_shape, num_classes, time_cond, **arch_options).
+
+Every network is called net(z, t, r, labels=None) and returns the average velocity u, shaped like z.
+"""
+from .dit import DiT
+from .mlp import MLP
+from .unet import UNet
+
+NETWORKS = {"mlp": MLP, "unet": UNet, "dit": DiT}

@@ -1,0 +1,34 @@
+"""Trackers: where a training run sends its metric rows. Training calls a tracker, never MLflow."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+
+class Tracker(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+class JsonlTracker:
+    """Appends one JSON row per log call to run_dir/metrics.jsonl.
+
+    On resume from step s, rows after s are dropped first: they are about to be recomputed.
+    """
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            kept = [row for row in rows if row["step"] <= resume_step]
+            path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        elif resume_step is None:
+            path.write_text("")
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,0 +1,174 @@
+"""One training run: data + network + MeanFlow objective + EMA, checkpoints and exact resume."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from workbench import plots
+from workbench.config import ConfigError, RunConfig
+from workbench.data import Dataset, load_data
+from workbench.meanflow import NETWORKS, index_noise, meanflow_loss, sample_meanflow, sample_t_r
+from workbench.tracking import JsonlTracker, Tracker
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    ema: nn.Module  # the EMA network, used for sampling and evaluation
+    steps_per_s: float
+    final_loss: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device='cuda': no CUDA device is available (use auto or cpu)")
+    return torch.device(name)
+
+
+def build_net(config: RunConfig, data: Dataset) -> nn.Module:
+    arch = config.net.arch
+    if arch != "mlp" and data.kind != "images":
+        raise ConfigError(f"net.arch={arch!r} needs image data; data.name={config.data.name!r} is 2D points (use mlp)")
+    options = getattr(config.net, arch).model_dump()
+    try:
+        return NETWORKS[arch](data.shape, data.num_classes, config.net.time_cond, **options)
+    except ValueError as err:
+        raise ConfigError(f"net.{arch}: {err}") from None
+
+
+def ema_model(net: nn.Module, decay: float) -> AveragedModel:
+    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def learning_rate(step: int, config: RunConfig) -> float:
+    """Linear warmup to optim.lr, then constant or cosine decay to 0 at train.steps."""
+    optim, total = config.optim, config.train.steps
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    if optim.decay == "cosine":
+        progress = (step - optim.warmup_steps) / max(1, total - optim.warmup_steps)
+        return optim.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return optim.lr
+
+
+def make_optimizer(net: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    kind = torch.optim.AdamW if config.optim.name == "adamw" else torch.optim.Adam
+    return kind(net.parameters(), lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay)
+
+
+def draw_batch(data: Dataset, config: RunConfig, generator: torch.Generator) -> dict[str, torch.Tensor | None]:
+    """All per-step randomness from one CPU generator, so a resumed run repeats it exactly."""
+    batch_size = config.train.batch_size
+    index = torch.randint(len(data.x), (batch_size,), generator=generator)
+    t, r = sample_t_r(batch_size, config.meanflow, generator)
+    noise = torch.randn((batch_size, *data.shape), generator=generator)
+    labels = dropped = None
+    if data.labels is not None and data.num_classes:
+        labels = data.labels[index]
+        dropped = torch.rand(batch_size, generator=generator) < config.meanflow.class_drop
+    return {"x": data.x[index], "t": t, "r": r, "noise": noise, "labels": labels, "dropped": dropped}
+
+
+def save_checkpoint(path: Path, step: int, net, ema, optimizer, generator: torch.Generator) -> None:
+    state = {"step": step, "net": net.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+             "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: an interrupted save never leaves a broken checkpoint
+
+
+def save_samples(ema: nn.Module, data: Dataset, config: RunConfig, path: Path, device: torch.device) -> None:
+    """Picture of samples from the EMA weights at sample.steps NFE (noise fixed per index)."""
+    n = config.sample.num_points if data.kind == "points" else config.sample.num_images
+    noise = index_noise(config.sample.seed, range(n), data.shape).to(device)
+    labels = None
+    if data.num_classes and data.kind == "images":  # show each class in turn
+        labels = (torch.arange(n) % data.num_classes).to(device)
+    x = sample_meanflow(ema, noise, config.sample.steps, labels).float().cpu()
+    title = f"{config.sample.steps}-NFE samples"
+    if data.kind == "points":
+        plots.scatter(x, data.x[:n], path, title)
+    else:
+        plots.image_grid(x, path, title)
+
+
+def train(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tracker | None = None,
+          progress: bool = True) -> TrainResult:
+    """Trains one model per `config` into run_dir (config.json, checkpoint.pt, metrics.jsonl, samples.png)."""
+    device = resolve_device(config.train.device)
+    data = load_data(config.data.name, "train", path=config.data.path, data_dir=config.data.data_dir,
+                     download=config.data.download)
+    torch.manual_seed(config.train.seed)
+    net = build_net(config, data).to(device)
+    ema = ema_model(net, config.train.ema_decay)
+    optimizer = make_optimizer(net, config)
+    generator = torch.Generator().manual_seed(config.train.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path, start = run_dir / CHECKPOINT, 0
+    if resume:
+        start = _restore(checkpoint_path, net, ema, optimizer, generator)
+    else:
+        (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
+    tracker = tracker or JsonlTracker(run_dir / "metrics.jsonl", resume_step=start if resume else None)
+    data = data.to(device)
+
+    bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, disable=not progress,
+               desc=run_dir.name, dynamic_ncols=True)
+    clock, loss_sum, loss_count, last_row = time.perf_counter(), 0.0, 0, {}
+    for step in bar:
+        # Sample x, t, r, noise, class dropout.
+        batch = {k: (v.to(device) if v is not None else None) for k, v in draw_batch(data, config, generator).items()}
+        # Loss (bf16 autocast outside the JVP when asked for).
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.precision == "bf16"):
+            loss, metrics = meanflow_loss(net, batch["x"], batch["t"], batch["r"], batch["noise"], config.meanflow,
+                                          labels=batch["labels"], dropped=batch["dropped"])
+        # Update weights.
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.optim.grad_clip > 0:
+            metrics["grad_norm"] = nn.utils.clip_grad_norm_(net.parameters(), config.optim.grad_clip)
+        optimizer.step()
+        # Update EMA.
+        ema.update_parameters(net)
+        # Log (values are averaged since the last row; one .item() sync per row, not per step).
+        loss_sum, loss_count = loss_sum + metrics["loss"], loss_count + 1
+        if (step + 1) % config.train.log_every == 0 or step + 1 == config.train.steps:
+            steps_per_s = loss_count / (time.perf_counter() - clock)
+            last_row = {k: float(v) for k, v in metrics.items()} | {
+                "loss": float(loss_sum) / loss_count, "lr": learning_rate(step, config), "steps_per_s": steps_per_s}
+            tracker.log_metrics(last_row, step + 1)
+            bar.set_postfix(loss=f"{last_row['loss']:.4f}")
+            clock, loss_sum, loss_count = time.perf_counter(), 0.0, 0
+        # Save checkpoint.
+        if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == config.train.steps:
+            save_checkpoint(checkpoint_path, step + 1, net, ema, optimizer, generator)
+    bar.close()
+
+    save_samples(ema.module, data, config, run_dir / "samples.png", device)
+    return TrainResult(run_dir, ema.module, last_row.get("steps_per_s", math.nan), last_row.get("loss", math.nan))
+
+
+def _restore(path: Path, net, ema, optimizer, generator: torch.Generator) -> int:
+    if not path.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    net.load_state_dict(state["net"])
+    ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["step"]
