@@ -35,7 +35,7 @@ def image_grid(images: torch.Tensor, path: Path, title: str) -> None:
         row, col = divmod(i, side)
         grid[:, row * (h + 1):row * (h + 1) + h, col * (w + 1):col * (w + 1) + w] = image
     fig, ax = plt.subplots(figsize=(4, 4))
-    picture = (grid.permute(1, 2, 0) + 1) / 2
+    picture = ((grid.permute(1, 2, 0) + 1) / 2).numpy()
     ax.imshow(picture.squeeze(-1) if c == 1 else picture, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
     ax.set_title(title)
     ax.axis("off")

@@ -18,6 +18,7 @@ class JsonlTracker:
 
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and path.exists():
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             kept = [row for row in rows if row["step"] <= resume_step]

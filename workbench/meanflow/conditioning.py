@@ -16,10 +16,16 @@ TIME_CONDITIONINGS = {
 
 
 def sinusoidal(s: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """(B,) scalars in [0, 1] -> (B, dim) features; scaled by 1000 like DiT's diffusion steps."""
+    """(B,) scalars in [0, 1] -> (B, dim) features, frequencies 1 down to 1/max_period.
+
+    No x1000 scaling as in DiT's step embedding: d/dt u enters the target multiplied by (t - r), and
+    with 1000 t the embedding's derivative is up to 1000x larger. Measured on checkerboard (MLP 3x256,
+    3000 steps): 1-NFE energy distance 0.12 with the x1000 scale, 0.009 without; on Gaussian data the
+    x1000 scale made training diverge (loss 1e5).
+    """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=s.dtype, device=s.device) / half)
-    args = 1000.0 * s[:, None] * freqs[None]
+    args = s[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 

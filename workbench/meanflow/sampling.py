@@ -3,22 +3,20 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 Net = Callable[..., torch.Tensor]
 
 
 def index_noise(seed: int, indices: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
-    """(len(indices), *shape) Gaussian noise where row i depends only on (seed, indices[i]).
+    """(len(indices), *shape) float32 Gaussian noise where row i depends only on (seed, indices[i]).
 
-    Sample i of an evaluation is then the same across cells, batch sizes and workers.
+    Sample i of an evaluation is then the same across cells, batch sizes and workers. numpy's
+    SeedSequence hashes the pair (torch.manual_seed would keep only 32 bits of a combined seed).
     """
-    generator = torch.Generator()
-    rows = []
-    for i in indices:
-        generator.manual_seed((seed << 32) + int(i))
-        rows.append(torch.randn(shape, generator=generator))
-    return torch.stack(rows)
+    rows = [np.random.default_rng([seed, int(i)]).standard_normal(shape, dtype=np.float32) for i in indices]
+    return torch.from_numpy(np.stack(rows)) if rows else torch.empty(0, *shape)
 
 
 def time_schedule(steps: int | Sequence[float]) -> torch.Tensor:

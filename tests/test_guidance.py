@@ -1,0 +1,88 @@
+"""Classifier-free guidance in training (Eq. 13 / 19) and class dropout."""
+import torch
+
+from conftest import mf, small_net
+from workbench.meanflow import guided_velocity, meanflow_loss
+
+B, K = 12, 3
+
+
+class TableNet(torch.nn.Module):
+    """u(z, t, r | c) = a fixed vector per class (null = K): makes guided targets hand-computable."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.num_classes = K
+        self.table = table  # (K + 1, 2)
+        self.calls = []
+
+    def forward(self, z, t, r, labels=None):
+        self.calls.append(labels)
+        return self.table[labels] + 0 * z
+
+
+def inputs():
+    z, v = torch.randn(B, 2, dtype=torch.float64), torch.randn(B, 2, dtype=torch.float64)
+    t = torch.rand(B, dtype=torch.float64)
+    labels = torch.randint(0, K, (B,))
+    return z, t, v, labels
+
+
+def test_w1_kappa0_is_the_unguided_target():
+    z, t, v, labels = inputs()
+    net = small_net(num_classes=K)
+    assert torch.equal(guided_velocity(net, z, t, v, labels, None, mf(cfg_omega=1.0, cfg_kappa=0.0)), v)
+
+
+def test_kappa_form():
+    z, t, v, labels = inputs()
+    table = torch.randn(K + 1, 2, dtype=torch.float64)
+    w, kappa = 2.5, 0.4
+    out = guided_velocity(TableNet(table), z, t, v, labels, None, mf(cfg_omega=w, cfg_kappa=kappa))
+    expected = w * v + kappa * table[labels] + (1 - w - kappa) * table[K]
+    assert torch.allclose(out, expected)
+
+
+def test_effective_scale_is_w_over_one_minus_kappa():
+    """If u(.|c) already equals its own guided target, u(.|c) = w' v + (1 - w') u(.|null), w' = w / (1 - kappa)."""
+    z, t, v, labels = inputs()
+    v = torch.ones(B, 2, dtype=torch.float64) * torch.tensor([0.3, -1.2], dtype=torch.float64)  # one v per batch
+    w, kappa = 1.8, 0.1
+    w_eff = w / (1 - kappa)
+    table = torch.zeros(K + 1, 2, dtype=torch.float64)
+    table[K] = torch.tensor([0.7, 0.2])
+    table[:K] = w_eff * v[0] + (1 - w_eff) * table[K]  # the fixed point for every class
+    out = guided_velocity(TableNet(table), z, t, v, labels, None, mf(cfg_omega=w, cfg_kappa=kappa))
+    assert torch.allclose(out, table[labels])
+
+
+def test_guidance_only_inside_interval():
+    z, t, v, labels = inputs()
+    t = torch.linspace(0, 1, B, dtype=torch.float64)
+    table = torch.randn(K + 1, 2, dtype=torch.float64)
+    out = guided_velocity(TableNet(table), z, t, v, labels, None, mf(cfg_omega=3.0, cfg_t_lo=0.3, cfg_t_hi=0.7))
+    inside = (t >= 0.3) & (t <= 0.7)
+    assert torch.equal(out[~inside], v[~inside])
+    assert torch.allclose(out[inside], 3.0 * v[inside] - 2.0 * table[K])
+
+
+def test_dropped_samples_use_null_class_and_v():
+    x, noise = torch.randn(B, 2, dtype=torch.float64), torch.randn(B, 2, dtype=torch.float64)
+    t = torch.rand(B, dtype=torch.float64)
+    r = t * 0.5
+    labels = torch.randint(0, K, (B,))
+    dropped = torch.arange(B) % 3 == 0
+    net = small_net(num_classes=K)
+    config = mf(cfg_omega=2.0, adaptive_p=0.0)
+    loss_drop, _ = meanflow_loss(net, x, t, r, noise, config, labels=labels, dropped=dropped)
+    # Independent: dropped rows computed as unconditional, unguided; kept rows with guidance.
+    null = torch.full_like(labels, K)
+    loss_null, _ = meanflow_loss(net, x[dropped], t[dropped], r[dropped], noise[dropped], mf(adaptive_p=0.0), labels=null[dropped])
+    loss_kept, _ = meanflow_loss(net, x[~dropped], t[~dropped], r[~dropped], noise[~dropped], config, labels=labels[~dropped])
+    n = int(dropped.sum())
+    assert torch.allclose(loss_drop, (n * loss_null + (B - n) * loss_kept) / B, rtol=1e-10)
+
+    recorder = TableNet(torch.zeros(K + 1, 2, dtype=torch.float64))
+    meanflow_loss(recorder, x, t, r, noise, config, labels=labels, dropped=dropped)
+    jvp_labels = recorder.calls[-1]
+    assert bool((jvp_labels[dropped] == K).all()) and torch.equal(jvp_labels[~dropped], labels[~dropped])

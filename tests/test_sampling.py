@@ -1,0 +1,56 @@
+"""Samplers and per-index noise."""
+import pytest
+import torch
+
+from workbench.meanflow import index_noise, sample_euler, sample_meanflow, time_schedule
+
+
+class Recorder(torch.nn.Module):
+    """u = a constant c; records the (t, r) of every call."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c, self.calls = c, []
+
+    def forward(self, z, t, r, labels=None):
+        self.calls.append((t.clone(), r.clone()))
+        return self.c.expand_as(z)
+
+
+def test_index_noise_depends_only_on_seed_and_index():
+    full = index_noise(3, range(10), (2, 4))
+    assert torch.equal(index_noise(3, [5, 6], (2, 4)), full[5:7])
+    assert not torch.equal(index_noise(4, [5], (2, 4))[0], full[5])
+
+
+def test_one_nfe_is_e_minus_u_at_r0_t1():
+    e = torch.randn(5, 2)
+    net = Recorder(torch.tensor([0.5, -1.0]))
+    x = sample_meanflow(net, e, 1)
+    assert torch.allclose(x, e - torch.tensor([0.5, -1.0]))
+    (t, r), = net.calls
+    assert bool((t == 1).all()) and bool((r == 0).all())
+
+
+def test_k_nfe_follows_the_schedule():
+    e = torch.randn(5, 2)
+    net = Recorder(torch.tensor([1.0, 2.0]))
+    x = sample_meanflow(net, e, [1.0, 0.6, 0.0])
+    # Steps of length 0.4 and 0.6 with constant u: total displacement = u.
+    assert torch.allclose(x, e - torch.tensor([1.0, 2.0]))
+    assert [float(v[0]) for call in net.calls for v in call] == pytest.approx([1.0, 0.6, 0.6, 0.0])
+
+
+def test_euler_uses_instantaneous_velocity():
+    net = Recorder(torch.tensor([1.0, 0.0]))
+    sample_euler(net, torch.randn(3, 2), 4)
+    assert len(net.calls) == 4
+    assert all(torch.equal(t, r) for t, r in net.calls)
+    assert [float(t[0]) for t, _ in net.calls] == pytest.approx([1.0, 0.75, 0.5, 0.25])
+
+
+def test_schedule_validation():
+    assert torch.allclose(time_schedule(2), torch.tensor([1.0, 0.5, 0.0]))
+    for bad in ([1.0, 0.5], [0.9, 0.0], [1.0, 0.5, 0.6, 0.0]):
+        with pytest.raises(ValueError):
+            time_schedule(bad)

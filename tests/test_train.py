@@ -1,0 +1,83 @@
+"""Training: exact resume, learning-rate schedule, run folder contents."""
+import json
+
+import pytest
+import torch
+
+from workbench.config import ConfigError, RunConfig, with_overrides
+from workbench.data import load_data
+from workbench.train import build_net, learning_rate, train
+from workbench.tracking import JsonlTracker
+
+TINY = {"net.mlp.width": 16, "net.mlp.depth": 1, "train.batch_size": 32, "train.steps": 20, "train.log_every": 5,
+        "train.checkpoint_every": 10, "sample.num_points": 50, "train.device": "cpu"}
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptingTracker(JsonlTracker):
+    """Stops training right after logging step `at` (as a killed process would)."""
+
+    def __init__(self, path, at):
+        super().__init__(path)
+        self.at = at
+
+    def log_metrics(self, metrics, step):
+        super().log_metrics(metrics, step)
+        if step == self.at:
+            raise Interrupt
+
+
+@pytest.mark.parametrize("extra", [{}, {"data.name": "gaussians", "meanflow.cfg_omega": 2.0}])
+def test_resume_continues_exactly(tmp_path, extra):
+    config = with_overrides(RunConfig(), {**TINY, **extra, "optim.decay": "cosine", "optim.warmup_steps": 4})
+    straight = train(config, tmp_path / "straight", progress=False)
+    with pytest.raises(Interrupt):
+        train(config, tmp_path / "resumed", tracker=InterruptingTracker(tmp_path / "resumed" / "metrics.jsonl", 15),
+              progress=False)
+    resumed = train(config, tmp_path / "resumed", resume=True, progress=False)
+    for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        assert torch.equal(a, b)
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["net"]
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["net"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [5, 10, 15, 20]  # rows after the checkpoint (step 15) were dropped and redone once
+
+
+def test_run_folder_contents(tmp_path):
+    config = with_overrides(RunConfig(), TINY)
+    result = train(config, tmp_path / "run", progress=False)
+    assert {p.name for p in (tmp_path / "run").iterdir()} == {"config.json", "checkpoint.pt", "metrics.jsonl", "samples.png"}
+    assert RunConfig.model_validate_json((tmp_path / "run" / "config.json").read_text()) == config
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20]
+    assert {"loss", "mse", "weight_mean", "frac_r_neq_t", "lr", "steps_per_s"} <= set(rows[0])
+    assert result.steps_per_s > 0
+
+
+def test_learning_rate_warmup_and_cosine():
+    config = with_overrides(RunConfig(), {"optim.lr": 1.0, "optim.warmup_steps": 10, "optim.decay": "cosine",
+                                          "train.steps": 110})
+    assert learning_rate(0, config) == pytest.approx(0.1)
+    assert learning_rate(9, config) == pytest.approx(1.0)
+    assert learning_rate(60, config) == pytest.approx(0.5)
+    assert learning_rate(110, config) == pytest.approx(0.0)
+
+
+def test_image_network_on_points_is_a_config_error():
+    config = with_overrides(RunConfig(), {"net.arch": "unet"})
+    with pytest.raises(ConfigError, match="net.arch='unet' needs image data"):
+        build_net(config, load_data("checkerboard"))
+
+
+@pytest.mark.parametrize("arch", ["unet", "dit"])
+def test_image_training_on_digits_runs(tmp_path, arch):
+    config = with_overrides(RunConfig(), {**TINY, "data.name": "digits", "net.arch": arch, "train.steps": 4,
+                                          "sample.num_images": 16, "net.unet.channels": 8, "net.dit.hidden": 16,
+                                          "net.dit.depth": 1})
+    result = train(config, tmp_path / arch, progress=False)
+    assert (tmp_path / arch / "samples.png").stat().st_size > 0
+    assert result.final_loss == result.final_loss  # not NaN
