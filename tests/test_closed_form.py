@@ -65,22 +65,27 @@ def test_trained_mlp_matches_closed_form():
                                           "meanflow.adaptive_p": 0.0})
     net = NETWORKS["mlp"]((2,), 0, "(t,t-r)", width=64, depth=2)
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 1000)
     g = torch.Generator().manual_seed(0)
-    for _ in range(800):
+    for _ in range(1000):
         x = MU.float() + S * torch.randn(256, 2, generator=g)
         t, r = sample_t_r(256, config.meanflow, g)
         loss, _ = meanflow_loss(net, x, t, r, torch.randn(256, 2, generator=g), config.meanflow)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
     samples = sample_meanflow(net, index_noise(0, range(4000), (2,)), 1).double()
     # Tolerance: 0.1 on the mean and std (data scale 0.5 to 1.5); the untrained net is off by about 1.
     assert torch.allclose(samples.mean(0), MU, atol=0.1), samples.mean(0)
     assert torch.allclose(samples.std(0), torch.full((2,), S, dtype=torch.float64), atol=0.1), samples.std(0)
-    z = torch.randn(512, 2, dtype=torch.float64)
-    t = torch.rand(512, dtype=torch.float64) * 0.8 + 0.2
-    r = t * torch.rand(512, dtype=torch.float64)
+    # u on z_t drawn from its marginal, where the net was trained.
+    t = torch.rand(2048, dtype=torch.float64)
+    r = t * torch.rand(2048, dtype=torch.float64)
+    m_t, s_t = stats(t)
+    z = m_t + s_t * torch.randn(2048, 2, dtype=torch.float64)
     with torch.no_grad():
         u = net(z.float(), t.float(), r.float()).double()
-    error = (u - average_velocity(z, t, r)).norm(dim=1).mean()
-    assert error < 0.15, error
+    exact = average_velocity(z, t, r)
+    relative_error = (u - exact).norm(dim=1).mean() / exact.norm(dim=1).mean()
+    assert relative_error < 0.1, relative_error

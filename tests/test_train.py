@@ -81,3 +81,20 @@ def test_image_training_on_digits_runs(tmp_path, arch):
     result = train(config, tmp_path / arch, progress=False)
     assert (tmp_path / arch / "samples.png").stat().st_size > 0
     assert result.final_loss == result.final_loss  # not NaN
+
+
+def test_bf16_autocast_keeps_the_jvp_in_fp32(tmp_path):
+    config = with_overrides(RunConfig(), {**TINY, "train.precision": "bf16", "train.steps": 5})
+    result = train(config, tmp_path / "bf16", progress=False)
+    assert result.final_loss == result.final_loss
+    assert all(p.dtype == torch.float32 for p in result.ema.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("arch", ["unet", "dit"])
+def test_training_on_gpu(tmp_path, arch):
+    config = with_overrides(RunConfig(), {**TINY, "data.name": "digits", "net.arch": arch, "train.device": "cuda",
+                                          "train.precision": "bf16", "sample.num_images": 16})
+    result = train(config, tmp_path / arch, progress=False)
+    assert result.final_loss == result.final_loss

@@ -34,7 +34,7 @@ class DataConfig(_Frozen):
 
 
 class MLPConfig(_Frozen):
-    width: int = F(256, "hidden units", ge=1)
+    width: int = F(512, "hidden units", ge=1)
     depth: int = F(3, "residual blocks", ge=1)
 
 
