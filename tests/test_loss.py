@@ -88,13 +88,28 @@ def test_ratio_zero_is_exactly_flow_matching():
 
 
 def test_r_equal_t_samples_have_target_v():
-    """With r = t the (t - r) JVP term vanishes, whatever the tangent: per-sample target is v."""
+    """Inside a mixed batch (JVP path) the r = t rows contribute exactly ||u - v||^2, for every tangent."""
+    net = small_net()
+    x, t, r, noise = batch()  # the first quarter has r = t
+    fm, q = slice(0, B // 4), B // 4
+    for name in TANGENTS:
+        config = mf(tangent=name, adaptive_p=0.0)
+        mixed, _ = meanflow_loss(net, x, t, r, noise, config)
+        rest, _ = meanflow_loss(net, x[q:], t[q:], r[q:], noise[q:], config)
+        fm_part = flow_matching_loss(net, x[fm], t[fm], noise[fm])
+        assert torch.allclose(mixed * B, rest * (B - q) + fm_part * q, rtol=1e-10)
+
+
+def test_all_r_equal_t_batch_takes_the_jvp_free_path_with_the_same_loss():
     net = small_net()
     x, t, _, noise = batch()
-    for name in TANGENTS:
-        # p = 0: loss = mean ||u - v||^2, so it equals the FM loss for every tangent.
-        loss, _ = meanflow_loss(net, x, t, t.clone(), noise, mf(tangent=name, adaptive_p=0.0))
-        assert torch.allclose(loss, flow_matching_loss(net, x, t, noise), rtol=1e-12)
+    r = t.clone()
+    fast, _ = meanflow_loss(net, x, t, r, noise, mf(adaptive_p=1.0))
+    r_tiny = t.clone()
+    r_tiny[0] -= 1e-12  # one row with r != t sends the batch through the JVP; its (t - r) dudt is ~1e-12
+    slow, metrics = meanflow_loss(net, x, t, r_tiny, noise, mf(adaptive_p=1.0))
+    assert metrics["frac_r_neq_t"] == 1 / B
+    assert torch.allclose(fast, slow, rtol=1e-8)
 
 
 def test_adaptive_weight_p0_is_plain_sum_of_squares():

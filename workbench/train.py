@@ -151,7 +151,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Track
             last_row = {k: float(v) for k, v in metrics.items()} | {
                 "loss": float(loss_sum) / loss_count, "lr": learning_rate(step, config), "steps_per_s": steps_per_s}
             tracker.log_metrics(last_row, step + 1)
-            bar.set_postfix(loss=f"{last_row['loss']:.4f}")
+            bar.set_postfix(loss=f"{last_row['loss']:.4f}", mse=f"{last_row['mse']:.4f}")
             clock, loss_sum, loss_count = time.perf_counter(), 0.0, 0
         # Save checkpoint.
         if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == config.train.steps:

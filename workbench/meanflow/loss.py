@@ -68,15 +68,18 @@ def meanflow_loss(
         labels = torch.where(dropped, torch.full_like(labels, net.num_classes), labels)
     v_tilde = guided_velocity(net, z, t, v, labels, dropped, config)
 
-    # u and d/dt u in one forward-mode pass; the JVP stays fp32 even under bf16 autocast.
-    _, dr, dt = TANGENTS[config.tangent]
-    with torch.autocast(z.device.type, enabled=False):
-        u, dudt = jvp(
-            lambda z_, r_, t_: net(z_, t_, r_, labels),
-            (z, r, t),
-            (v_tilde, torch.full_like(r, dr), torch.full_like(t, dt)),
-        )
-    u_tgt = (v_tilde - _expand(t - r, x) * dudt).detach()
+    if torch.equal(t, r):  # a Flow Matching batch: the JVP term is multiplied by t - r = 0
+        u, u_tgt = net(z, t, r, labels), v_tilde
+    else:
+        # u and d/dt u in one forward-mode pass; the JVP stays fp32 even under bf16 autocast.
+        _, dr, dt = TANGENTS[config.tangent]
+        with torch.autocast(z.device.type, enabled=False):
+            u, dudt = jvp(
+                lambda z_, r_, t_: net(z_, t_, r_, labels),
+                (z, r, t),
+                (v_tilde, torch.full_like(r, dr), torch.full_like(t, dt)),
+            )
+        u_tgt = (v_tilde - _expand(t - r, x) * dudt).detach()
 
     err = (u - u_tgt).pow(2).flatten(1).sum(dim=1)  # summed over data dimensions
     weight = adaptive_weight(err, config.adaptive_p, config.adaptive_c)
