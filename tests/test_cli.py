@@ -17,6 +17,10 @@ def test_train_smoke_and_resume(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["name"] == "moons"
     again = runner.invoke(app, ["train", "--resume", str(tmp_path / "run")])
     assert again.exit_code == 0, again.output
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    clash = runner.invoke(app, ["train", "--run-dir", str(tmp_path / "run"), "--steps", "3"])
+    assert clash.exit_code == 2 and "already holds a run" in clash.output
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before  # nothing recorded is lost
 
 
 def test_bad_override_exits_2_and_writes_nothing(tmp_path):

@@ -55,7 +55,7 @@ def train(
             typer.echo(config.model_dump_json(indent=2))
             return
         result = run_training(config, folder, resume=resume is not None)
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as err:
         _fail(str(err))
     typer.echo(f"run folder: {result.run_dir}  (final loss {result.final_loss:.4f}, {result.steps_per_s:.1f} steps/s)")
     typer.echo(f"samples:    {result.run_dir / 'samples.png'}")

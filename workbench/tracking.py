@@ -29,7 +29,3 @@ class JsonlTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
-
-
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -107,6 +107,8 @@ def save_samples(ema: nn.Module, data: Dataset, config: RunConfig, path: Path, d
 def train(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tracker | None = None,
           progress: bool = True) -> TrainResult:
     """Trains one model per `config` into run_dir (config.json, checkpoint.pt, metrics.jsonl, samples.png)."""
+    if not resume and (run_dir / "config.json").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume or pick another --run-dir")
     device = resolve_device(config.train.device)
     data = load_data(config.data.name, "train", path=config.data.path, data_dir=config.data.data_dir,
                      download=config.data.download)
