@@ -39,3 +39,49 @@ def test_trained_model_ranks_above_untrained(tmp_path):
     assert set(after) == {"energy_1nfe", "swd_1nfe"}
     assert after["energy_1nfe"] < 0.5 * before["energy_1nfe"]
     assert after["swd_1nfe"] < 0.5 * before["swd_1nfe"]
+
+
+def test_evaluation_during_and_after_training(tmp_path):
+    from workbench.evaluate import evaluator_for
+    import json
+
+    config = with_overrides(RunConfig(), {"net.mlp.width": 16, "net.mlp.depth": 1, "train.batch_size": 32,
+                                          "train.steps": 20, "train.log_every": 10, "train.device": "cpu",
+                                          "sample.num_points": 50, "eval.every": 10, "eval.num_samples": 300,
+                                          "eval.num_samples_during": 100, "eval.nfe": "1,2", "eval.fm_steps": "5"})
+    result = train(config, tmp_path / "run", progress=False, evaluator=evaluator_for(config))
+    names = {f"{m}_{s}" for m in ("energy", "swd") for s in ("1nfe", "2nfe", "fm5")}
+    assert set(result.metrics) == names
+    assert json.loads((tmp_path / "run" / "eval.json").read_text()) == result.metrics
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "energy_1nfe" in r] == [10, 20]  # during (100 samples) and final (300)
+
+
+def test_wb_eval_rescores_a_saved_run(tmp_path):
+    import json
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["train", "--data", "gaussians", "--steps", "5", "--run-dir", str(tmp_path / "run"),
+                              "--set", "net.mlp.width=16", "--set", "eval.num_samples=200", "--set", "sample.num_points=50"])
+    assert out.exit_code == 0, out.output
+    trained = json.loads((tmp_path / "run" / "eval.json").read_text())
+    again = runner.invoke(app, ["eval", str(tmp_path / "run")])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "run" / "eval.json").read_text()) == trained  # same weights, seeds, sizes
+    more = runner.invoke(app, ["eval", str(tmp_path / "run"), "--set", "eval.nfe=4", "--set", "eval.fm_steps=()"])
+    assert more.exit_code == 0 and "energy_4nfe" in more.output and "fm" not in more.output
+    assert runner.invoke(app, ["eval", str(tmp_path / "run"), "--set", "train.steps=3"]).exit_code == 2
+    assert runner.invoke(app, ["eval", str(tmp_path)]).exit_code == 2
+
+
+def test_wb_eval_on_image_run_says_no_metric_yet(tmp_path):
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    (tmp_path / "config.json").write_text(with_overrides(RunConfig(), {"data.name": "digits"}).model_dump_json())
+    result = CliRunner().invoke(app, ["eval", str(tmp_path)])
+    assert result.exit_code == 2 and "only the 2D sets" in result.output

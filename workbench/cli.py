@@ -36,7 +36,8 @@ def train(
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
 ) -> None:
     """Train one MeanFlow model; writes config.json, checkpoint.pt, metrics.jsonl and samples.png."""
-    from workbench.train import train as run_training  # torch import is slow; keep --help fast
+    from workbench.evaluate import evaluator_for
+    from workbench.train import train as run_training
 
     shortcuts = {"data.name": data, "net.arch": net, "train.steps": steps, "train.seed": seed}
     overrides = [f"{k}={v}" for k, v in shortcuts.items() if v is not None] + list(set_ or [])
@@ -54,11 +55,38 @@ def train(
         if dry_run:
             typer.echo(config.model_dump_json(indent=2))
             return
-        result = run_training(config, folder, resume=resume is not None)
+        result = run_training(config, folder, resume=resume is not None, evaluator=evaluator_for(config))
     except (ConfigError, DataError, FileNotFoundError, FileExistsError) as err:
         _fail(str(err))
     typer.echo(f"run folder: {result.run_dir}  (final loss {result.final_loss:.4f}, {result.steps_per_s:.1f} steps/s)")
     typer.echo(f"samples:    {result.run_dir / 'samples.png'}")
+    _print_metrics(result.metrics)
+
+
+@app.command("eval")
+def eval_(
+    run: Annotated[Path, typer.Argument(help="Run folder written by wb train.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="eval.* override KEY=VALUE; repeatable.")] = None,
+) -> None:
+    """Re-evaluate a saved run's EMA checkpoint (2D data: energy distance, sliced W2); writes eval.json."""
+    from workbench.evaluate import evaluate_checkpoint
+
+    if not (run / "config.json").is_file():
+        _fail(f"{run}: no config.json there (is it a run folder?)")
+    overrides = list(set_ or [])
+    if any(not o.startswith("eval.") for o in overrides):
+        _fail("wb eval only takes eval.* overrides (the model is fixed by the run's config)")
+    try:
+        config = with_overrides(RunConfig.model_validate_json((run / "config.json").read_text()), overrides)
+        metrics = evaluate_checkpoint(run, config)
+    except (ValueError, FileNotFoundError) as err:  # ConfigError and DataError are ValueErrors
+        _fail(str(err))
+    _print_metrics(metrics)
+
+
+def _print_metrics(metrics: dict[str, float]) -> None:
+    for name, value in metrics.items():
+        typer.echo(f"{name:16s} {value:.5f}")
 
 
 @app.command()

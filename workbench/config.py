@@ -116,6 +116,22 @@ class SampleConfig(_Frozen):
     seed: int = F(0, "noise seed: sample i depends only on (seed, i)", ge=0, lt=2**31)
 
 
+class EvalConfig(_Frozen):
+    nfe: tuple[int, ...] = F((1, 2), "MeanFlow step counts scored (metric names end in _1nfe, _2nfe)")
+    fm_steps: tuple[int, ...] = F((50,), "Flow Matching Euler step counts scored as a baseline (_fm50)")
+    num_samples: int = F(4000, "samples scored at the end (toy: against this many held-out points)", ge=2)
+    every: int = F(0, "steps between evaluations during training (curves); 0 = only at the end", ge=0)
+    num_samples_during: int = F(1000, "samples scored during training", ge=2)
+    seed: int = F(0, "noise seed of evaluation samples", ge=0, lt=2**31)
+
+    @field_validator("nfe", "fm_steps")
+    @classmethod
+    def _positive(cls, steps: tuple[int, ...]) -> tuple[int, ...]:
+        if any(k < 1 for k in steps):
+            raise ValueError(f"step counts must be >= 1, got {steps}")
+        return steps
+
+
 class RunConfig(_Frozen):
     data: DataConfig = DataConfig()
     net: NetConfig = NetConfig()
@@ -123,6 +139,7 @@ class RunConfig(_Frozen):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
+    eval: EvalConfig = EvalConfig()
 
 
 def validate(tree: dict[str, Any]) -> RunConfig:

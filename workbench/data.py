@@ -146,11 +146,14 @@ def folder(split: str, path: str = "", **_) -> Dataset:
     return _images(images, labels, len(classes))
 
 
-DATASETS = {
+TOY_SETS = {  # 2D points, scored with distribution metrics (workbench.evaluate)
     "checkerboard": _toy(checkerboard, 0),
     "moons": _toy(moons, 2),
     "spirals": _toy(spirals, 2),
     "gaussians": _toy(gaussians, 8),
+}
+DATASETS = {
+    **TOY_SETS,
     "digits": digits,
     "mnist": _torchvision("MNIST", "MNIST/raw"),
     "fashion_mnist": _torchvision("FashionMNIST", "FashionMNIST/raw"),

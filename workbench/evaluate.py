@@ -2,14 +2,19 @@
 
 Fixed evaluation sizes and seeds (noise index i depends only on (seed, i), held-out points are
 the data set's test split) make scores comparable across cells. Image FID/KID (clean-fid) is
-not here yet.
+not here yet: image runs get no evaluator.
 """
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
-from workbench.data import load_data
+from workbench.config import RunConfig
+from workbench.data import TOY_SETS, load_data
 from workbench.meanflow import index_noise, sample_euler, sample_meanflow
 
 
@@ -47,4 +52,30 @@ def toy_metrics(net: nn.Module, data_name: str, nfe: tuple[int, ...] = (1, 2), f
         x = x.float().cpu()
         metrics[f"energy_{name}"] = energy_distance(x, reference)
         metrics[f"swd_{name}"] = sliced_wasserstein(x, reference, seed=seed)
+    return metrics
+
+
+def evaluator_for(config: RunConfig) -> Callable[[nn.Module, int], dict[str, float]] | None:
+    """net, num_samples -> metrics for this run's data; None where no metric exists yet (images)."""
+    if config.data.name not in TOY_SETS:
+        return None
+    ev = config.eval
+    return lambda net, num_samples: toy_metrics(net, config.data.name, ev.nfe, ev.fm_steps, num_samples, ev.seed)
+
+
+def evaluate_checkpoint(run_dir: Path, config: RunConfig) -> dict[str, float]:
+    """Re-scores a saved run's EMA weights with `config.eval` (final sample count); writes eval.json."""
+    from workbench.train import CHECKPOINT, build_net, ema_model  # train imports nothing from here
+
+    evaluator = evaluator_for(config)
+    if evaluator is None:
+        raise ValueError(f"data.name={config.data.name!r}: only the 2D sets {', '.join(TOY_SETS)} have metrics so far")
+    checkpoint = run_dir / CHECKPOINT
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: no checkpoint to evaluate")
+    data = load_data(config.data.name, "test")
+    ema = ema_model(build_net(config, data), config.train.ema_decay)
+    ema.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["ema"])
+    metrics = evaluator(ema.module, config.eval.num_samples)
+    (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -1,11 +1,13 @@
 """One training run: data + network + MeanFlow objective + EMA, checkpoints and exact resume."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -18,6 +20,8 @@ from workbench.data import Dataset, load_data
 from workbench.meanflow import NETWORKS, index_noise, meanflow_loss, sample_meanflow, sample_t_r
 from workbench.tracking import JsonlTracker, Tracker
 
+Evaluator = Callable[[nn.Module, int], dict[str, float]]  # (EMA net, number of samples) -> metrics
+
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -27,6 +31,7 @@ class TrainResult:
     ema: nn.Module  # the EMA network, used for sampling and evaluation
     steps_per_s: float
     final_loss: float
+    metrics: dict[str, float]  # final evaluation (empty without an evaluator)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,8 +110,9 @@ def save_samples(ema: nn.Module, data: Dataset, config: RunConfig, path: Path, d
 
 
 def train(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tracker | None = None,
-          progress: bool = True) -> TrainResult:
-    """Trains one model per `config` into run_dir (config.json, checkpoint.pt, metrics.jsonl, samples.png)."""
+          progress: bool = True, evaluator: Evaluator | None = None) -> TrainResult:
+    """Trains one model per `config` into run_dir (config.json, checkpoint.pt, metrics.jsonl, samples.png,
+    and eval.json when an evaluator scores the EMA weights every eval.every steps and at the end)."""
     if not resume and (run_dir / "config.json").exists():
         raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume or pick another --run-dir")
     device = resolve_device(config.train.device)
@@ -155,13 +161,20 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Track
             tracker.log_metrics(last_row, step + 1)
             bar.set_postfix(loss=f"{last_row['loss']:.4f}", mse=f"{last_row['mse']:.4f}")
             clock, loss_sum, loss_count = time.perf_counter(), 0.0, 0
+        # Evaluate (EMA weights, fewer samples than the final score).
+        if evaluator and config.eval.every and (step + 1) % config.eval.every == 0 and step + 1 < config.train.steps:
+            tracker.log_metrics(evaluator(ema.module, config.eval.num_samples_during), step + 1)
         # Save checkpoint.
         if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == config.train.steps:
             save_checkpoint(checkpoint_path, step + 1, net, ema, optimizer, generator)
     bar.close()
 
     save_samples(ema.module, data, config, run_dir / "samples.png", device)
-    return TrainResult(run_dir, ema.module, last_row.get("steps_per_s", math.nan), last_row.get("loss", math.nan))
+    final = evaluator(ema.module, config.eval.num_samples) if evaluator else {}
+    if final:
+        tracker.log_metrics(final, config.train.steps)
+        (run_dir / "eval.json").write_text(json.dumps(final, indent=2))
+    return TrainResult(run_dir, ema.module, last_row.get("steps_per_s", math.nan), last_row.get("loss", math.nan), final)
 
 
 def _restore(path: Path, net, ema, optimizer, generator: torch.Generator) -> int:
