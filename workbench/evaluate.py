@@ -16,6 +16,7 @@ from torch import nn
 from workbench.config import RunConfig
 from workbench.data import TOY_SETS, load_data
 from workbench.meanflow import index_noise, sample_euler, sample_meanflow
+from workbench.train import load_ema  # one-way: train.py never imports evaluation code
 
 
 def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -65,17 +66,9 @@ def evaluator_for(config: RunConfig) -> Callable[[nn.Module, int], dict[str, flo
 
 def evaluate_checkpoint(run_dir: Path, config: RunConfig) -> dict[str, float]:
     """Re-scores a saved run's EMA weights with `config.eval` (final sample count); writes eval.json."""
-    from workbench.train import CHECKPOINT, build_net, ema_model  # train imports nothing from here
-
     evaluator = evaluator_for(config)
     if evaluator is None:
         raise ValueError(f"data.name={config.data.name!r}: only the 2D sets {', '.join(TOY_SETS)} have metrics so far")
-    checkpoint = run_dir / CHECKPOINT
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint}: no checkpoint to evaluate")
-    data = load_data(config.data.name, "test")
-    ema = ema_model(build_net(config, data), config.train.ema_decay)
-    ema.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["ema"])
-    metrics = evaluator(ema.module, config.eval.num_samples)
+    metrics = evaluator(load_ema(run_dir, config), config.eval.num_samples)
     (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
     return metrics

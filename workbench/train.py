@@ -177,6 +177,17 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Track
     return TrainResult(run_dir, ema.module, last_row.get("steps_per_s", math.nan), last_row.get("loss", math.nan), final)
 
 
+def load_ema(run_dir: Path, config: RunConfig) -> nn.Module:
+    """The EMA network of a saved run (CPU), for sampling and evaluation."""
+    checkpoint = run_dir / CHECKPOINT
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: no checkpoint in this run folder")
+    data = load_data(config.data.name, "train", path=config.data.path, data_dir=config.data.data_dir)
+    ema = ema_model(build_net(config, data), config.train.ema_decay)
+    ema.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["ema"])
+    return ema.module
+
+
 def _restore(path: Path, net, ema, optimizer, generator: torch.Generator) -> int:
     if not path.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {path}")
