@@ -30,12 +30,12 @@ def test_energy_distance_of_point_masses():
 
 def test_trained_model_ranks_above_untrained(tmp_path):
     tiny = {"net.mlp.width": 64, "net.mlp.depth": 2, "train.batch_size": 256, "train.device": "cpu",
-            "data.name": "moons", "sample.num_points": 100, "optim.lr": 3e-3}
+            "data.name": "checkerboard", "sample.num_points": 100, "optim.lr": 3e-3}
     untrained = train(with_overrides(RunConfig(), {**tiny, "train.steps": 1}), tmp_path / "a", progress=False)
     trained = train(with_overrides(RunConfig(), {**tiny, "train.steps": 400, "train.ema_decay": 0.99}),
                     tmp_path / "b", progress=False)
-    before = toy_metrics(untrained.ema, "moons", nfe=(1,), num_samples=1000)
-    after = toy_metrics(trained.ema, "moons", nfe=(1,), num_samples=1000)
+    before = toy_metrics(untrained.ema, "checkerboard", nfe=(1,), num_samples=1000)
+    after = toy_metrics(trained.ema, "checkerboard", nfe=(1,), num_samples=1000)
     assert set(after) == {"energy_1nfe", "swd_1nfe"}
     assert after["energy_1nfe"] < 0.5 * before["energy_1nfe"]
     assert after["swd_1nfe"] < 0.5 * before["swd_1nfe"]
@@ -52,7 +52,8 @@ def test_evaluation_during_and_after_training(tmp_path):
     result = train(config, tmp_path / "run", progress=False, evaluator=evaluator_for(config))
     names = {f"{m}_{s}" for m in ("energy", "swd") for s in ("1nfe", "2nfe", "fm5")}
     assert set(result.metrics) == names
-    assert json.loads((tmp_path / "run" / "eval.json").read_text()) == result.metrics
+    record = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert record["metrics"] == result.metrics and record["num_samples"] == 300 and "points" in record["features"]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "energy_1nfe" in r] == [10, 20]  # during (100 samples) and final (300)
 
@@ -77,11 +78,11 @@ def test_wb_eval_rescores_a_saved_run(tmp_path):
     assert runner.invoke(app, ["eval", str(tmp_path)]).exit_code == 2
 
 
-def test_wb_eval_on_image_run_says_no_metric_yet(tmp_path):
+def test_wb_eval_without_checkpoint_exits_2(tmp_path):
     from typer.testing import CliRunner
 
     from workbench.cli import app
 
-    (tmp_path / "config.json").write_text(with_overrides(RunConfig(), {"data.name": "digits"}).model_dump_json())
+    (tmp_path / "config.json").write_text(with_overrides(RunConfig(), {"data.name": "moons"}).model_dump_json())
     result = CliRunner().invoke(app, ["eval", str(tmp_path)])
-    assert result.exit_code == 2 and "only the 2D sets" in result.output
+    assert result.exit_code == 2 and "no checkpoint" in result.output

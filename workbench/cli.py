@@ -37,6 +37,7 @@ def train(
 ) -> None:
     """Train one MeanFlow model; writes config.json, checkpoint.pt, metrics.jsonl and samples.png."""
     from workbench.evaluate import evaluator_for
+    from workbench.fid import FeatureError
     from workbench.train import train as run_training
 
     shortcuts = {"data.name": data, "net.arch": net, "train.steps": steps, "train.seed": seed}
@@ -56,7 +57,7 @@ def train(
             typer.echo(config.model_dump_json(indent=2))
             return
         result = run_training(config, folder, resume=resume is not None, evaluator=evaluator_for(config))
-    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as err:
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError, FeatureError) as err:
         _fail(str(err))
     typer.echo(f"run folder: {result.run_dir}  (final loss {result.final_loss:.4f}, {result.steps_per_s:.1f} steps/s)")
     typer.echo(f"samples:    {result.run_dir / 'samples.png'}")
@@ -68,8 +69,9 @@ def eval_(
     run: Annotated[Path, typer.Argument(help="Run folder written by wb train.")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="eval.* override KEY=VALUE; repeatable.")] = None,
 ) -> None:
-    """Re-evaluate a saved run's EMA checkpoint (2D data: energy distance, sliced W2); writes eval.json."""
+    """Re-evaluate a saved run's EMA checkpoint (2D: energy distance, sliced W2; images: FID, KID); writes eval.json."""
     from workbench.evaluate import evaluate_checkpoint
+    from workbench.fid import FeatureError
 
     if not (run / "config.json").is_file():
         _fail(f"{run}: no config.json there (is it a run folder?)")
@@ -79,7 +81,7 @@ def eval_(
     try:
         config = with_overrides(RunConfig.model_validate_json((run / "config.json").read_text()), overrides)
         metrics = evaluate_checkpoint(run, config)
-    except (ValueError, FileNotFoundError) as err:  # ConfigError and DataError are ValueErrors
+    except (ValueError, FileNotFoundError, FeatureError) as err:  # ConfigError and DataError are ValueErrors
         _fail(str(err))
     _print_metrics(metrics)
 

@@ -122,7 +122,11 @@ class EvalConfig(_Frozen):
     num_samples: int = F(4000, "samples scored at the end (toy: against this many held-out points)", ge=2)
     every: int = F(0, "steps between evaluations during training (curves); 0 = only at the end", ge=0)
     num_samples_during: int = F(1000, "samples scored during training", ge=2)
-    seed: int = F(0, "noise seed of evaluation samples", ge=0, lt=2**31)
+    seed: int = F(0, "noise seed of evaluation samples (and of the classifier features)", ge=0, lt=2**31)
+    features: Literal["auto", "classifier", "inception"] = F(
+        "auto", "image features: classifier trained on the labels (offline) or clean-fid Inception; "
+        "auto = classifier when the data has labels")
+    cache_dir: str = F("data/cache", "where classifier weights and reference features are cached")
 
     @field_validator("nfe", "fm_steps")
     @classmethod

@@ -29,3 +29,9 @@ class JsonlTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
+def write_eval(run_dir: Path, info: dict, num_samples: int, metrics: dict[str, float]) -> None:
+    """run_dir/eval.json: the scores with the feature set and sample count they were measured with."""
+    record = {**info, "num_samples": num_samples, "metrics": metrics}
+    (run_dir / "eval.json").write_text(json.dumps(record, indent=2))

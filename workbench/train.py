@@ -1,13 +1,12 @@
 """One training run: data + network + MeanFlow objective + EMA, checkpoints and exact resume."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -18,9 +17,14 @@ from workbench import plots
 from workbench.config import ConfigError, RunConfig
 from workbench.data import Dataset, load_data
 from workbench.meanflow import NETWORKS, index_noise, meanflow_loss, sample_meanflow, sample_t_r
-from workbench.tracking import JsonlTracker, Tracker
+from workbench.tracking import JsonlTracker, Tracker, write_eval
 
-Evaluator = Callable[[nn.Module, int], dict[str, float]]  # (EMA net, number of samples) -> metrics
+
+
+class Evaluator(Protocol):
+    info: dict  # what the scores are measured with (feature set, seed), written beside them
+
+    def __call__(self, net: nn.Module, num_samples: int) -> dict[str, float]: ...
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -173,7 +177,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Track
     final = evaluator(ema.module, config.eval.num_samples) if evaluator else {}
     if final:
         tracker.log_metrics(final, config.train.steps)
-        (run_dir / "eval.json").write_text(json.dumps(final, indent=2))
+        write_eval(run_dir, evaluator.info, config.eval.num_samples, final)
     return TrainResult(run_dir, ema.module, last_row.get("steps_per_s", math.nan), last_row.get("loss", math.nan), final)
 
 

@@ -1,0 +1,69 @@
+"""FID/KID through clean-fid with the offline classifier features."""
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from cleanfid import fid as cleanfid
+from PIL import Image
+
+from workbench import fid
+from workbench.data import load_data
+
+
+@pytest.fixture(scope="module")
+def scorer(tmp_path_factory):
+    return fid.image_scorer("digits", "classifier", tmp_path_factory.mktemp("cache"))
+
+
+def test_classifier_is_accurate_and_deterministic(scorer, tmp_path):
+    assert scorer.info["classifier_test_accuracy"] >= 0.95
+    a, _ = fid.train_classifier("digits", seed=0, epochs=1)
+    b, _ = fid.train_classifier("digits", seed=0, epochs=1)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_fid_of_the_reference_against_itself_is_zero(scorer):
+    scores = scorer.score(load_data("digits", "train").x)
+    assert abs(scores["fid"]) < 1e-3
+
+
+def test_fid_rises_along_a_corruption_ladder(scorer):
+    images = load_data("digits", "test").x
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    fids = [scorer.score(images + level * noise)["fid"] for level in (0.0, 0.2, 0.4, 0.8, 1.6)]
+    assert all(a < b for a, b in zip(fids, fids[1:])), fids
+
+
+def test_matches_clean_fid_compute_fid_over_png_folders(scorer, tmp_path):
+    generated = load_data("digits", "test").x + 0.3 * torch.randn(297, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    reference = load_data("digits", "train").x
+    for folder, images in (("gen", generated), ("ref", reference)):
+        (tmp_path / folder).mkdir()
+        for i, image in enumerate(fid.to_uint8(images)):
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / folder / f"{i:05d}.png")
+    theirs = cleanfid.compute_fid(str(tmp_path / "gen"), str(tmp_path / "ref"), mode="clean",
+                                  custom_feat_extractor=scorer.extractor, custom_fn_resize=fid.keep_size,
+                                  device=torch.device("cpu"), num_workers=0, verbose=False)
+    assert abs(scorer.score(generated)["fid"] - theirs) < 1e-3
+
+
+def test_kid_is_seeded(scorer):
+    images = load_data("digits", "test").x
+    assert scorer.score(images, seed=3)["kid"] == scorer.score(images, seed=3)["kid"]
+
+
+def test_offline_inception_names_the_file_and_never_downloads(monkeypatch, tmp_path):
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(fid, "INCEPTION_FILE", tmp_path / "inception-2015-12-05.pt")
+    with pytest.raises(fid.FeatureError, match=str(tmp_path / "inception-2015-12-05.pt")):
+        fid.image_scorer("digits", "inception", tmp_path)
+
+
+def test_to_uint8_quantizes_like_a_png():
+    x = torch.tensor([-1.0, -0.999, 0.0, 1.0, 2.0]).view(1, 1, 1, 5)
+    assert fid.to_uint8(x)[0, :, 0].tolist() == [[0, 0, 128, 255, 255]] * 3
+    assert np.array_equal(fid.keep_size(np.ones((2, 2, 3), np.uint8)), np.ones((2, 2, 3), np.float32))
