@@ -67,3 +67,26 @@ def test_to_uint8_quantizes_like_a_png():
     x = torch.tensor([-1.0, -0.999, 0.0, 1.0, 2.0]).view(1, 1, 1, 5)
     assert fid.to_uint8(x)[0, :, 0].tolist() == [[0, 0, 128, 255, 255]] * 3
     assert np.array_equal(fid.keep_size(np.ones((2, 2, 3), np.uint8)), np.ones((2, 2, 3), np.float32))
+
+
+def test_wb_train_and_eval_on_digits_record_fid(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    options = ["--set", "net.unet.channels=8", "--set", "train.batch_size=16", "--set", "eval.num_samples=200",
+               "--set", "eval.fm_steps=2", "--set", f"eval.cache_dir={tmp_path / 'cache'}", "--set", "sample.num_images=4"]
+    out = CliRunner().invoke(app, ["train", "--data", "digits", "--net", "unet", "--steps", "2",
+                                   "--run-dir", str(tmp_path / "run"), *options])
+    assert out.exit_code == 0, out.output
+    record = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert record["features"] == "classifier-digits-seed0" and record["num_samples"] == 200
+    assert set(record["metrics"]) == {f"{m}_{s}" for m in ("fid", "kid") for s in ("1nfe", "2nfe", "fm2")}
+    again = CliRunner().invoke(app, ["eval", str(tmp_path / "run")])
+    assert again.exit_code == 0 and json.loads((tmp_path / "run" / "eval.json").read_text()) == record
+    monkeypatch.setattr(fid, "INCEPTION_FILE", tmp_path / "inception-2015-12-05.pt")  # as on an offline machine
+    offline = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "--set", "eval.features=inception"])
+    assert offline.exit_code == 2 and "inception-2015-12-05.pt" in offline.output
+    assert json.loads((tmp_path / "run" / "eval.json").read_text()) == record  # nothing recorded is lost

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 from cleanfid import fid as cleanfid
+from scipy.linalg import LinAlgWarning
 from torch import nn
 
 from workbench.data import load_data
@@ -132,8 +133,11 @@ def fid_kid(feats: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray, ref_fe
             seed: int = 0) -> dict[str, float]:
     """clean-fid's frechet_distance, and kernel_distance (KID) with its subsets drawn from a fixed seed."""
     mu, sigma = np.mean(feats, axis=0), np.cov(feats, rowvar=False)
-    with warnings.catch_warnings():  # recent scipy deprecates the sqrtm(disp=False) call inside clean-fid
+    with warnings.catch_warnings():
+        # Inside clean-fid: recent scipy deprecates sqrtm(disp=False), and warns on the near-singular
+        # covariance of ReLU features with dead units (clean-fid's own eps offset handles a failure).
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", LinAlgWarning)
         scores = {"fid": float(cleanfid.frechet_distance(mu, sigma, ref_mu, ref_sigma))}
     if ref_feats is not None:
         state = np.random.get_state()
