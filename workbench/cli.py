@@ -96,3 +96,55 @@ def config() -> None:
     """List every config key with its default and allowed values."""
     for key, default, doc in describe():
         typer.echo(f"{key} = {default!s}    # {doc}")
+
+
+@app.command()
+def ablate(
+    study: Annotated[str, typer.Argument(help="Study name in studies/ (e.g. quick) or a path to a .toml file.")],
+    workers: Annotated[int, typer.Option(min=1, help="Local worker processes.")] = 1,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL [default: sqlite:///optuna.db].")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the table of cells and exit.")] = False,
+) -> None:
+    """Run every cell (config x seed) of a study, resumably, as MLflow child runs under one parent run."""
+    from workbench.studies import StudyError, load_study
+
+    try:
+        spec = load_study(study)
+    except StudyError as err:
+        _fail(str(err))
+    cells = spec.cells()
+    typer.echo(f"study {spec.name}: {len(cells)} cells, metric {spec.metric}, budget ~{spec.budget_minutes:g} min")
+    if dry_run:
+        for cell in cells:
+            typer.echo(f"  {cell.key}  {cell.run_name}")
+        return
+    from workbench.ablate import default_stores, run_study
+
+    stores = default_stores(storage, tracking_uri)
+    summary = run_study(spec, stores, workers, progress=lambda line: typer.echo(line, err=True))
+    typer.echo(f"{summary['done']}/{summary['total']} cells finished, {summary['failed']} failed, "
+               f"{summary['seconds'] / 60:.1f} min")
+    typer.echo(f"MLflow: {stores.tracking_uri} (experiment {spec.name}, parent run {summary['parent_run_id']})")
+    typer.echo(f"Optuna: {stores.storage} (study {spec.name})")
+    typer.echo(f"Browse: wb ui --tracking-uri {stores.tracking_uri}")
+    if summary["done"] < summary["total"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def ui(
+    tracking_uri: Annotated[str, typer.Option(help="MLflow tracking URI.")] = "sqlite:///mlflow.db",
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Start the MLflow UI for the tracking store on 127.0.0.1."""
+    import subprocess
+    import sys
+
+    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
+                                      "--host", "127.0.0.1", "--port", str(port)]))
+
+
+if __name__ == "__main__":
+    app()

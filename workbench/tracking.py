@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -35,3 +36,35 @@ def write_eval(run_dir: Path, info: dict, num_samples: int, metrics: dict[str, f
     """run_dir/eval.json: the scores with the feature set and sample count they were measured with."""
     record = {**info, "num_samples": num_samples, "metrics": metrics}
     (run_dir / "eval.json").write_text(json.dumps(record, indent=2))
+
+
+class MlflowTracker:
+    """Buffers metric rows and sends them with MlflowClient.log_batch every `flush_rows` rows.
+
+    One synchronous call per training step would cost more than the step itself on small models;
+    `seconds` accumulates the time spent here so the overhead can be reported.
+    """
+
+    def __init__(self, client, run_id: str, flush_rows: int = 20):
+        self.client, self.run_id, self.flush_rows = client, run_id, flush_rows
+        self.buffer: list = []
+        self.rows = 0
+        self.seconds = 0.0
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        start = time.perf_counter()
+        now = int(time.time() * 1000)
+        self.buffer += [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        self.rows += 1
+        if self.rows % self.flush_rows == 0:
+            self.flush()
+        self.seconds += time.perf_counter() - start
+
+    def flush(self) -> None:
+        start = time.perf_counter()
+        for i in range(0, len(self.buffer), 1000):  # MLflow accepts at most 1000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=self.buffer[i:i + 1000])
+        self.buffer = []
+        self.seconds += time.perf_counter() - start

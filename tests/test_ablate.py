@@ -1,0 +1,112 @@
+"""wb ablate end to end: MLflow child runs under one parent, resumable, new values only."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+from typer.testing import CliRunner
+
+from workbench.cli import app
+
+STUDY = """
+name = "tiny"
+description = "end-to-end test study"
+metric = "energy_1nfe"
+seeds = [0, 1]
+[base]
+"data.name" = "moons"
+"net.mlp.width" = 32
+"net.mlp.depth" = 1
+"train.steps" = {steps}
+"train.batch_size" = 64
+"train.log_every" = 10
+"train.device" = "cpu"
+"eval.num_samples" = 200
+"eval.fm_steps" = []
+"sample.num_points" = 100
+[[axes]]
+key = "meanflow.ratio"
+values = {values}
+"""
+
+
+def write(path, values="[0.0, 0.5]", steps=30):
+    path.write_text(STUDY.format(values=values, steps=steps))
+    return path
+
+
+def children(tracking_uri="sqlite:///mlflow.db"):
+    mlflow.set_tracking_uri(tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    return runs[runs["tags.wb.role"] != "study"], runs[runs["tags.wb.role"] == "study"]
+
+
+def test_two_workers_one_finished_child_per_cell_then_only_new_cells(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    study = write(tmp_path / "tiny.toml")
+    result = CliRunner().invoke(app, ["ablate", str(study), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert "4/4 cells finished" in result.output and "wb ui" in result.output
+    runs, parents = children()
+    assert len(parents) == 1 and len(runs) == 4
+    assert set(runs["status"]) == {"FINISHED"}
+    assert set(runs["tags.mlflow.parentRunId"]) == {parents["run_id"].iloc[0]}
+    assert sorted(runs["tags.mlflow.runName"]) == ["ratio=0.0 seed=0", "ratio=0.0 seed=1", "ratio=0.5 seed=0",
+                                                   "ratio=0.5 seed=1"]
+    assert runs["metrics.energy_1nfe"].notna().all() and (runs["params.meanflow.ratio"].isin(["0.0", "0.5"])).all()
+    assert runs["tags.wb.config_hash"].nunique() == 4
+
+    again = CliRunner().invoke(app, ["ablate", str(study), "--workers", "2"])  # nothing left to run
+    assert again.exit_code == 0 and len(children()[0]) == 4
+
+    write(study, values="[0.0, 0.5, 1.0]")
+    more = CliRunner().invoke(app, ["ablate", str(study), "--workers", "2"])
+    assert more.exit_code == 0, more.output
+    runs, parents = children()
+    assert len(parents) == 1 and len(runs) == 6
+    assert runs.groupby("tags.wb.config_hash").size().max() == 1
+
+
+def test_killed_launcher_resumes_with_every_cell_exactly_once(tmp_path):
+    study = write(tmp_path / "tiny.toml", values="[0.0, 0.25, 0.5]", steps=150)
+    env = {**os.environ, "WB_HEARTBEAT_S": "1", "WB_GRACE_S": "2"}
+    command = [sys.executable, "-m", "workbench.cli", "ablate", str(study), "--workers", "1"]
+    log = (tmp_path / "launcher.log").open("w")
+    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stdout=log, stderr=log)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        # Read the stores only once the launcher has created them (its first status line):
+        # opening a half-created MLflow SQLite schema from here would race its creation.
+        if "[tiny]" in (tmp_path / "launcher.log").read_text():
+            runs, _ = children(f"sqlite:///{tmp_path / 'mlflow.db'}")
+            if len(runs) and (runs["status"] == "FINISHED").sum() >= 1 and (runs["status"] == "RUNNING").sum() >= 1:
+                break
+    os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and its worker, mid-cell
+    launcher.wait()
+    runs, _ = children(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert 1 <= (runs["status"] == "FINISHED").sum() < 6, "the kill did not land mid-study"
+    time.sleep(3)  # past the heartbeat grace period: the killed trial is stale
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs, _ = children(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    finished = runs[runs["status"] == "FINISHED"]
+    assert len(finished) == 6 and finished["tags.wb.config_hash"].nunique() == 6
+    assert set(runs["status"]) <= {"FINISHED", "KILLED"}
+
+
+def test_bad_study_exits_2(tmp_path):
+    (tmp_path / "bad.toml").write_text('name = "bad"\nmetric = "x"\nseeds = [0]\n[[axes]]\nkey = "meanflow.ratio"\nvalues = [3.0]\n')
+    result = CliRunner().invoke(app, ["ablate", str(tmp_path / "bad.toml")])
+    assert result.exit_code == 2 and "bad.toml" in result.output and "meanflow.ratio=3.0" in result.output
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_dry_run_lists_cells_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["ablate", str(write(tmp_path / "tiny.toml")), "--dry-run"])
+    assert result.exit_code == 0 and result.output.count("seed=") == 4
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()

@@ -1,0 +1,75 @@
+"""Study files: grid expansion and validation (pure functions)."""
+from pathlib import Path
+
+import pytest
+
+from workbench.studies import StudyError, load_study, parse_study
+
+SHIPPED = sorted(Path(__file__).parent.parent.joinpath("studies").glob("*.toml"))
+
+
+def raw(**overrides):
+    study = {"name": "s", "metric": "energy_1nfe", "seeds": [0, 1, 2],
+             "base": {"data.name": "moons", "train.steps": 10},
+             "axes": [{"key": "meanflow.ratio", "values": [0.0, 0.25, 1.0]}]}
+    return {**study, **overrides}
+
+
+def test_grid_is_product_of_axes_times_seeds():
+    study = parse_study(raw(axes=[{"key": "meanflow.ratio", "values": [0.0, 0.25, 1.0]},
+                                  {"key": "net.time_cond", "values": ["(t,r)", "t-r"]}]), Path("s.toml"))
+    cells = study.cells()
+    assert len(cells) == 3 * 2 * 3
+    assert len({cell.key for cell in cells}) == len(cells)  # distinct configs, seed included
+    first = cells[0]
+    assert first.config.meanflow.ratio == 0.0 and first.config.net.time_cond == "(t,r)" and first.seed == 0
+    assert first.config.data.name == "moons" and first.config.train.seed == 0
+    assert first.run_name == "ratio=0.0 time_cond=(t,r) seed=0"
+
+
+def test_axis_with_coupled_keys_and_labels():
+    study = parse_study(raw(axes=[{"key": ["meanflow.cfg_kappa", "meanflow.cfg_omega"],
+                                   "values": [[0.0, 2.0], [0.5, 1.0]], "labels": ["k=0", "k=0.5"],
+                                   "paper": [20.15, 19.15]}], seeds=[0]), Path("s.toml"))
+    cells = study.cells()
+    assert [(c.config.meanflow.cfg_kappa, c.config.meanflow.cfg_omega) for c in cells] == [(0.0, 2.0), (0.5, 1.0)]
+    assert cells[1].run_name == "cfg_kappa=k=0.5 seed=0"
+    assert study.axes[0].paper == (20.15, 19.15)
+
+
+def test_same_config_same_key_across_studies():
+    a = parse_study(raw(name="a"), Path("a.toml")).cells()
+    b = parse_study(raw(name="b", seeds=[2, 0]), Path("b.toml")).cells()
+    assert {c.key for c in b} < {c.key for c in a}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"colour": "red"}, "colour: unknown key"),
+    ({"seeds": []}, "seeds: [] must be a non-empty list"),
+    ({"seeds": [0, 0]}, "distinct"),
+    ({"name": "Bad Name"}, "name: 'Bad Name' must match"),
+    ({"axes": []}, "axes: needs at least one"),
+    ({"axes": [{"key": "meanflow.ratio", "values": [0.1], "labels": ["a", "b"]}]}, "axes[0].labels: needs one entry per value"),
+    ({"axes": [{"key": "meanflow.ratio", "values": [0.1], "colour": 1}]}, "axes[0].colour: unknown key"),
+    ({"axes": [{"key": ["meanflow.ratio", "train.steps"], "values": [0.1]}]}, "every value must be a list of 2"),
+    ({"axes": [{"key": "meanflow.ratio", "values": [0.1, 2.0]}]}, "meanflow.ratio=2.0: Input should be less than or equal to 1"),
+    ({"axes": [{"key": "meanflow.ratoi", "values": [0.1]}]}, "unknown key 'meanflow.ratoi'"),
+])
+def test_validation_names_file_key_and_value(change, message):
+    with pytest.raises(StudyError) as err:
+        parse_study(raw(**change), Path("studies/x.toml")).cells()
+    assert "studies/x.toml" in str(err.value) and message in str(err.value)
+
+
+def test_missing_study_and_bad_toml(tmp_path):
+    with pytest.raises(StudyError, match="not found"):
+        load_study("no-such-study")
+    (tmp_path / "bad.toml").write_text("name = ")
+    with pytest.raises(StudyError, match="not valid TOML"):
+        load_study(tmp_path / "bad.toml")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_studies_validate(path):
+    study = load_study(path)
+    assert study.name == path.stem and study.description and study.cells()

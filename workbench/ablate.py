@@ -1,0 +1,148 @@
+"""`wb ablate`: schedule a study's cells as Optuna trials and run them in local worker processes.
+
+The launcher creates the MLflow experiment, the study's parent run and the Optuna study before any
+worker starts (concurrent first-time SQLite schema creation crashes both), then enqueues every cell
+that has no finished trial. Workers pop enqueued trials from the storage, so N workers (on one
+machine or many sharing one RDB storage) never run a cell twice. Optuna's heartbeat marks the
+trials of a killed launcher as failed, so re-running the command runs them again.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import optuna
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from workbench.runs import git_commit, run_cell
+from workbench.studies import Cell, Study, load_study
+
+# A RUNNING trial with no heartbeat for GRACE_S seconds is stale (its worker died): the next launch
+# fails it and runs the cell again. The environment can shorten both (tests do).
+HEARTBEAT_S = int(os.environ.get("WB_HEARTBEAT_S", 10))
+GRACE_S = int(os.environ.get("WB_GRACE_S", 30))
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat is "experimental"
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")  # raised inside torch on import
+
+
+@dataclass(frozen=True)
+class Stores:
+    storage: str  # Optuna RDB URL
+    tracking_uri: str  # MLflow tracking URI
+    artifacts: str  # artifact root for a new experiment (file store default: ./mlartifacts)
+
+
+def default_stores(storage: str | None, tracking_uri: str | None) -> Stores:
+    return Stores(storage or "sqlite:///optuna.db", tracking_uri or "sqlite:///mlflow.db",
+                  Path("mlartifacts").resolve().as_uri())
+
+
+def optuna_storage(url: str) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+
+
+def prepare(study: Study, stores: Stores) -> tuple[str, str, optuna.Study, list[Cell]]:
+    """Creates (or finds) the experiment, parent run and Optuna study; enqueues unfinished cells.
+
+    Returns (experiment id, parent run id, Optuna study, cells enqueued now).
+    """
+    client = MlflowClient(stores.tracking_uri)
+    experiment = client.get_experiment_by_name(study.name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+        study.name, artifact_location=f"{stores.artifacts}/{study.name}")
+    parents = client.search_runs([experiment_id], "tags.`wb.role` = 'study'", max_results=1)
+    if parents:
+        parent_id = parents[0].info.run_id
+    else:
+        parent_id = client.create_run(experiment_id, run_name=study.name, tags={
+            "wb.role": "study", "wb.study": study.name, "wb.git_commit": git_commit(),
+            "mlflow.note.content": study.description}).info.run_id
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trials_study = optuna.create_study(study_name=study.name, storage=optuna_storage(stores.storage),
+                                       direction="minimize", load_if_exists=True)
+    optuna.storages.fail_stale_trials(trials_study)
+    for trial in trials_study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id and client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "KILLED")  # its worker died; the cell is enqueued again below
+    taken = {t.user_attrs.get("cell") for t in trials_study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING))}
+    todo = [cell for cell in study.cells() if cell.key not in taken]
+    for cell in todo:
+        trials_study.enqueue_trial({}, user_attrs={"cell": cell.key, "name": cell.run_name})
+    client.update_run(parent_id, status="RUNNING")
+    return experiment_id, parent_id, trials_study, todo
+
+
+def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, threads: int) -> None:
+    """Pops enqueued cells until none is left (one process; also usable on another machine)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = load_study(study_path)
+    cells = {cell.key: cell for cell in study.cells()}
+    client = MlflowClient(stores.tracking_uri)
+    trials_study = optuna.load_study(study_name=study.name, storage=optuna_storage(stores.storage))
+
+    def objective(trial: optuna.Trial) -> float:
+        cell = cells.get(trial.user_attrs.get("cell"))
+        if cell is None:  # another worker took the last enqueued cell first; ask() made a fresh trial
+            raise optuna.TrialPruned()
+        metrics = run_cell(study, cell, client, experiment_id, parent_id,
+                           on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+        return metrics.get(study.metric, float("nan"))
+
+    while trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        # optimize() (not ask/tell) so Optuna's heartbeat thread covers the running cell
+        trials_study.optimize(objective, n_trials=1, catch=(Exception,))
+
+
+def run_study(study: Study, stores: Stores, workers: int, progress=print) -> dict:
+    """Prepares, starts `workers` local processes, shows progress until all cells are done."""
+    mlflow.set_tracking_uri(stores.tracking_uri)
+    experiment_id, parent_id, trials_study, todo = prepare(study, stores)
+    total, started = len(study.cells()), time.time()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=worker, args=(str(study.path), stores, experiment_id, parent_id, threads))
+                 for _ in range(min(workers, max(1, len(todo))))] if todo else []
+    for process in processes:
+        process.start()
+    while any(p.is_alive() for p in processes):
+        progress(status_line(study, trials_study, total, started))
+        time.sleep(2)
+    client = MlflowClient(stores.tracking_uri)
+    summary = counts(study, trials_study)
+    client.set_terminated(parent_id, "FINISHED" if summary["done"] == total else "FAILED")
+    return {"experiment_id": experiment_id, "parent_run_id": parent_id, **summary, "total": total,
+            "seconds": time.time() - started}
+
+
+def counts(study: Study, trials_study: optuna.Study) -> dict:
+    keys = {cell.key for cell in study.cells()}
+    trials = [t for t in trials_study.get_trials(deepcopy=False) if t.user_attrs.get("cell") in keys]
+    done = {t.user_attrs["cell"] for t in trials if t.state == TrialState.COMPLETE}
+    running = [t.user_attrs.get("name", "") for t in trials if t.state == TrialState.RUNNING]
+    failed = {t.user_attrs["cell"] for t in trials if t.state == TrialState.FAIL} - done
+    return {"done": len(done), "running": running, "failed": len(failed)}
+
+
+def status_line(study: Study, trials_study: optuna.Study, total: int, started: float) -> str:
+    c = counts(study, trials_study)
+    elapsed = time.time() - started
+    durations = [t.duration.total_seconds() for t in trials_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if t.duration]
+    remaining = ""
+    if durations and c["done"] < total:
+        parallel = max(1, len(c["running"]))
+        remaining = f", ~{(total - c['done']) * (sum(durations) / len(durations)) / parallel / 60:.1f} min left"
+    return (f"[{study.name}] {c['done']}/{total} cells done, {len(c['running'])} running"
+            f"{': ' + '; '.join(c['running']) if c['running'] else ''}, {c['failed']} failed, "
+            f"{elapsed / 60:.1f} min elapsed{remaining}")
