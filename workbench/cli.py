@@ -122,7 +122,7 @@ def ablate(
     from workbench.ablate import default_stores, run_study
 
     stores = default_stores(storage, tracking_uri)
-    summary = run_study(spec, stores, workers, progress=lambda line: typer.echo(line, err=True))
+    summary = run_study(spec, stores, workers, progress=_live_display())
     typer.echo(f"{summary['done']}/{summary['total']} cells finished, {summary['failed']} failed, "
                f"{summary['seconds'] / 60:.1f} min")
     typer.echo(f"MLflow: {stores.tracking_uri} (experiment {spec.name}, parent run {summary['parent_run_id']})")
@@ -130,6 +130,21 @@ def ablate(
     typer.echo(f"Browse: wb ui --tracking-uri {stores.tracking_uri}")
     if summary["done"] < summary["total"]:
         raise typer.Exit(1)
+
+
+def _live_display():
+    """One status line rewritten in place on a terminal; in a log, a new line only when cells change."""
+    import sys
+
+    last = [""]
+
+    def show(line: str) -> None:
+        if sys.stderr.isatty():
+            typer.echo("\r" + line.ljust(len(last[0])), err=True, nl=False)
+        elif line.split(" min elapsed")[0].rsplit(",", 1)[0] != last[0].split(" min elapsed")[0].rsplit(",", 1)[0]:
+            typer.echo(line, err=True)
+        last[0] = line
+    return show
 
 
 @app.command()
