@@ -110,3 +110,17 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["ablate", str(write(tmp_path / "tiny.toml")), "--dry-run"])
     assert result.exit_code == 0 and result.output.count("seed=") == 4
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()
+
+
+def test_cells_enqueued_by_a_launcher_that_died_before_its_workers_still_run(tmp_path, monkeypatch):
+    from workbench.ablate import default_stores, prepare, run_study
+    from workbench.studies import load_study
+
+    monkeypatch.chdir(tmp_path)
+    study = load_study(write(tmp_path / "tiny.toml", values="[0.5]"))
+    stores = default_stores(None, None)
+    prepare(study, stores)  # enqueued, then "killed" before any worker started
+    summary = run_study(study, stores, workers=1, progress=lambda line: None)
+    assert summary["done"] == summary["total"] == 2
+    runs, _ = children()
+    assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}

@@ -107,12 +107,13 @@ def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, 
 def run_study(study: Study, stores: Stores, workers: int, progress=print) -> dict:
     """Prepares, starts `workers` local processes, shows progress until all cells are done."""
     mlflow.set_tracking_uri(stores.tracking_uri)
-    experiment_id, parent_id, trials_study, todo = prepare(study, stores)
+    experiment_id, parent_id, trials_study, _ = prepare(study, stores)
     total, started = len(study.cells()), time.time()
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")
+    waiting = len(trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))  # new and left over
     processes = [context.Process(target=worker, args=(str(study.path), stores, experiment_id, parent_id, threads))
-                 for _ in range(min(workers, max(1, len(todo))))] if todo else []
+                 for _ in range(min(workers, waiting))]
     for process in processes:
         process.start()
     while any(p.is_alive() for p in processes):
