@@ -38,8 +38,8 @@ def write(path, values="[0.0, 0.5]", steps=30):
     return path
 
 
-def children(tracking_uri="sqlite:///mlflow.db"):
-    mlflow.set_tracking_uri(tracking_uri)
+def children(tracking_uri=None):
+    mlflow.set_tracking_uri(tracking_uri or f"sqlite:///{os.path.abspath('mlflow.db')}")
     runs = mlflow.search_runs(experiment_names=["tiny"])
     return runs[runs["tags.wb.role"] != "study"], runs[runs["tags.wb.role"] == "study"]
 

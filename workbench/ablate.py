@@ -39,8 +39,10 @@ class Stores:
 
 
 def default_stores(storage: str | None, tracking_uri: str | None) -> Stores:
-    return Stores(storage or "sqlite:///optuna.db", tracking_uri or "sqlite:///mlflow.db",
-                  Path("mlartifacts").resolve().as_uri())
+    # Absolute paths: MLflow caches one store per URI string, so a relative sqlite URI would keep
+    # pointing at the first working directory it was used in.
+    return Stores(storage or f"sqlite:///{Path('optuna.db').resolve()}",
+                  tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}", Path("mlartifacts").resolve().as_uri())
 
 
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
