@@ -124,3 +124,27 @@ def test_cells_enqueued_by_a_launcher_that_died_before_its_workers_still_run(tmp
     assert summary["done"] == summary["total"] == 2
     runs, _ = children()
     assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
+
+
+def test_cell_whose_run_finished_before_its_trial_was_recorded_is_not_run_again(tmp_path, monkeypatch):
+    """The kill can land between the MLflow run's FINISHED and Optuna's tell(): the cell is done."""
+    import workbench.ablate as ablate
+    from mlflow import MlflowClient
+
+    from workbench.runs import run_cell
+    from workbench.studies import load_study
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ablate, "GRACE_S", 1)
+    study = load_study(write(tmp_path / "tiny.toml", values="[0.5]"))
+    stores = ablate.default_stores(None, None)
+    experiment_id, parent_id, trials_study, _ = ablate.prepare(study, stores)
+    trial = trials_study.ask()  # pops the first enqueued cell, as a worker does
+    trials_study._storage.record_heartbeat(trial._trial_id)
+    cell = {c.key: c for c in study.cells()}[trial.user_attrs["cell"]]
+    run_cell(study, cell, MlflowClient(stores.tracking_uri), experiment_id, parent_id)  # ...then killed
+    time.sleep(2)  # the trial's heartbeat is now stale
+    summary = ablate.run_study(study, stores, workers=1, progress=lambda line: None)
+    assert summary["done"] == summary["total"] == 2 and summary["failed"] == 0
+    runs, _ = children()
+    assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"} and runs["tags.wb.config_hash"].nunique() == 2

@@ -4,7 +4,8 @@ The launcher creates the MLflow experiment, the study's parent run and the Optun
 worker starts (concurrent first-time SQLite schema creation crashes both), then enqueues every cell
 that has no finished trial. Workers pop enqueued trials from the storage, so N workers (on one
 machine or many sharing one RDB storage) never run a cell twice. Optuna's heartbeat marks the
-trials of a killed launcher as failed, so re-running the command runs them again.
+trials of a killed launcher as failed, so re-running the command runs them again; a cell whose MLflow
+run finished before the kill is recorded as complete instead.
 """
 from __future__ import annotations
 
@@ -75,11 +76,33 @@ def prepare(study: Study, stores: Stores) -> tuple[str, str, optuna.Study, list[
             client.set_terminated(run_id, "KILLED")  # its worker died; the cell is enqueued again below
     taken = {t.user_attrs.get("cell") for t in trials_study.get_trials(
         deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING))}
+    # A worker killed after its MLflow run finished but before Optuna recorded the trial left a
+    # finished cell behind a failed trial: record it as complete rather than train it again.
+    for key, run in finished_cells(client, parent_id).items():
+        if key not in taken:
+            trials_study.add_trial(optuna.trial.create_trial(
+                state=TrialState.COMPLETE, value=run.data.metrics.get(study.metric, float("inf")),
+                user_attrs={"cell": key, "name": run.info.run_name, "mlflow_run_id": run.info.run_id}))
+            taken.add(key)
     todo = [cell for cell in study.cells() if cell.key not in taken]
     for cell in todo:
         trials_study.enqueue_trial({}, user_attrs={"cell": cell.key, "name": cell.run_name})
     client.update_run(parent_id, status="RUNNING")
     return experiment_id, parent_id, trials_study, todo
+
+
+def finished_cells(client: MlflowClient, parent_id: str) -> dict:
+    """Config hash -> FINISHED MLflow child run of the study's parent run."""
+    runs, token = {}, None
+    while True:
+        page = client.search_runs(
+            [client.get_run(parent_id).info.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'FINISHED'",
+            max_results=1000, page_token=token)
+        runs.update({run.data.tags["wb.config_hash"]: run for run in page if "wb.config_hash" in run.data.tags})
+        token = page.token
+        if not token:
+            return runs
 
 
 def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, threads: int) -> None:
