@@ -87,6 +87,9 @@ def prepare(study: Study, stores: Stores) -> tuple[str, str, optuna.Study, list[
     todo = [cell for cell in study.cells() if cell.key not in taken]
     for cell in todo:
         trials_study.enqueue_trial({}, user_attrs={"cell": cell.key, "name": cell.run_name})
+    # The study file as run now (axes, labels, paper values) goes with the parent run, so a report
+    # can be rendered from the tracking store alone.
+    client.log_text(parent_id, study.path.read_text(), "study.toml")
     client.update_run(parent_id, status="RUNNING")
     return experiment_id, parent_id, trials_study, todo
 
