@@ -56,3 +56,16 @@ def test_unknown_name():
     with pytest.raises(DataError, match="not one of"):
         load_data("imagenet")
     assert "digits" in DATASETS
+
+
+def test_latents_loader_keeps_values_and_labels(tmp_path):
+    x = np.random.default_rng(0).standard_normal((5, 4, 8, 8)).astype(np.float32) * 0.9
+    np.savez(tmp_path / "lat.npz", latents=x, labels=np.array([0, 3, 1, 2, 3]))
+    ds = load_data("latents", path=str(tmp_path / "lat.npz"))
+    assert ds.kind == "latents" and ds.shape == (4, 8, 8) and ds.num_classes == 4
+    assert torch.equal(ds.x, torch.from_numpy(x)) and ds.labels.tolist() == [0, 3, 1, 2, 3]
+    np.savez(tmp_path / "flat.npz", latents=x.reshape(5, -1))
+    with pytest.raises(DataError, match=r"flat.npz: needs a float array 'latents' \(N x C x H x W\)"):
+        load_data("latents", path=str(tmp_path / "flat.npz"))
+    with pytest.raises(DataError, match="no such .npz file of latents"):
+        load_data("latents", path=str(tmp_path / "missing.npz"))

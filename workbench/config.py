@@ -28,7 +28,7 @@ class _Frozen(BaseModel):
 
 class DataConfig(_Frozen):
     name: Literal[tuple(DATASETS)] = F("checkerboard", "data set")
-    path: str = F("", ".npz file or image folder, for name = npz / folder")
+    path: str = F("", ".npz file or image folder, for name = npz / folder / latents")
     data_dir: str = F("data", "where torchvision sets live (MNIST/raw, cifar-10-batches-py)")
     download: bool = F(False, "let torchvision download a missing set (needs internet)")
 
@@ -123,9 +123,9 @@ class EvalConfig(_Frozen):
     every: int = F(0, "steps between evaluations during training (curves); 0 = only at the end", ge=0)
     num_samples_during: int = F(1000, "samples scored during training", ge=2)
     seed: int = F(0, "noise seed of evaluation samples (and of the classifier features)", ge=0, lt=2**31)
-    features: Literal["auto", "classifier", "inception"] = F(
+    features: Literal["auto", "classifier", "inception", "latent"] = F(
         "auto", "image features: classifier trained on the labels (offline) or clean-fid Inception; "
-        "auto = classifier when the data has labels")
+        "auto = classifier when the data has labels; latent data: Frechet distance of the latents themselves")
     cache_dir: str = F("data/cache", "where classifier weights and reference features are cached")
 
     @field_validator("nfe", "fm_steps")

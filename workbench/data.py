@@ -1,6 +1,7 @@
-"""Data sets as in-memory tensors: toy 2D sets, sklearn digits, torchvision sets, user images.
+"""Data sets as in-memory tensors: toy 2D sets, sklearn digits, torchvision sets, user images, latents.
 
-Points are returned as they are; images as float (N, C, H, W) scaled to [-1, 1].
+Points are returned as they are; images as float (N, C, H, W) scaled to [-1, 1]; latents (e.g. SD-VAE
+encodings of ImageNet) as stored.
 Nothing downloads unless `download=True` is asked for explicitly.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ class Dataset:
     x: torch.Tensor  # (N, *shape) float32
     labels: torch.Tensor | None  # (N,) int64 in [0, num_classes), or None when unlabelled
     num_classes: int
-    kind: str  # "points" or "images"
+    kind: str  # "points", "images" or "latents"
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -128,6 +129,21 @@ def npz(split: str, path: str = "", **_) -> Dataset:
         return _images(archive["images"], labels, 0 if labels is None else int(labels.max()) + 1)
 
 
+def latents(split: str, path: str = "", **_) -> Dataset:
+    """A .npz of pre-encoded latents: 'latents' float (N, C, H, W), already scaled as the model should
+    see them (SD-VAE: x 0.18215), and optional 'labels' (N,) ints. One split: evaluation compares with
+    the training latents, as ImageNet FID compares with train statistics."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"data.path={path!r}: no such .npz file of latents (an array 'latents', N x C x H x W)")
+    with np.load(file) as archive:
+        if "latents" not in archive or archive["latents"].ndim != 4:
+            raise DataError(f"{file}: needs a float array 'latents' (N x C x H x W); has {sorted(archive)}")
+        x = torch.tensor(archive["latents"], dtype=torch.float32)
+        labels = torch.as_tensor(archive["labels"], dtype=torch.long) if "labels" in archive else None
+    return Dataset(x, labels, 0 if labels is None else int(labels.max()) + 1, "latents")
+
+
 def folder(split: str, path: str = "", **_) -> Dataset:
     """Same-size PNG/JPEG images in a folder; class subfolders (if any) become labels."""
     from PIL import Image
@@ -160,6 +176,7 @@ DATASETS = {
     "cifar10": _torchvision("CIFAR10", "cifar-10-batches-py"),
     "npz": npz,
     "folder": folder,
+    "latents": latents,
 }
 
 

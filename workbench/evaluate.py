@@ -1,7 +1,7 @@
 """Scores for a trained model (EMA weights) at each NFE and for the Flow Matching Euler baseline.
 
 2D points: energy distance and sliced Wasserstein distance to the held-out split. Images: FID and
-KID through clean-fid (workbench/fid.py). Fixed sample counts and per-index noise seeds make
+KID through clean-fid (workbench/fid.py). Latents: Frechet distance of the latents themselves. Fixed sample counts and per-index noise seeds make
 scores comparable across cells.
 """
 from __future__ import annotations
@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
-from workbench.config import RunConfig
+from workbench.config import ConfigError, RunConfig
 from workbench.data import TOY_SETS, load_data
-from workbench.fid import ImageScorer, image_scorer
+from workbench.fid import ImageScorer, fid_kid, image_scorer
 from workbench.meanflow import index_noise, sample_euler, sample_meanflow
 from workbench.tracking import write_eval
 from workbench.train import load_ema  # one-way: train.py never imports evaluation code
@@ -78,6 +79,16 @@ def image_metrics(net: nn.Module, scorer: ImageScorer, shape: tuple[int, ...], n
     return metrics
 
 
+def latent_metrics(net: nn.Module, reference: torch.Tensor, nfe: tuple[int, ...] = (1, 2),
+                   fm_steps: tuple[int, ...] = (), num_samples: int = 10_000, seed: int = 0) -> dict[str, float]:
+    """Frechet distance between generated and reference latents, flattened: {'fdlatent_1nfe': ...}.
+    A proxy for FID when no decoder is at hand; its scale is not FID's."""
+    flat = reference.flatten(1).double().numpy()
+    mu, sigma = flat.mean(axis=0), np.cov(flat, rowvar=False)
+    return {f"fdlatent_{name}": fid_kid(x.flatten(1).double().numpy(), mu, sigma, None, seed)["fid"]
+            for name, x in generate(net, tuple(reference.shape[1:]), nfe, fm_steps, num_samples, seed).items()}
+
+
 @dataclass
 class Evaluator:
     """net, num_samples -> metrics; `info` says what the scores are measured with (never compare
@@ -97,6 +108,13 @@ def evaluator_for(config: RunConfig) -> Evaluator:
         return Evaluator(lambda net, n: toy_metrics(net, name, ev.nfe, ev.fm_steps, n, ev.seed),
                          {"features": "points (energy distance, sliced W2 vs held-out split)", "seed": ev.seed})
     data = load_data(name, "test", path=config.data.path, data_dir=config.data.data_dir)
+    if data.kind == "latents":
+        if ev.features not in ("auto", "latent"):
+            raise ConfigError(f"eval.features={ev.features!r}: latents would need decoding to images first; "
+                              "use latent (Frechet distance of the latents) or decode and score outside")
+        return Evaluator(lambda net, n: latent_metrics(net, data.x, ev.nfe, ev.fm_steps, n, ev.seed),
+                         {"features": "latent (Frechet distance of flattened latents vs the training latents)",
+                          "seed": ev.seed})
     kind = ev.features if ev.features != "auto" else ("classifier" if data.labels is not None else "inception")
     scorer = image_scorer(name, kind, Path(ev.cache_dir), ev.seed)
     return Evaluator(lambda net, n: image_metrics(net, scorer, data.shape, ev.nfe, ev.fm_steps, n, ev.seed),

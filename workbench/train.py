@@ -48,8 +48,8 @@ def resolve_device(name: str) -> torch.device:
 
 def build_net(config: RunConfig, data: Dataset) -> nn.Module:
     arch = config.net.arch
-    if arch != "mlp" and data.kind != "images":
-        raise ConfigError(f"net.arch={arch!r} needs image data; data.name={config.data.name!r} is 2D points (use mlp)")
+    if arch != "mlp" and data.kind == "points":
+        raise ConfigError(f"net.arch={arch!r} needs images or latents; data.name={config.data.name!r} is 2D points (use mlp)")
     options = getattr(config.net, arch).model_dump()
     try:
         return NETWORKS[arch](data.shape, data.num_classes, config.net.time_cond, **options)
@@ -103,12 +103,14 @@ def save_samples(ema: nn.Module, data: Dataset, config: RunConfig, path: Path, d
     n = config.sample.num_points if data.kind == "points" else config.sample.num_images
     noise = index_noise(config.sample.seed, range(n), data.shape).to(device)
     labels = None
-    if data.num_classes and data.kind == "images":  # show each class in turn
+    if data.num_classes and data.kind != "points":  # show each class in turn
         labels = (torch.arange(n) % data.num_classes).to(device)
     x = sample_meanflow(ema, noise, config.sample.steps, labels).float().cpu()
     title = f"{config.sample.steps}-NFE samples"
     if data.kind == "points":
         plots.scatter(x, data.x[:n], path, title)
+    elif data.kind == "latents":  # no decoder here: the first 3 channels, 3 data stds mapped to [-1, 1]
+        plots.image_grid(x[:, :3] / (3 * data.x.std()), path, f"{title} (latent channels, not decoded)")
     else:
         plots.image_grid(x, path, title)
 

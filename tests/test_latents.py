@@ -1,0 +1,64 @@
+"""ImageNet-latent path: the Frechet distance of latents, and the shipped GPU studies smoke-run on CPU."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.config import ConfigError, with_overrides
+from workbench.evaluate import evaluator_for, latent_metrics
+from workbench.studies import load_study
+from workbench.train import train
+
+
+class Constant(torch.nn.Module):
+    """u = z - c: one MeanFlow step from t = 1 to r = 0 gives z - (z - c) = c for any noise z."""
+
+    num_classes = 0
+
+    def __init__(self, target):
+        super().__init__()
+        self.target = target
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, z, t, r, labels=None):
+        return z - self.target.expand_as(z)
+
+
+def test_fd_of_latents_is_the_squared_mean_shift_for_a_point_mass():
+    """Generated latents all equal c; reference N(0, I)-like sample: FD = |mu - c|^2 + tr(Sigma)."""
+    reference = torch.randn(4000, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    c = torch.full((1, 2, 2, 2), 0.5)
+    score = latent_metrics(Constant(c), reference, nfe=(1,), num_samples=500)["fdlatent_1nfe"]
+    flat = reference.flatten(1).double()
+    expected = float((flat.mean(0) - 0.5).pow(2).sum() + torch.cov(flat.T).trace())
+    assert math.isclose(score, expected, rel_tol=1e-6)
+
+
+def latents_file(tmp_path, n=48, classes=3):
+    """8x8 instead of 32x32 latents: the Frechet distance over 4096 dimensions alone takes minutes on a CPU."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "imagenet256_latents.npz", latents=rng.standard_normal((n, 4, 8, 8)).astype(np.float32),
+             labels=rng.integers(0, classes, n))
+    return tmp_path / "imagenet256_latents.npz"
+
+
+def test_imagenet_study_smoke_runs_at_full_network_size(tmp_path):
+    """A shipped study's DiT-B/4 and settings (guidance with mixing: the most forward passes), 2 steps
+    of batch 2 on a small synthetic latent file; ~20 s on 2 CPU cores. The other studies differ only
+    in axis values, which the rest of the suite covers on small networks."""
+    study = load_study("imagenet_table5")
+    cell = study.cells()[-1]
+    assert (cell.config.net.dit.hidden, cell.config.net.dit.depth, cell.config.net.dit.patch_size) == (768, 12, 4)
+    config = with_overrides(cell.config, {"data.path": str(latents_file(tmp_path)), "train.steps": 2,
+                                          "train.batch_size": 2, "train.device": "cpu", "eval.num_samples": 16,
+                                          "eval.nfe": "1", "eval.every": 0, "sample.num_images": 4})
+    result = train(config, tmp_path / "run", progress=False, evaluator=evaluator_for(config))
+    assert math.isfinite(result.metrics[study.metric]) and (tmp_path / "run" / "samples.png").is_file()
+
+
+def test_latents_refuse_image_features(tmp_path):
+    config = with_overrides(load_study("imagenet_table1a").cells()[0].config,
+                            {"data.path": str(latents_file(tmp_path)), "eval.features": "inception"})
+    with pytest.raises(ConfigError, match="eval.features='inception': latents would need decoding"):
+        evaluator_for(config)
