@@ -69,7 +69,7 @@ def test_learning_rate_warmup_and_cosine():
 
 def test_image_network_on_points_is_a_config_error():
     config = with_overrides(RunConfig(), {"net.arch": "unet"})
-    with pytest.raises(ConfigError, match="net.arch='unet' needs image data"):
+    with pytest.raises(ConfigError, match="net.arch='unet' needs images or latents"):
         build_net(config, load_data("checkerboard"))
 
 
