@@ -50,6 +50,7 @@ def test_two_workers_one_finished_child_per_cell_then_only_new_cells(tmp_path, m
     result = CliRunner().invoke(app, ["ablate", str(study), "--workers", "2"])
     assert result.exit_code == 0, result.output
     assert "4/4 cells finished" in result.output and "wb ui" in result.output
+    assert "Report: reports/tiny/README.md" in result.output and "4/4 finished" in (tmp_path / "reports/tiny/README.md").read_text()
     runs, parents = children()
     assert len(parents) == 1 and len(runs) == 4
     assert set(runs["status"]) == {"FINISHED"}

@@ -28,6 +28,24 @@ def test_fid_of_the_reference_against_itself_is_zero(scorer):
     assert abs(scores["fid"]) < 1e-3
 
 
+def test_features_of_a_set_smaller_than_half_a_batch(scorer):
+    """clean-fid runs full batches of 250; 16 images are padded, then cut, row for row."""
+    images = fid.to_uint8(load_data("digits", "test").x)
+    small = fid.features(images[:16], scorer.extractor, scorer.fn_resize)
+    assert small.shape == (16, 128)
+    np.testing.assert_allclose(small, fid.features(images, scorer.extractor, scorer.fn_resize)[:16], rtol=1e-5, atol=1e-6)
+
+
+def test_user_files_get_their_own_cache_key(tmp_path):
+    from workbench.config import DataConfig
+
+    for name in ("a.npz", "b.npz"):
+        np.savez(tmp_path / name, images=np.zeros((4, 8, 8), dtype=np.uint8), labels=np.arange(4))
+    keys = {fid.data_key(DataConfig(name="npz", path=str(tmp_path / name))) for name in ("a.npz", "b.npz")}
+    assert len(keys) == 2 and all(key.startswith("npz-") for key in keys)
+    assert fid.data_key(DataConfig(name="digits")) == "digits"
+
+
 def test_fid_rises_along_a_corruption_ladder(scorer):
     images = load_data("digits", "test").x
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))

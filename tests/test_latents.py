@@ -62,3 +62,20 @@ def test_latents_refuse_image_features(tmp_path):
                             {"data.path": str(latents_file(tmp_path)), "eval.features": "inception"})
     with pytest.raises(ConfigError, match="eval.features='inception': latents would need decoding"):
         evaluator_for(config)
+
+
+def test_cifar10_study_smoke_runs_at_full_network_size(tmp_path):
+    """A shipped CIFAR-10 study's U-Net and settings, 2 steps of batch 2, on a synthetic 32x32 RGB npz
+    (torchvision's CIFAR-10 loader checks checksums, so no fake CIFAR-10 folder can stand in)."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "rgb.npz", images=rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8),
+             labels=rng.integers(0, 10, 64))
+    study = load_study("cifar10_table1a")
+    cell = study.cells()[1]  # 25% r != t
+    config = with_overrides(cell.config, {"data.name": "npz", "data.path": str(tmp_path / "rgb.npz"),
+                                          "train.steps": 2, "train.batch_size": 2, "train.device": "cpu",
+                                          "eval.features": "classifier", "eval.cache_dir": str(tmp_path / "cache"),
+                                          "eval.num_samples": 16, "eval.nfe": "1", "eval.fm_steps": "",
+                                          "eval.every": 0, "sample.num_images": 4})
+    result = train(config, tmp_path / "run", progress=False, evaluator=evaluator_for(config))
+    assert math.isfinite(result.metrics["fid_1nfe"]) and (tmp_path / "run" / "samples.png").is_file()

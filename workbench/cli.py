@@ -105,6 +105,8 @@ def ablate(
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL [default: sqlite:///optuna.db].")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the table of cells and exit.")] = False,
+    no_report: Annotated[bool, typer.Option(help="Skip rendering reports/<study>/README.md at the end.")] = False,
+    reports: Annotated[str, typer.Option(help="Where the report goes.")] = "reports",
 ) -> None:
     """Run every cell (config x seed) of a study, resumably, as MLflow child runs under one parent run."""
     from workbench.studies import StudyError, load_study
@@ -128,8 +130,35 @@ def ablate(
     typer.echo(f"MLflow: {stores.tracking_uri} (experiment {spec.name}, parent run {summary['parent_run_id']})")
     typer.echo(f"Optuna: {stores.storage} (study {spec.name})")
     typer.echo(f"Browse: wb ui --tracking-uri {stores.tracking_uri}")
+    if not no_report:
+        from workbench.report import render
+
+        typer.echo(f"Report: {render(spec.name, stores.tracking_uri, Path(reports))}")
     if summary["done"] < summary["total"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    studies: Annotated[Optional[list[str]], typer.Argument(help="Study names as recorded (e.g. table1a).")] = None,
+    suite: Annotated[bool, typer.Option(help="Also write reports/table1/README.md over table1a-f.")] = False,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
+    out: Annotated[Path, typer.Option(help="Reports folder.")] = Path("reports"),
+) -> None:
+    """Render reports/<study>/README.md (tables beside the paper, curves, samples) from the MLflow store."""
+    from workbench.ablate import default_stores
+    from workbench.report import SUITE, ReportError, render, render_suite
+
+    uri = default_stores(None, tracking_uri).tracking_uri
+    if not studies and not suite:
+        _fail("name at least one study (e.g. wb report table1a) or pass --suite")
+    try:
+        for name in studies or (SUITE if suite else ()):
+            typer.echo(f"{name}: {render(name, uri, out)}")
+        if suite:
+            typer.echo(f"suite: {render_suite(SUITE, uri, out)}")
+    except ReportError as err:
+        _fail(str(err))
 
 
 def _live_display():

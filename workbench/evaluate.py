@@ -116,7 +116,7 @@ def evaluator_for(config: RunConfig) -> Evaluator:
                          {"features": "latent (Frechet distance of flattened latents vs the training latents)",
                           "seed": ev.seed})
     kind = ev.features if ev.features != "auto" else ("classifier" if data.labels is not None else "inception")
-    scorer = image_scorer(name, kind, Path(ev.cache_dir), ev.seed)
+    scorer = image_scorer(config.data, kind, Path(ev.cache_dir), ev.seed)
     return Evaluator(lambda net, n: image_metrics(net, scorer, data.shape, ev.nfe, ev.fm_steps, n, ev.seed),
                      {"features": scorer.name, "seed": ev.seed, **scorer.info})
 

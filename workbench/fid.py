@@ -8,6 +8,7 @@ Two feature sets:
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ from cleanfid import fid as cleanfid
 from scipy.linalg import LinAlgWarning
 from torch import nn
 
-from workbench.data import load_data
+from workbench.config import DataConfig
+from workbench.data import Dataset, load_data
 
 INCEPTION_FILE = Path("/tmp/inception-2015-12-05.pt")  # where clean-fid's feature_extractor() looks on Linux
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -48,11 +50,31 @@ class DigitClassifier(nn.Module):
         return self.head(self.body(x))
 
 
-def train_classifier(data_name: str, seed: int = 0, epochs: int = 40) -> tuple[DigitClassifier, float]:
+def as_source(data: DataConfig | str) -> DataConfig:
+    """A data set name ("digits") or a run's data config (user files need their path)."""
+    return DataConfig(name=data) if isinstance(data, str) else data
+
+
+def load(data: DataConfig, split: str) -> Dataset:
+    return load_data(data.name, split, path=data.path, data_dir=data.data_dir)
+
+
+def data_key(data: DataConfig) -> str:
+    """Cache key: the set's name, plus a digest of path, size and mtime for a user's file or folder."""
+    if not data.path:
+        return data.name
+    path = Path(data.path).resolve()
+    stat = path.stat()
+    digest = hashlib.sha1(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    return f"{data.name}-{digest}"
+
+
+def train_classifier(data: DataConfig | str, seed: int = 0, epochs: int = 40) -> tuple[DigitClassifier, float]:
     """Trains the classifier on the train split; returns it with its test-split accuracy."""
-    train_set, test_set = load_data(data_name, "train"), load_data(data_name, "test")
+    data = as_source(data)
+    train_set, test_set = load(data, "train"), load(data, "test")
     if train_set.labels is None or train_set.kind != "images":
-        raise FeatureError(f"data.name={data_name!r}: the classifier features need labelled images")
+        raise FeatureError(f"data.name={data.name!r}: the classifier features need labelled images")
     torch.manual_seed(seed)
     model = DigitClassifier(*train_set.shape, train_set.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -71,17 +93,17 @@ def train_classifier(data_name: str, seed: int = 0, epochs: int = 40) -> tuple[D
     return model, accuracy
 
 
-def load_classifier(data_name: str, cache_dir: Path, seed: int = 0) -> tuple[DigitClassifier, float]:
+def load_classifier(data: DataConfig, cache_dir: Path, seed: int = 0) -> tuple[DigitClassifier, float]:
     """The cached classifier for (data set, seed), training it on first use."""
-    path = Path(cache_dir) / f"classifier-{data_name}-seed{seed}.pt"
+    path = Path(cache_dir) / f"classifier-{data_key(data)}-seed{seed}.pt"
     if path.exists():
         state = torch.load(path, weights_only=False)
         model = DigitClassifier(*state["shape"], state["num_classes"])
         model.load_state_dict(state["model"])
         return model.eval(), state["accuracy"]
-    model, accuracy = train_classifier(data_name, seed)
+    model, accuracy = train_classifier(data, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    shape = load_data(data_name, "test").shape
+    shape = load(data, "test").shape
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "shape": shape, "num_classes": model.head.out_features,
                 "accuracy": accuracy}, tmp)
@@ -122,7 +144,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 def features(images: torch.Tensor, extractor, fn_resize, batch_size: int = 250) -> np.ndarray:
     """uint8 (N, 3, H, W) -> (N, D) features through clean-fid's get_model_features (its resize, then the extractor)."""
     n = images.shape[0]
-    padded = torch.cat([images, images[: (-n) % batch_size]])  # clean-fid wants full batches; extra rows are cut
+    padded = images[torch.arange(n + (-n) % batch_size) % n]  # clean-fid wants full batches; extra rows are cut
     batches = iter(padded.split(batch_size))
     return cleanfid.get_model_features(lambda z: next(batches).float(), extractor, mode="clean", z_dim=1,
                                        num_gen=n, batch_size=batch_size, device=torch.device("cpu"),
@@ -149,11 +171,11 @@ def fid_kid(feats: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray, ref_fe
     return scores
 
 
-def reference_features(data_name: str, extractor, fn_resize, cache_file: Path) -> np.ndarray:
+def reference_features(data: DataConfig, extractor, fn_resize, cache_file: Path) -> np.ndarray:
     """Features of the whole train split, computed once and cached."""
     if cache_file.exists():
         return np.load(cache_file)
-    feats = features(to_uint8(load_data(data_name, "train").x), extractor, fn_resize)
+    feats = features(to_uint8(load(data, "train").x), extractor, fn_resize)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache_file, feats)
     return feats
@@ -177,22 +199,22 @@ class ImageScorer:
                        self.ref_mu, self.ref_sigma, self.ref_feats, seed)
 
 
-def image_scorer(data_name: str, kind: str, cache_dir: Path, seed: int = 0) -> ImageScorer:
+def image_scorer(data: DataConfig | str, kind: str, cache_dir: Path, seed: int = 0) -> ImageScorer:
     """kind 'classifier' (offline) or 'inception' (clean-fid; CIFAR-10 uses its precomputed train statistics)."""
-    cache_dir = Path(cache_dir)
+    data, cache_dir = as_source(data), Path(cache_dir)
     if kind == "classifier":
-        model, accuracy = load_classifier(data_name, cache_dir, seed)
-        extractor, fn_resize, name = classifier_extractor(model, load_data(data_name, "test").shape[0]), keep_size, \
-            f"classifier-{data_name}-seed{seed}"
+        model, accuracy = load_classifier(data, cache_dir, seed)
+        extractor, fn_resize, name = classifier_extractor(model, load(data, "test").shape[0]), keep_size, \
+            f"classifier-{data_key(data)}-seed{seed}"
         info = {"classifier_test_accuracy": accuracy}
     else:
         extractor, fn_resize, name, info = inception_extractor(torch.device("cpu")), None, "inception-clean", {}
-    if kind == "inception" and data_name == "cifar10":
+    if kind == "inception" and data.name == "cifar10":
         stats = Path(cleanfid.__file__).parent / "stats" / "cifar10_clean_train_32.npz"
         if not stats.is_file():
             raise FeatureError(f"clean-fid's CIFAR-10 statistics are not at {stats}; this machine is offline. Put "
                                "https://www.cs.cmu.edu/~clean-fid/stats/cifar10_clean_train_32.npz there")
         with np.load(stats) as ref:
             return ImageScorer(name, extractor, fn_resize, ref["mu"], ref["sigma"], None, info)
-    ref = reference_features(data_name, extractor, fn_resize, cache_dir / f"reference-{data_name}-{name}.npy")
+    ref = reference_features(data, extractor, fn_resize, cache_dir / f"reference-{data_key(data)}-{name}.npy")
     return ImageScorer(name, extractor, fn_resize, ref.mean(axis=0), np.cov(ref, rowvar=False), ref, info)

@@ -1,4 +1,4 @@
-"""Pictures of samples: 2D scatter next to the data, or an image grid."""
+"""Pictures of samples (2D scatter next to the data, or an image grid) and the report figures."""
 from __future__ import annotations
 
 import math
@@ -41,4 +41,61 @@ def image_grid(images: torch.Tensor, path: Path, title: str) -> None:
     ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# Report figures (workbench/report.py): small PNGs readable at page width. ---------------------------
+
+def axis_errorbars(table, metric: str, axis_name: str, path: Path) -> None:
+    """Our mean +/- std per setting (left axis) beside the paper's FID (right axis, its own scale)."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    x = range(len(table))
+    ax.errorbar(x, table["mean"], yerr=table["std"].fillna(0), fmt="o-", capsize=4, color="C0", label="ours")
+    ax.set_xticks(list(x), table["value"], rotation=20 if max(map(len, table["value"])) > 6 else 0)
+    ax.set_xlabel(axis_name)
+    ax.set_ylabel(f"{metric} (ours)", color="C0")
+    if table["paper"].notna().any():
+        twin = ax.twinx()
+        twin.plot(x, table["paper"], "s--", color="C3", label="paper")
+        twin.set_ylabel("paper FID (ImageNet)", color="C3")
+    ax.set_title(f"{metric} per {axis_name}: ours (mean ± std over seeds) and the paper's")
+    ax.title.set_fontsize(9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def curves(history, metric: str, title: str, path: Path, log_y: bool = False) -> None:
+    """Per setting: mean over seeds vs step, with a band from the lowest to the highest seed."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for i, (setting, rows) in enumerate(history.groupby("setting", sort=False)):
+        by_step = rows.groupby("step")["value"]
+        mean, low, high = by_step.mean(), by_step.min(), by_step.max()
+        ax.plot(mean.index, mean.values, color=f"C{i}", label=setting)
+        ax.fill_between(mean.index, low.values, high.values, color=f"C{i}", alpha=0.2, linewidth=0)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{title}: mean over seeds, band = min to max")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def picture_grid(pictures: dict, path: Path, title: str) -> None:
+    """Saved sample pictures (label -> PNG path) side by side, two per row."""
+    columns = min(2, len(pictures))
+    rows = math.ceil(len(pictures) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (label, file) in zip(axes.flat, pictures.items()):
+        ax.imshow(plt.imread(file))
+        ax.set_title(label, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=60)
     plt.close(fig)

@@ -1,0 +1,105 @@
+"""wb report: every table cell equals the mean/std computed directly from the recorded MLflow runs."""
+import math
+import re
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from workbench.ablate import default_stores, run_study
+from workbench.cli import app
+from workbench.report import render, render_suite
+from workbench.studies import load_study
+
+STUDY = """
+name = "tiny"
+description = "report test study"
+metric = "energy_1nfe"
+seeds = [0, 1]
+[base]
+"data.name" = "moons"
+"net.mlp.width" = 32
+"net.mlp.depth" = 1
+"train.steps" = 40
+"train.batch_size" = 64
+"train.log_every" = 10
+"train.device" = "cpu"
+"eval.every" = 20
+"eval.num_samples" = 200
+"eval.num_samples_during" = 100
+"eval.fm_steps" = []
+"sample.num_points" = 100
+[[axes]]
+key = "meanflow.ratio"
+values = [0.0, 0.5, 1.0]
+labels = ["FM", "half", "all"]
+paper = [328.91, 63.14, 67.32]
+"""
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A recorded study: value 'all' failed on both seeds, one 'half' run deleted (missing)."""
+    root = tmp_path_factory.mktemp("store")
+    (root / "tiny.toml").write_text(STUDY)
+    stores = default_stores(f"sqlite:///{root / 'optuna.db'}", f"sqlite:///{root / 'mlflow.db'}")
+    stores = type(stores)(stores.storage, stores.tracking_uri, (root / "mlartifacts").as_uri())
+    run_study(load_study(root / "tiny.toml"), stores, workers=1, progress=lambda line: None)
+    client = MlflowClient(stores.tracking_uri)
+    mlflow.set_tracking_uri(stores.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    runs = runs[runs["tags.wb.role"] != "study"]
+    for run_id in runs.loc[runs["tags.wb.axis.ratio"] == "all", "run_id"]:
+        client.set_terminated(run_id, "FAILED")
+    half = runs[runs["tags.wb.axis.ratio"] == "half"].sort_values("tags.wb.seed")
+    client.delete_run(half["run_id"].iloc[1])
+    return root, stores.tracking_uri
+
+
+def table_rows(markdown: str) -> dict[str, list[str]]:
+    rows = [line.split("|")[1:-1] for line in markdown.splitlines() if line.startswith("| ") and "---" not in line]
+    return {cells[0].strip(): [c.replace("**", "").strip() for c in cells] for cells in rows[1:]}
+
+
+def test_table_cells_equal_the_runs_statistics(store, tmp_path):
+    root, uri = store
+    path = render("tiny", uri, tmp_path)
+    text = path.read_text()
+    rows = table_rows(text)
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    done = runs[(runs["tags.wb.role"] != "study") & (runs["status"] == "FINISHED")]
+    fm = done.loc[done["tags.wb.axis.ratio"] == "FM", "metrics.energy_1nfe"]
+    assert len(fm) == 2
+    mean, std, n = re.fullmatch(r"(\S+) ± (\S+) \((\d)\)", rows["FM"][1]).groups()
+    assert math.isclose(float(mean), fm.mean(), rel_tol=1e-3) and math.isclose(float(std), fm.std(), rel_tol=1e-2)
+    assert n == "2"
+    half = done.loc[done["tags.wb.axis.ratio"] == "half", "metrics.energy_1nfe"]
+    assert len(half) == 1
+    assert re.fullmatch(r"(\S+) ± – \(1\), missing 1", rows["half"][1])
+    assert math.isclose(float(rows["half"][1].split()[0]), half.iloc[0], rel_tol=1e-3)
+    assert rows["all"][1] == "failed (0/2)" and rows["all"][4] == "" and rows["all"][3] == "67.32"
+    assert "cells: 3/6 finished, 2 failed, 1 missing" in text
+    # paper ranks: 328.91 > 67.32 > 63.14
+    assert [rows[v][5] for v in ("FM", "half", "all")] == ["3", "1", "2"]
+    for figure in ("ratio.png", "eval.png", "loss.png", "samples.png"):
+        assert f"]({figure})" in text and (tmp_path / "tiny" / figure).stat().st_size > 1000
+    assert str(root) not in text and str(tmp_path) not in text  # relative links only
+
+
+def test_rerendering_gives_the_same_markdown(store, tmp_path):
+    _, uri = store
+    first = render("tiny", uri, tmp_path / "a").read_text()
+    assert render("tiny", uri, tmp_path / "b").read_text() == first
+
+
+def test_suite_page_links_each_study(store, tmp_path):
+    _, uri = store
+    text = render_suite(("tiny",), uri, tmp_path).read_text()
+    assert "[tiny](../tiny/README.md)" in text and "failed (0/2)" in text
+
+
+def test_wb_report_unknown_study_exits_2(store, tmp_path):
+    _, uri = store
+    result = CliRunner().invoke(app, ["report", "nosuch", "--tracking-uri", uri, "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "nosuch" in result.output and not (tmp_path / "nosuch").exists()

@@ -1,0 +1,302 @@
+"""`wb report`: a study's MLflow runs -> reports/<study>/README.md with tables beside the paper and plots.
+
+Everything comes from the tracking store (the parent run's study.toml, the child runs' tags, metrics
+and sample pictures), never from the process that ran the study, so a report renders later and on
+another machine. The same store gives the same markdown: no clock, no absolute paths.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from scipy import stats
+
+from workbench import plots
+from workbench.studies import Study, parse_study
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per picture otherwise
+SUITE = ("table1a", "table1b", "table1c", "table1d", "table1e", "table1f")
+
+
+class ReportError(ValueError):
+    """A study the tracking store does not hold; the message names the store and the study."""
+
+
+@dataclass
+class Record:
+    """A study as recorded: the study file of its parent run and one row per cell (config x seed)."""
+
+    study: Study
+    parent: dict  # tags of the parent run
+    cells: pd.DataFrame  # one row per cell: settings columns, seed, status, metric, metric_2nfe, wall, run_id
+    client: MlflowClient
+
+
+def load_record(name: str, tracking_uri: str) -> Record:
+    """Reads the study's parent run and children; a cell without a FINISHED run is 'failed' or 'missing'."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    parents = client.search_runs([experiment.experiment_id], "tags.`wb.role` = 'study'") if experiment else []
+    if not parents:
+        raise ReportError(f"study {name!r}: no runs in the tracking store {tracking_uri} (run `wb ablate {name}` first, "
+                          "or pass --tracking-uri)")
+    parent = parents[0]
+    with tempfile.TemporaryDirectory() as folder:
+        text = Path(client.download_artifacts(parent.info.run_id, "study.toml", folder)).read_text()
+    study = parse_study(tomllib.loads(text), Path(f"studies/{name}.toml"))
+    runs = all_runs(client, experiment.experiment_id, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    by_cell: dict[str, list] = {}
+    for run in runs:
+        by_cell.setdefault(run.data.tags.get("wb.config_hash"), []).append(run)
+    rows = []
+    for cell in study.cells():
+        row = {name: label for name, label in cell.settings} | {"seed": cell.seed, "key": cell.key}
+        attempts = by_cell.get(cell.key, [])
+        finished = [run for run in attempts if run.info.status == "FINISHED"]
+        if finished:
+            run = max(finished, key=lambda run: run.info.end_time or 0)
+            metrics = run.data.metrics
+            row |= {"status": "finished", "run_id": run.info.run_id, "metric": metrics.get(study.metric, math.nan),
+                    "metric_2nfe": metrics.get(study.metric.replace("_1nfe", "_2nfe"), math.nan),
+                    "wall": metrics.get("wb_wall_seconds", math.nan), "end": run.info.end_time or 0,
+                    "commit": run.data.tags.get("wb.git_commit", "unknown")}
+        else:
+            status = "running" if any(r.info.status == "RUNNING" for r in attempts) else "failed" if attempts else "missing"
+            row |= {"status": status, "run_id": None, "metric": math.nan, "metric_2nfe": math.nan, "wall": math.nan,
+                    "end": 0, "commit": None}
+        rows.append(row)
+    return Record(study, parent.data.tags, pd.DataFrame(rows), client)
+
+
+def all_runs(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+# Tables -------------------------------------------------------------------------------------------
+
+def axis_table(record: Record, axis_index: int) -> pd.DataFrame:
+    """Per setting of one axis (over seeds, and over the other axes' settings): n, mean, std, paper,
+    ranks, and a paired t-test against our best setting across matching cells."""
+    axis = record.study.axes[axis_index]
+    cells = record.cells
+    done = cells[cells["status"] == "finished"]
+    rows = []
+    for label, paper in zip(axis.labels, axis.paper):
+        values = done.loc[done[axis.name] == label, "metric"].dropna()
+        mine = cells[cells[axis.name] == label]
+        rows.append({"value": label, "n": len(values), "cells": len(mine),
+                     "mean": values.mean() if len(values) else math.nan,
+                     "std": values.std(ddof=1) if len(values) > 1 else math.nan,
+                     "mean_2nfe": done.loc[done[axis.name] == label, "metric_2nfe"].mean(),
+                     "paper": math.nan if paper is None else float(paper),
+                     "failed": int((mine["status"] == "failed").sum()), "missing": int((mine["status"] == "missing").sum()),
+                     "running": int((mine["status"] == "running").sum())})
+    table = pd.DataFrame(rows)
+    table["rank"] = table["mean"].rank(method="min")
+    table["paper_rank"] = table["paper"].rank(method="min")
+    table["p_vs_best"] = math.nan
+    if table["mean"].notna().any():
+        best = table.loc[table["mean"].idxmin(), "value"]
+        table["p_vs_best"] = [paired_p(done, axis.name, best, label) for label in table["value"]]
+    return table
+
+
+def paired_p(done: pd.DataFrame, axis_name: str, best: str, label: str) -> float:
+    """Two-sided paired t-test of `label` against `best` over cells that share everything else (the seed)."""
+    if label == best:
+        return math.nan
+    others = [c for c in done.columns if c not in {axis_name, "key", "status", "run_id", "metric", "metric_2nfe",
+                                                   "wall", "end", "commit"}]
+    a = done[done[axis_name] == best].set_index(others)["metric"]
+    b = done[done[axis_name] == label].set_index(others)["metric"]
+    pairs = pd.concat([a, b], axis=1, join="inner").dropna()
+    if len(pairs) < 2 or np.allclose(pairs.iloc[:, 0], pairs.iloc[:, 1]):
+        return math.nan
+    return float(stats.ttest_rel(pairs.iloc[:, 0], pairs.iloc[:, 1]).pvalue)
+
+
+def kendall_tau(table: pd.DataFrame) -> tuple[float, int]:
+    both = table.dropna(subset=["mean", "paper"])
+    if len(both) < 2:
+        return math.nan, len(both)
+    return float(stats.kendalltau(both["mean"], both["paper"]).statistic), len(both)
+
+
+def fmt(x: float, digits: int = 4) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
+
+
+def verdict(table: pd.DataFrame, metric: str) -> str:
+    """The plain sentence under a table: do we agree with the paper's best setting and its order?"""
+    if table["mean"].isna().all():
+        return "No finished cells yet."
+    ours = table.loc[table["mean"].idxmin(), "value"]
+    parts = []
+    if table["paper"].notna().any():
+        papers = table.loc[table["paper"].idxmin(), "value"]
+        tau, n = kendall_tau(table)
+        match = "matches" if ours == papers else "does not match"
+        parts.append(f"Our best setting ({ours}) {match} the paper's ({papers}); Kendall tau between our means "
+                     f"and the paper's FIDs = {fmt(tau, 2) or 'n/a'} over {n} settings.")
+    else:
+        parts.append(f"Our best setting: {ours} (no paper values for this axis).")
+    tied = table[(table["p_vs_best"] >= 0.05) & (table["value"] != ours)]["value"].tolist()
+    if tied:
+        parts.append(f"Within seed noise of the best (paired t-test over seeds, p >= 0.05): {', '.join(tied)}; "
+                     "their order is not supported by these runs.")
+    elif table["n"].max() > 1:
+        parts.append("Every other setting differs from the best at p < 0.05 (paired t-test over seeds).")
+    return " ".join(parts)
+
+
+def markdown_table(table: pd.DataFrame, metric: str) -> str:
+    has_2nfe = table["mean_2nfe"].notna().any()
+    header = ["value", f"{metric} mean ± std (n)"] + (["2-NFE mean"] if has_2nfe else []) + \
+        ["paper FID", "our rank", "paper rank", "p vs best"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    best_ours, best_paper = table["mean"].min(), table["paper"].min()
+    for row in table.itertuples():
+        if row.n == 0:
+            ours = f"{'running' if row.running else 'failed' if row.failed else 'missing'} (0/{row.cells})"
+        else:
+            ours = f"{fmt(row.mean)} ± {fmt(row.std, 2) or '–'} ({row.n})"
+            if row.mean == best_ours:
+                ours = f"**{ours}**"
+            lost = [f"{k} {getattr(row, k)}" for k in ("failed", "missing", "running") if getattr(row, k)]
+            if lost:
+                ours += f", {', '.join(lost)}"
+        paper = fmt(row.paper)
+        if paper and row.paper == best_paper:
+            paper = f"**{paper}**"
+        cells = [row.value, ours] + ([fmt(row.mean_2nfe)] if has_2nfe else []) + \
+            [paper, fmt(row.rank, 2), fmt(row.paper_rank, 2), fmt(row.p_vs_best, 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# Curves -------------------------------------------------------------------------------------------
+
+def histories(record: Record, metric: str) -> pd.DataFrame:
+    """(axis settings, seed, step, value) for every finished cell's metric history."""
+    rows = []
+    done = record.cells[record.cells["status"] == "finished"]
+    settings = [axis.name for axis in record.study.axes]
+    for cell in done.itertuples(index=False):
+        for m in record.client.get_metric_history(cell.run_id, metric):
+            rows.append({"setting": ", ".join(getattr(cell, s) for s in settings), "seed": cell.seed,
+                         "step": m.step, "value": m.value})
+    return pd.DataFrame(rows, columns=["setting", "seed", "step", "value"])
+
+
+def sample_pictures(record: Record, folder: Path) -> dict[str, Path]:
+    """The sample picture of the first finished seed per setting, downloaded into folder."""
+    pictures = {}
+    done = record.cells[record.cells["status"] == "finished"].sort_values("seed", kind="stable")
+    settings = [axis.name for axis in record.study.axes]
+    for cell in done.itertuples(index=False):
+        label = ", ".join(getattr(cell, s) for s in settings)
+        if label not in pictures:
+            pictures[label] = Path(record.client.download_artifacts(cell.run_id, "samples.png", str(folder / cell.key)))
+    return pictures
+
+
+# The page -----------------------------------------------------------------------------------------
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def render(name: str, tracking_uri: str, out_root: Path = Path("reports")) -> Path:
+    """Writes out_root/<study>/README.md and its PNGs; returns the markdown's path."""
+    record = load_record(name, tracking_uri)
+    study, cells = record.study, record.cells
+    out = out_root / study.name
+    out.mkdir(parents=True, exist_ok=True)
+    config = study.cells()[0].config
+    net = config.net.arch
+    finished = cells[cells["status"] == "finished"]
+    commits = sorted(set(finished["commit"].dropna()))
+    last = pd.Timestamp(int(finished["end"].max()), unit="ms").strftime("%Y-%m-%d %H:%M UTC") if len(finished) else "–"
+    lines = [
+        f"# {study.name}",
+        "",
+        study.description.strip(),
+        "",
+        f"- data: `{config.data.name}`; network: `{net}` "
+        f"({', '.join(f'{k}={v}' for k, v in getattr(config.net, net).model_dump().items())}); "
+        f"{config.train.steps} steps, batch {config.train.batch_size}, EMA {config.train.ema_decay}",
+        f"- seeds: {', '.join(map(str, study.seeds))}; metric: `{study.metric}` (lower is better), "
+        f"{config.eval.num_samples} samples",
+        f"- cells: {len(finished)}/{len(cells)} finished"
+        + "".join(f", {int((cells['status'] == s).sum())} {s}" for s in ("failed", "missing", "running")
+                  if (cells["status"] == s).any()),
+        f"- commit: {', '.join(commits) or '–'}; last cell finished {last}; "
+        f"total compute {finished['wall'].sum() / 60:.1f} min (sum of cell wall times)",
+        f"- reproduce: `wb ablate {study.name}` then `wb report {study.name}`",
+        "",
+    ]
+    for i, axis in enumerate(study.axes):
+        table = axis_table(record, i)
+        lines += [f"## {axis.name} ({', '.join(axis.keys)})", "", markdown_table(table, study.metric), "",
+                  verdict(table, study.metric), ""]
+        figure = f"{slug(axis.name)}.png"
+        plots.axis_errorbars(table, study.metric, axis.name, out / figure)
+        lines += [f"![{study.metric} per {axis.name}]({figure})", ""]
+    curves = [(study.metric, "evaluation", "eval.png"), ("mse", "training MSE (unweighted)", "loss.png")]
+    for metric, title, figure in curves:
+        history = histories(record, metric)
+        if len(history):
+            plots.curves(history, metric, title, out / figure, log_y=True)
+            lines += [f"![{title}]({figure})", ""]
+    with tempfile.TemporaryDirectory() as folder:
+        pictures = sample_pictures(record, Path(folder))
+        if pictures:
+            plots.picture_grid(pictures, out / "samples.png", f"{config.sample.steps}-NFE samples (first finished seed)")
+            lines += ["## Samples", "", "![samples per setting](samples.png)", ""]
+    lines += ["---", f"Generated by `wb report {study.name}` from the MLflow store; p vs best: two-sided paired "
+              "t-test over seeds against our best setting (blank: the best itself, or too few pairs).", ""]
+    path = out / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def render_suite(names: tuple[str, ...], tracking_uri: str, out_root: Path = Path("reports"),
+                 title: str = "table1") -> Path:
+    """One page laid out like the paper's Table 1: each sub-table with the paper's FID beside ours."""
+    summary = ["| study | axis | our best | paper's best | match | Kendall tau |", "|---|---|---|---|---|---|"]
+    sections = []
+    for name in names:
+        record = load_record(name, tracking_uri)
+        link = f"[{name}](../{name}/README.md)"
+        for i, axis in enumerate(record.study.axes):
+            table = axis_table(record, i)
+            tau, _ = kendall_tau(table)
+            ours = table.loc[table["mean"].idxmin(), "value"] if table["mean"].notna().any() else "–"
+            papers = table.loc[table["paper"].idxmin(), "value"] if table["paper"].notna().any() else "–"
+            summary.append(f"| {link} | {axis.name} | {ours} | {papers} | {'yes' if ours == papers else 'no'} "
+                           f"| {fmt(tau, 2)} |")
+            sections += [f"## {name}: {axis.name}", "", markdown_table(table, record.study.metric), "",
+                         verdict(table, record.study.metric), ""]
+    lines = ["# Table 1 at CPU scale, beside the paper", "",
+             "Paper: ImageNet 256, DiT-B/4, 80 epochs, 1-NFE FID-50K. Ours: the CPU proxy each study describes "
+             "(its metric; lower is better), mean ± std over seeds. Bold: best in the column. Only the orders "
+             "compare; the scales do not.", "", "## Summary", "", *summary, "", *sections,
+             "---", f"Generated by `wb report --suite` from the MLflow store.", ""]
+    path = out_root / title / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path
