@@ -56,11 +56,16 @@ def adaptive_weight(err: torch.Tensor, p: float, c: float) -> torch.Tensor:
 def meanflow_loss(
     net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, noise: torch.Tensor,
     config: MeanFlowConfig, labels: torch.Tensor | None = None, dropped: torch.Tensor | None = None,
+    split_jvp: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """MeanFlow loss for data x (B, ...), times t >= r (B,), noise e like x.
 
     labels (B,) ints and dropped (B,) bools (class dropout: those samples get the null class
     net.num_classes and the unguided target). Returns (scalar loss, detached metrics).
+
+    split_jvp: samples with r = t need no JVP (its term is multiplied by t - r = 0), so they take a
+    plain forward pass and only the r != t samples take the JVP; same loss and gradients as
+    split_jvp=False, which runs the JVP over the whole batch (the plain form of Eq. 10).
     """
     z = (1 - _expand(t, x)) * x + _expand(t, x) * noise
     v = noise - x
@@ -68,22 +73,40 @@ def meanflow_loss(
         labels = torch.where(dropped, torch.full_like(labels, net.num_classes), labels)
     v_tilde = guided_velocity(net, z, t, v, labels, dropped, config)
 
-    if torch.equal(t, r):  # a Flow Matching batch: the JVP term is multiplied by t - r = 0
+    needs_jvp = r != t
+    if not split_jvp or needs_jvp.all():
+        u, u_tgt = prediction_and_target(net, z, t, r, v_tilde, labels, config.tangent)
+    elif not needs_jvp.any():  # a Flow Matching batch
         u, u_tgt = net(z, t, r, labels), v_tilde
     else:
-        # u and d/dt u in one forward-mode pass; the JVP stays fp32 even under bf16 autocast.
-        _, dr, dt = TANGENTS[config.tangent]
-        with torch.autocast(z.device.type, enabled=False):
-            u, dudt = jvp(
-                lambda z_, r_, t_: net(z_, t_, r_, labels),
-                (z, r, t),
-                (v_tilde, torch.full_like(r, dr), torch.full_like(t, dt)),
-            )
-        u_tgt = (v_tilde - _expand(t - r, x) * dudt).detach()
+        flow, mean = (~needs_jvp).nonzero().squeeze(1), needs_jvp.nonzero().squeeze(1)
+        pick = (lambda a, i: None if a is None else a[i])
+        u_mean, tgt_mean = prediction_and_target(net, z[mean], t[mean], r[mean], v_tilde[mean], pick(labels, mean),
+                                                 config.tangent)
+        u_flow = net(z[flow], t[flow], r[flow], pick(labels, flow))
+        order = torch.argsort(torch.cat([flow, mean]))  # back to batch order
+        u, u_tgt = torch.cat([u_flow, u_mean])[order], torch.cat([v_tilde[flow], tgt_mean])[order]
 
     err = (u - u_tgt).pow(2).flatten(1).sum(dim=1)  # summed over data dimensions
     weight = adaptive_weight(err, config.adaptive_p, config.adaptive_c)
     loss = (weight * err).mean()
     metrics = {"loss": loss.detach(), "mse": err.detach().mean(), "weight_mean": weight.mean(),
-               "frac_r_neq_t": (r != t).float().mean()}
+               "frac_r_neq_t": needs_jvp.float().mean()}
     return loss, metrics
+
+
+def prediction_and_target(
+    net: Net, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, v_tilde: torch.Tensor,
+    labels: torch.Tensor | None, tangent: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """u = net(z, t, r) and u_tgt = v~ - (t - r) JVP(u; tangent), in one forward-mode pass (Eq. 10).
+
+    The JVP stays fp32 even under bf16 autocast; the target is detached (stop-gradient)."""
+    _, dr, dt = TANGENTS[tangent]
+    with torch.autocast(z.device.type, enabled=False):
+        u, dudt = jvp(
+            lambda z_, r_, t_: net(z_, t_, r_, labels),
+            (z, r, t),
+            (v_tilde, torch.full_like(r, dr), torch.full_like(t, dt)),
+        )
+    return u, (v_tilde - _expand(t - r, z) * dudt).detach()

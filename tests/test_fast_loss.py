@@ -1,0 +1,66 @@
+"""The split-JVP loss (JVP only for r != t samples) equals the whole-batch JVP loss: value and
+gradients, float64, random inputs, for every ablation flag."""
+import pytest
+import torch
+
+from conftest import mf, small_net
+from workbench.meanflow import TANGENTS, TIME_CONDITIONINGS, meanflow_loss
+
+B = 24
+
+
+def inputs(fraction_r_neq_t: float, shape=(2,), classes=0):
+    g = torch.Generator().manual_seed(1)
+    x, noise = torch.randn(B, *shape, generator=g, dtype=torch.float64), torch.randn(B, *shape, generator=g, dtype=torch.float64)
+    a, b = torch.rand(B, generator=g, dtype=torch.float64), torch.rand(B, generator=g, dtype=torch.float64)
+    t, r = torch.maximum(a, b), torch.minimum(a, b)
+    same = torch.randperm(B, generator=g)[: round(B * (1 - fraction_r_neq_t))]  # scattered, not a prefix
+    r[same] = t[same]
+    labels = torch.randint(0, classes, (B,), generator=g) if classes else None
+    dropped = torch.rand(B, generator=g) < 0.2 if classes else None
+    return x, t, r, noise, labels, dropped
+
+
+def losses_and_grads(net, config, batch):
+    out = []
+    for split in (True, False):
+        net.zero_grad()
+        x, t, r, noise, labels, dropped = batch
+        loss, metrics = meanflow_loss(net, x, t, r, noise, config, labels=labels, dropped=dropped, split_jvp=split)
+        loss.backward()
+        out.append((loss.detach(), metrics, [p.grad.clone() for p in net.parameters()]))
+    return out
+
+
+def assert_same(net, config, batch):
+    (fast, fast_metrics, fast_grads), (plain, plain_metrics, plain_grads) = losses_and_grads(net, config, batch)
+    torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-14)
+    for a, b in zip(fast_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for key in ("mse", "weight_mean", "frac_r_neq_t"):
+        torch.testing.assert_close(fast_metrics[key], plain_metrics[key], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.25, 0.5, 1.0])
+@pytest.mark.parametrize("tangent", list(TANGENTS))
+def test_ratio_and_tangent(ratio, tangent):
+    assert_same(small_net(), mf(ratio=ratio, tangent=tangent), inputs(ratio))
+
+
+@pytest.mark.parametrize("time_cond", list(TIME_CONDITIONINGS))
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0, 2.0])
+def test_conditioning_and_adaptive_power(time_cond, p):
+    assert_same(small_net(time_cond=time_cond), mf(adaptive_p=p), inputs(0.25))
+
+
+@pytest.mark.parametrize("omega, kappa, interval", [(1.0, 0.0, (0.0, 1.0)), (2.0, 0.0, (0.0, 1.0)),
+                                                    (0.4, 0.8, (0.0, 1.0)), (3.0, 0.5, (0.2, 0.7))])
+def test_guidance(omega, kappa, interval):
+    config = mf(cfg_omega=omega, cfg_kappa=kappa, cfg_t_lo=interval[0], cfg_t_hi=interval[1])
+    assert_same(small_net(num_classes=3), config, inputs(0.25, classes=3))
+
+
+@pytest.mark.parametrize("arch", ["unet", "dit"])
+def test_image_networks_with_labels(arch):
+    net = small_net(arch, num_classes=3, shape=(1, 8, 8))
+    assert_same(net, mf(cfg_omega=2.0, adaptive_p=1.0), inputs(0.25, shape=(1, 8, 8), classes=3))
