@@ -1,8 +1,13 @@
-"""Training steps per second, MeanFlow vs Flow Matching, same network, batch and process.
+"""MeanFlow vs Flow Matching cost, same network, batch and process: training steps and sampling.
 
-    python benchmarks/train_step.py [--steps 60] [--threads 2]
+    python benchmarks/train_step.py [--steps 40] [--threads 2]
 
-Prints a markdown table of median step times and the MeanFlow / Flow Matching ratio.
+Prints markdown tables of medians and ratios:
+- training step time at the shapes the shipped CPU studies use: Flow Matching (ratio 0), MeanFlow
+  at ratio 0.25 with the JVP on the r != t samples only (the default) and over the whole batch
+  (split_jvp=False, the plain form), and MeanFlow at ratio 1.0;
+- sampling: 1-NFE MeanFlow vs one forward pass over the same batch, and Flow Matching Euler at
+  10 and 50 steps.
 """
 from __future__ import annotations
 
@@ -14,17 +19,18 @@ import torch
 
 from workbench.config import RunConfig, with_overrides
 from workbench.data import load_data
+from workbench.meanflow import index_noise, meanflow_loss, sample_euler, sample_meanflow
 from workbench.train import build_net, draw_batch, make_optimizer
-from workbench.meanflow import meanflow_loss
 
-CASES = {  # name: overrides (the shipped defaults of each network)
-    "mlp / checkerboard": {"data.name": "checkerboard", "net.arch": "mlp", "train.batch_size": 512},
+CASES = {  # name: overrides (the shapes of the shipped CPU studies and of the README's image runs)
+    "mlp 3x256 / checkerboard (table1a-f)": {"data.name": "checkerboard", "net.mlp.width": 256, "train.batch_size": 512},
     "unet / digits": {"data.name": "digits", "net.arch": "unet", "train.batch_size": 128},
     "dit / digits": {"data.name": "digits", "net.arch": "dit", "train.batch_size": 128},
 }
 
 
-def step_times(config: RunConfig, steps: int) -> list[float]:
+def step_times(config: RunConfig, steps: int, split_jvp: bool = True) -> float:
+    """Median seconds of loss + backward + optimizer step, after a warm-up fifth."""
     data = load_data(config.data.name)
     torch.manual_seed(0)
     net = build_net(config, data)
@@ -35,27 +41,63 @@ def step_times(config: RunConfig, steps: int) -> list[float]:
         batch = draw_batch(data, config, generator)
         start = time.perf_counter()
         loss, _ = meanflow_loss(net, batch["x"], batch["t"], batch["r"], batch["noise"], config.meanflow,
-                                labels=batch["labels"], dropped=batch["dropped"])
+                                labels=batch["labels"], dropped=batch["dropped"], split_jvp=split_jvp)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
-    return times[steps // 5:]  # drop warm-up
+    return statistics.median(times[steps // 5:])
+
+
+@torch.no_grad()
+def sampling_times(config: RunConfig, repeats: int) -> dict[str, float]:
+    """Median seconds over one batch of 4x the training batch: forward, 1-NFE, Euler 10 and 50."""
+    data = load_data(config.data.name)
+    net = build_net(config, data).eval()
+    n = 4 * config.train.batch_size
+    noise = index_noise(0, range(n), data.shape)
+    ones = torch.ones(n)
+    jobs = {"forward": lambda: net(noise, ones, 0 * ones, None), "1nfe": lambda: sample_meanflow(net, noise, 1),
+            "euler10": lambda: sample_euler(net, noise, 10), "euler50": lambda: sample_euler(net, noise, 50)}
+    out = {}
+    for name, job in jobs.items():
+        times = []
+        for _ in range(repeats if name != "euler50" else max(2, repeats // 5)):
+            start = time.perf_counter()
+            job()
+            times.append(time.perf_counter() - start)
+        out[name] = statistics.median(times[1:] if len(times) > 2 else times)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.steps} steps after warm-up\n")
-    print("| network / data | batch | Flow Matching steps/s | MeanFlow (ratio 0.25) steps/s | MeanFlow / FM step time |")
-    print("|---|---|---|---|---|")
+    print("| network / data | batch | FM ms/step | MF 0.25 split JVP | MF 0.25 whole-batch JVP | MF 1.0 "
+          "| MF 0.25 / FM (split) | MF 0.25 / FM (whole batch) |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, overrides in CASES.items():
-        fm = statistics.median(step_times(with_overrides(RunConfig(), {**overrides, "meanflow.ratio": 0.0}), args.steps))
-        mf = statistics.median(step_times(with_overrides(RunConfig(), {**overrides, "meanflow.ratio": 0.25}), args.steps))
-        print(f"| {name} | {overrides['train.batch_size']} | {1 / fm:.1f} | {1 / mf:.1f} | {mf / fm:.2f}x |")
+        def at(ratio: float) -> RunConfig:
+            return with_overrides(RunConfig(), {**overrides, "meanflow.ratio": ratio})
+        fm = step_times(at(0.0), args.steps)
+        split = step_times(at(0.25), args.steps)
+        whole = step_times(at(0.25), args.steps, split_jvp=False)
+        full = step_times(at(1.0), args.steps)
+        print(f"| {name} | {overrides['train.batch_size']} | {1e3 * fm:.1f} | {1e3 * split:.1f} | {1e3 * whole:.1f} "
+              f"| {1e3 * full:.1f} | {split / fm:.2f}x | {whole / fm:.2f}x |")
+    print("\n| network / data | samples | forward ms | 1-NFE ms | 1-NFE / forward | Euler 10 ms | Euler 50 ms "
+          "| Euler 50 / 1-NFE |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, overrides in CASES.items():
+        config = with_overrides(RunConfig(), overrides)
+        t = sampling_times(config, repeats=10)
+        print(f"| {name} | {4 * config.train.batch_size} | {1e3 * t['forward']:.1f} | {1e3 * t['1nfe']:.1f} "
+              f"| {t['1nfe'] / t['forward']:.2f}x | {1e3 * t['euler10']:.1f} | {1e3 * t['euler50']:.1f} "
+              f"| {t['euler50'] / t['1nfe']:.0f}x |")
 
 
 if __name__ == "__main__":
