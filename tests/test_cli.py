@@ -36,7 +36,7 @@ def test_unknown_key_and_bad_data_exit_2(tmp_path):
                                  "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 2 and "MNIST/raw" in result.output
     result = runner.invoke(app, ["train", "--net", "dit", "--run-dir", str(tmp_path / "run2")])
-    assert result.exit_code == 2 and "needs image data" in result.output
+    assert result.exit_code == 2 and "needs images or latents" in result.output
     assert not (tmp_path / "run2").exists()
 
 
