@@ -61,7 +61,7 @@ def axis_errorbars(table, metric: str, axis_name: str, path: Path) -> None:
     ax.set_title(f"{metric} per {axis_name}: ours (mean ± std over seeds) and the paper's")
     ax.title.set_fontsize(9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
@@ -81,7 +81,7 @@ def curves(history, metric: str, title: str, path: Path, log_y: bool = False) ->
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
