@@ -45,7 +45,8 @@ def run(folder: Path, workers: int, steps: int, cells: int) -> tuple[float, list
     start = time.perf_counter()
     run_study(load_study(study_file), stores, workers, progress=lambda line: None)
     wall = time.perf_counter() - start
-    runs = mlflow.search_runs(experiment_names=["bench"], tracking_uri=stores.tracking_uri)
+    mlflow.set_tracking_uri(stores.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["bench"])
     runs = runs[runs["tags.wb.role"] != "study"]
     return wall, list(runs["metrics.wb_tracking_seconds"] / runs["metrics.wb_wall_seconds"])
 

@@ -1,6 +1,7 @@
 """`wb`: a thin Typer shell over the library. Bad input exits 2 with a message naming the problem."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -101,7 +102,9 @@ def config() -> None:
 @app.command()
 def ablate(
     study: Annotated[str, typer.Argument(help="Study name in studies/ (e.g. quick) or a path to a .toml file.")],
-    workers: Annotated[int, typer.Option(min=1, help="Local worker processes.")] = 1,
+    workers: Annotated[Optional[int], typer.Option(
+        min=1, help="Local worker processes, threads split between them [default: one per CPU core; measured "
+                    "faster than one worker with all threads, benchmarks/study_workers.py].")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL [default: sqlite:///optuna.db].")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the table of cells and exit.")] = False,
@@ -124,7 +127,7 @@ def ablate(
     from workbench.ablate import default_stores, run_study
 
     stores = default_stores(storage, tracking_uri)
-    summary = run_study(spec, stores, workers, progress=_live_display())
+    summary = run_study(spec, stores, workers or os.cpu_count() or 1, progress=_live_display())
     typer.echo(f"{summary['done']}/{summary['total']} cells finished, {summary['failed']} failed, "
                f"{summary['seconds'] / 60:.1f} min")
     typer.echo(f"MLflow: {stores.tracking_uri} (experiment {spec.name}, parent run {summary['parent_run_id']})")
