@@ -82,7 +82,7 @@ def test_table_cells_equal_the_runs_statistics(store, tmp_path):
     assert "cells: 3/6 finished, 2 failed, 1 missing" in text
     # paper ranks: 328.91 > 67.32 > 63.14
     assert [rows[v][5] for v in ("FM", "half", "all")] == ["3", "1", "2"]
-    for figure in ("ratio.png", "eval.png", "loss.png", "samples.png"):
+    for figure in ("ratio.png", "eval.png", "loss.png", "samples.png", "samples_2nfe.png"):
         assert f"]({figure})" in text and (tmp_path / "tiny" / figure).stat().st_size > 1000
     assert str(root) not in text and str(tmp_path) not in text  # relative links only
 

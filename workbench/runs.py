@@ -58,8 +58,10 @@ def run_cell(study: Study, cell: Cell, client: MlflowClient, experiment_id: str,
             uploads = time.perf_counter()
             tracker.flush()
             torch.save(result.ema.state_dict(), run_dir / "ema.pt")
-            for name in ("config.json", "samples.png", "eval.json", "ema.pt"):
+            for name in ("config.json", "eval.json", "ema.pt"):
                 client.log_artifact(run_id, str(run_dir / name))
+            for picture in sorted(run_dir.glob("samples*.png")):  # samples.png, samples_2nfe.png, ...
+                client.log_artifact(run_id, str(picture))
             tracker.seconds += time.perf_counter() - uploads
         wall = time.perf_counter() - started
         client.log_batch(run_id, metrics=[Metric("wb_wall_seconds", wall, int(time.time() * 1000), 0),

@@ -98,15 +98,17 @@ def save_checkpoint(path: Path, step: int, net, ema, optimizer, generator: torch
     os.replace(tmp, path)  # atomic: an interrupted save never leaves a broken checkpoint
 
 
-def save_samples(ema: nn.Module, data: Dataset, config: RunConfig, path: Path, device: torch.device) -> None:
-    """Picture of samples from the EMA weights at sample.steps NFE (noise fixed per index)."""
+def save_samples(ema: nn.Module, data: Dataset, config: RunConfig, path: Path, device: torch.device,
+                 steps: int | None = None) -> None:
+    """Picture of samples from the EMA weights at `steps` NFE (default sample.steps; noise fixed per index)."""
+    steps = steps or config.sample.steps
     n = config.sample.num_points if data.kind == "points" else config.sample.num_images
     noise = index_noise(config.sample.seed, range(n), data.shape).to(device)
     labels = None
     if data.num_classes and data.kind != "points":  # show each class in turn
         labels = (torch.arange(n) % data.num_classes).to(device)
-    x = sample_meanflow(ema, noise, config.sample.steps, labels).float().cpu()
-    title = f"{config.sample.steps}-NFE samples"
+    x = sample_meanflow(ema, noise, steps, labels).float().cpu()
+    title = f"{steps}-NFE samples"
     if data.kind == "points":
         plots.scatter(x, data.x[:n], path, title)
     elif data.kind == "latents":  # no decoder here: the first 3 channels, 3 data stds mapped to [-1, 1]
@@ -176,6 +178,9 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Track
     bar.close()
 
     save_samples(ema.module, data, config, run_dir / "samples.png", device)
+    if evaluator:  # a picture at every other scored NFE too: samples_2nfe.png, ...
+        for steps in sorted(set(config.eval.nfe) - {config.sample.steps}):
+            save_samples(ema.module, data, config, run_dir / f"samples_{steps}nfe.png", device, steps)
     final = evaluator(ema.module, config.eval.num_samples) if evaluator else {}
     if final:
         tracker.log_metrics(final, config.train.steps)
