@@ -149,3 +149,19 @@ def test_cell_whose_run_finished_before_its_trial_was_recorded_is_not_run_again(
     assert summary["done"] == summary["total"] == 2 and summary["failed"] == 0
     runs, _ = children()
     assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"} and runs["tags.wb.config_hash"].nunique() == 2
+
+
+def test_a_failed_cell_queued_again_is_not_counted_failed(tmp_path):
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from workbench.ablate import counts
+    from workbench.studies import load_study
+
+    study = load_study(write(tmp_path / "tiny.toml", values="[0.5]"))
+    first, second = (cell.key for cell in study.cells())
+    trials = optuna.create_study()
+    for key in (first, second):
+        trials.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"cell": key}))
+    trials.enqueue_trial({}, user_attrs={"cell": first})  # re-queued by the next launch
+    assert counts(study, trials) == {"done": 0, "running": [], "failed": 1}

@@ -159,7 +159,8 @@ def counts(study: Study, trials_study: optuna.Study) -> dict:
     trials = [t for t in trials_study.get_trials(deepcopy=False) if t.user_attrs.get("cell") in keys]
     done = {t.user_attrs["cell"] for t in trials if t.state == TrialState.COMPLETE}
     running = [t.user_attrs.get("name", "") for t in trials if t.state == TrialState.RUNNING]
-    failed = {t.user_attrs["cell"] for t in trials if t.state == TrialState.FAIL} - done
+    again = {t.user_attrs["cell"] for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)}
+    failed = {t.user_attrs["cell"] for t in trials if t.state == TrialState.FAIL} - done - again  # not re-queued
     return {"done": len(done), "running": running, "failed": len(failed)}
 
 
