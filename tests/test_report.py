@@ -103,3 +103,13 @@ def test_wb_report_unknown_study_exits_2(store, tmp_path):
     _, uri = store
     result = CliRunner().invoke(app, ["report", "nosuch", "--tracking-uri", uri, "--out", str(tmp_path)])
     assert result.exit_code == 2 and "nosuch" in result.output and not (tmp_path / "nosuch").exists()
+
+
+def test_a_store_without_study_file_says_how_to_add_it(store, tmp_path):
+    """Parent runs recorded before study.toml existed: exit 2 with the command that adds it."""
+    _, uri = store
+    client = MlflowClient(uri)
+    parent = client.create_run(client.create_experiment("old"), tags={"wb.role": "study"}).info.run_id
+    client.set_terminated(parent)
+    result = CliRunner().invoke(app, ["report", "old", "--tracking-uri", uri, "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "no study.toml" in result.output and "wb ablate old" in result.output

@@ -151,6 +151,7 @@ def report(
     """Render reports/<study>/README.md (tables beside the paper, curves, samples) from the MLflow store."""
     from workbench.ablate import default_stores
     from workbench.report import SUITE, ReportError, render, render_suite
+    from workbench.studies import StudyError
 
     uri = default_stores(None, tracking_uri).tracking_uri
     if not studies and not suite:
@@ -160,7 +161,7 @@ def report(
             typer.echo(f"{name}: {render(name, uri, out)}")
         if suite:
             typer.echo(f"suite: {render_suite(SUITE, uri, out)}")
-    except ReportError as err:
+    except (ReportError, StudyError) as err:
         _fail(str(err))
 
 

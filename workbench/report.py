@@ -49,6 +49,9 @@ def load_record(name: str, tracking_uri: str) -> Record:
         raise ReportError(f"study {name!r}: no runs in the tracking store {tracking_uri} (run `wb ablate {name}` first, "
                           "or pass --tracking-uri)")
     parent = parents[0]
+    if "study.toml" not in {a.path for a in client.list_artifacts(parent.info.run_id)}:
+        raise ReportError(f"study {name!r}: its parent run in {tracking_uri} has no study.toml (recorded by an older "
+                          f"wb ablate); run `wb ablate {name}` once more: finished cells are skipped, the file is added")
     with tempfile.TemporaryDirectory() as folder:
         text = Path(client.download_artifacts(parent.info.run_id, "study.toml", folder)).read_text()
     study = parse_study(tomllib.loads(text), Path(f"studies/{name}.toml"))
@@ -58,7 +61,7 @@ def load_record(name: str, tracking_uri: str) -> Record:
         by_cell.setdefault(run.data.tags.get("wb.config_hash"), []).append(run)
     rows = []
     for cell in study.cells():
-        row = {name: label for name, label in cell.settings} | {"seed": cell.seed, "key": cell.key}
+        row = dict(cell.settings) | {"seed": cell.seed, "key": cell.key}
         attempts = by_cell.get(cell.key, [])
         finished = [run for run in attempts if run.info.status == "FINISHED"]
         if finished:
