@@ -150,7 +150,7 @@ def fmt(x: float, digits: int = 4) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
 
 
-def verdict(table: pd.DataFrame, metric: str) -> str:
+def verdict(table: pd.DataFrame) -> str:
     """The plain sentence under a table: do we agree with the paper's best setting and its order?"""
     if table["mean"].isna().all():
         return "No finished cells yet."
@@ -164,11 +164,15 @@ def verdict(table: pd.DataFrame, metric: str) -> str:
                      f"and the paper's FIDs = {fmt(tau, 2) or 'n/a'} over {n} settings.")
     else:
         parts.append(f"Our best setting: {ours} (no paper values for this axis).")
-    tied = table[(table["p_vs_best"] >= 0.05) & (table["value"] != ours)]["value"].tolist()
+    others = table[(table["value"] != ours) & (table["n"] > 0)]
+    tied = others[others["p_vs_best"] >= 0.05]["value"].tolist()
+    untested = others[others["p_vs_best"].isna()]["value"].tolist()
     if tied:
         parts.append(f"Within seed noise of the best (paired t-test over seeds, p >= 0.05): {', '.join(tied)}; "
                      "their order against the best is not supported by these runs.")
-    elif table["n"].max() > 1:
+    if untested:
+        parts.append(f"Not tested against the best (fewer than 2 seeds paired with it): {', '.join(untested)}.")
+    if len(others) and not tied and not untested:
         parts.append("Every other setting is worse than the best at p < 0.05 (paired t-test over seeds).")
     return " ".join(parts)
 
@@ -262,7 +266,7 @@ def render(name: str, tracking_uri: str, out_root: Path = Path("reports")) -> Pa
     for i, axis in enumerate(study.axes):
         table = axis_table(record, i)
         lines += [f"## {axis.name} ({', '.join(axis.keys)})", "", markdown_table(table, study.metric), "",
-                  verdict(table, study.metric), ""]
+                  verdict(table), ""]
         figure = f"{slug(axis.name)}.png"
         plots.axis_errorbars(table, study.metric, axis.name, out / figure)
         lines += [f"![{study.metric} per {axis.name}]({figure})", ""]
@@ -304,7 +308,7 @@ def render_suite(names: tuple[str, ...], tracking_uri: str, out_root: Path = Pat
             summary.append(f"| {link} | {axis.name} | {ours} | {papers} | {'yes' if ours == papers else 'no'} "
                            f"| {fmt(tau, 2)} |")
             sections += [f"## {name}: {axis.name}", "", markdown_table(table, record.study.metric), "",
-                         verdict(table, record.study.metric), ""]
+                         verdict(table), ""]
     lines = ["# Table 1 at CPU scale, beside the paper", "",
              "Paper: ImageNet 256, DiT-B/4, 80 epochs, 1-NFE FID-50K. Ours: the CPU proxy each study describes "
              "(its metric; lower is better), mean ± std over seeds. Bold: best in the column. Only the orders "
