@@ -35,7 +35,6 @@ class Record:
     """A study as recorded: the study file of its parent run and one row per cell (config x seed)."""
 
     study: Study
-    parent: dict  # tags of the parent run
     cells: pd.DataFrame  # one row per cell: settings columns, seed, status, metric, metric_2nfe, wall, run_id
     client: MlflowClient
 
@@ -76,7 +75,7 @@ def load_record(name: str, tracking_uri: str) -> Record:
             row |= {"status": status, "run_id": None, "metric": math.nan, "metric_2nfe": math.nan, "wall": math.nan,
                     "end": 0, "commit": None}
         rows.append(row)
-    return Record(study, parent.data.tags, pd.DataFrame(rows), client)
+    return Record(study, pd.DataFrame(rows), client)
 
 
 def all_runs(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
