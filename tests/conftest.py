@@ -19,3 +19,28 @@ def small_net(arch: str = "mlp", time_cond: str = "(t,t-r)", num_classes: int = 
     options = {"mlp": {"width": 32, "depth": 2}, "unet": {"channels": 8, "channel_mult": (1, 2)},
                "dit": {"hidden": 16, "depth": 1, "heads": 2, "patch_size": 2}}[arch]
     return NETWORKS[arch](shape, num_classes, time_cond, **options).to(dtype)
+
+
+def tiny_study(steps: int, axis: str, extra_base: str = "") -> str:
+    """A study file for end-to-end tests: a 32-unit MLP on moons, 2 seeds, the given axis table body."""
+    return f"""
+name = "tiny"
+description = "end-to-end test study"
+metric = "energy_1nfe"
+seeds = [0, 1]
+[base]
+"data.name" = "moons"
+"net.mlp.width" = 32
+"net.mlp.depth" = 1
+"train.steps" = {steps}
+"train.batch_size" = 64
+"train.log_every" = 10
+"train.device" = "cpu"
+"eval.num_samples" = 200
+"eval.fm_steps" = []
+"sample.num_points" = 100
+{extra_base}
+[[axes]]
+key = "meanflow.ratio"
+{axis}
+"""

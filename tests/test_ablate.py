@@ -9,32 +9,12 @@ import mlflow
 import pytest
 from typer.testing import CliRunner
 
+from conftest import tiny_study
 from workbench.cli import app
-
-STUDY = """
-name = "tiny"
-description = "end-to-end test study"
-metric = "energy_1nfe"
-seeds = [0, 1]
-[base]
-"data.name" = "moons"
-"net.mlp.width" = 32
-"net.mlp.depth" = 1
-"train.steps" = {steps}
-"train.batch_size" = 64
-"train.log_every" = 10
-"train.device" = "cpu"
-"eval.num_samples" = 200
-"eval.fm_steps" = []
-"sample.num_points" = 100
-[[axes]]
-key = "meanflow.ratio"
-values = {values}
-"""
 
 
 def write(path, values="[0.0, 0.5]", steps=30):
-    path.write_text(STUDY.format(values=values, steps=steps))
+    path.write_text(tiny_study(steps, f"values = {values}"))
     return path
 
 

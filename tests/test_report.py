@@ -7,35 +7,14 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from conftest import tiny_study
 from workbench.ablate import default_stores, run_study
 from workbench.cli import app
 from workbench.report import render, render_suite
 from workbench.studies import load_study
 
-STUDY = """
-name = "tiny"
-description = "report test study"
-metric = "energy_1nfe"
-seeds = [0, 1]
-[base]
-"data.name" = "moons"
-"net.mlp.width" = 32
-"net.mlp.depth" = 1
-"train.steps" = 40
-"train.batch_size" = 64
-"train.log_every" = 10
-"train.device" = "cpu"
-"eval.every" = 20
-"eval.num_samples" = 200
-"eval.num_samples_during" = 100
-"eval.fm_steps" = []
-"sample.num_points" = 100
-[[axes]]
-key = "meanflow.ratio"
-values = [0.0, 0.5, 1.0]
-labels = ["FM", "half", "all"]
-paper = [328.91, 63.14, 67.32]
-"""
+STUDY = tiny_study(40, 'values = [0.0, 0.5, 1.0]\nlabels = ["FM", "half", "all"]\npaper = [328.91, 63.14, 67.32]',
+                   '"eval.every" = 20\n"eval.num_samples_during" = 100')
 
 
 @pytest.fixture(scope="module")
