@@ -1,10 +1,13 @@
-"""The split-JVP loss (JVP only for r != t samples) equals the whole-batch JVP loss: value and
-gradients, float64, random inputs, for every ablation flag."""
+"""The fast ways of computing the MeanFlow loss ("tangent": ordinary forward for u plus a
+gradient-free JVP on the r != t samples; "subset": one JVP for the r != t samples) equal the
+whole-batch JVP loss (Eq. 10 as written): value and gradients, float64, random inputs, for every
+ablation flag."""
 import pytest
 import torch
 
 from conftest import mf, small_net
-from workbench.meanflow import TANGENTS, TIME_CONDITIONINGS, meanflow_loss
+from workbench.meanflow import NETWORKS, TANGENTS, TIME_CONDITIONINGS, meanflow_loss
+from workbench.meanflow.loss import JVP_MODES
 
 B = 24
 
@@ -21,24 +24,23 @@ def inputs(fraction_r_neq_t: float, shape=(2,), classes=0):
     return x, t, r, noise, labels, dropped
 
 
-def losses_and_grads(net, config, batch):
-    out = []
-    for split in (True, False):
-        net.zero_grad()
-        x, t, r, noise, labels, dropped = batch
-        loss, metrics = meanflow_loss(net, x, t, r, noise, config, labels=labels, dropped=dropped, split_jvp=split)
-        loss.backward()
-        out.append((loss.detach(), metrics, [p.grad.clone() for p in net.parameters()]))
-    return out
+def loss_and_grads(net, config, batch, mode):
+    net.zero_grad()
+    x, t, r, noise, labels, dropped = batch
+    loss, metrics = meanflow_loss(net, x, t, r, noise, config, labels=labels, dropped=dropped, jvp_mode=mode)
+    loss.backward()
+    return loss.detach(), metrics, [p.grad.clone() for p in net.parameters()]
 
 
 def assert_same(net, config, batch):
-    (fast, fast_metrics, fast_grads), (plain, plain_metrics, plain_grads) = losses_and_grads(net, config, batch)
-    torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-14)
-    for a, b in zip(fast_grads, plain_grads):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    for key in ("mse", "weight_mean", "frac_r_neq_t"):
-        torch.testing.assert_close(fast_metrics[key], plain_metrics[key], rtol=1e-12, atol=1e-14)
+    plain, plain_metrics, plain_grads = loss_and_grads(net, config, batch, "whole")
+    for mode in ("tangent", "subset"):
+        fast, fast_metrics, fast_grads = loss_and_grads(net, config, batch, mode)
+        torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-14)
+        for a, b in zip(fast_grads, plain_grads):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        for key in ("mse", "weight_mean", "frac_r_neq_t"):
+            torch.testing.assert_close(fast_metrics[key], plain_metrics[key], rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.25, 0.5, 1.0])
@@ -64,3 +66,23 @@ def test_guidance(omega, kappa, interval):
 def test_image_networks_with_labels(arch):
     net = small_net(arch, num_classes=3, shape=(1, 8, 8))
     assert_same(net, mf(cfg_omega=2.0, adaptive_p=1.0), inputs(0.25, shape=(1, 8, 8), classes=3))
+
+
+def test_dropout_takes_one_pass_for_u_and_its_derivative():
+    """With active dropout, two passes would draw two masks: "auto" must take the "subset" pass."""
+    net = NETWORKS["unet"]((1, 8, 8), 0, "(t,t-r)", channels=8, channel_mult=(1, 2), dropout=0.5).double().train()
+    x, t, r, noise, _, _ = inputs(0.25, shape=(1, 8, 8))
+    losses = {}
+    for mode in ("auto", "subset", "tangent"):
+        torch.manual_seed(0)
+        losses[mode], _ = meanflow_loss(net, x, t, r, noise, mf(), jvp_mode=mode)
+    assert losses["auto"] == losses["subset"] and losses["auto"] != losses["tangent"]
+    torch.manual_seed(0)
+    eval_loss, _ = meanflow_loss(net.eval(), x, t, r, noise, mf())  # no dropout at eval: "tangent" is exact
+    torch.testing.assert_close(eval_loss, meanflow_loss(net, x, t, r, noise, mf(), jvp_mode="whole")[0])
+
+
+def test_unknown_jvp_mode_is_refused():
+    with pytest.raises(ValueError, match="jvp_mode 'fast' not in"):
+        meanflow_loss(small_net(), *inputs(0.25)[:4], mf(), jvp_mode="fast")
+    assert "tangent" in JVP_MODES

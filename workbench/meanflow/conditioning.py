@@ -15,30 +15,37 @@ TIME_CONDITIONINGS = {
 }
 
 
-def sinusoidal(s: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """(B,) scalars in [0, 1] -> (B, dim) features, frequencies 1 down to 1/max_period.
+def frequencies(dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """dim // 2 frequencies of the sinusoidal features, 1 down to 1/max_period."""
+    half = dim // 2
+    return torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+
+
+def sinusoidal(s: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """(B,) scalars in [0, 1] -> (B, 2 * len(freqs)) features [cos(s f), sin(s f)].
 
     No x1000 scaling as in DiT's step embedding: d/dt u enters the target multiplied by (t - r), and
     with 1000 t the embedding's derivative is up to 1000x larger. Measured on checkerboard (MLP 3x256,
     3000 steps): 1-NFE energy distance 0.12 with the x1000 scale, 0.009 without; on Gaussian data the
     x1000 scale made training diverge (loss 1e5).
     """
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=s.dtype, device=s.device) / half)
     args = s[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 class ScalarEmbedder(nn.Module):
-    """Embeds one time scalar: sinusoidal features -> Linear -> SiLU -> Linear (DiT's TimestepEmbedder)."""
+    """Embeds one time scalar: sinusoidal features -> Linear -> SiLU -> Linear (DiT's TimestepEmbedder).
+
+    The frequencies are a (non-saved) buffer, so they follow .to(device, dtype) and the JVP can
+    give them a tangent (see meanflow.loss.time_derivative)."""
 
     def __init__(self, dim: int, freq_dim: int = 128):
         super().__init__()
-        self.freq_dim = freq_dim
+        self.register_buffer("freqs", frequencies(freq_dim), persistent=False)
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
-        return self.mlp(sinusoidal(s, self.freq_dim))
+        return self.mlp(sinusoidal(s, self.freqs))
 
 
 class Conditioning(nn.Module):
