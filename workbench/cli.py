@@ -165,6 +165,39 @@ def report(
         _fail(str(err))
 
 
+@app.command()
+def calibrate(
+    plan: Annotated[Path, typer.Option(help="Calibration plan: studies and candidate budgets.")] = Path("studies/calibration.toml"),
+    budget: Annotated[Optional[list[str]], typer.Option(help="Run only this budget (repeatable) [default: all].")] = None,
+    study: Annotated[Optional[list[str]], typer.Option(help="Run only this study (repeatable) [default: all].")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Local worker processes [default: one per CPU core].")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL [default: sqlite:///optuna.db].")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
+    report_only: Annotated[bool, typer.Option(help="Only render reports/calibration/README.md from the store.")] = False,
+    reports: Annotated[Path, typer.Option(help="Reports folder.")] = Path("reports"),
+) -> None:
+    """Run the Table 1 studies under each candidate budget of the plan (resumably) and write
+    reports/calibration/README.md: seed noise against the spread between settings, agreement with the paper."""
+    from workbench.ablate import default_stores
+    from workbench.calibrate import load_plan, render_calibration, run_plan
+    from workbench.report import ReportError
+    from workbench.studies import StudyError
+
+    stores = default_stores(storage, tracking_uri)
+    try:
+        spec = load_plan(plan)
+        if not report_only:
+            summaries = run_plan(spec, stores, workers or os.cpu_count() or 1, budget, study, progress=_live_display())
+            for name, summary in summaries:
+                typer.echo(f"{name}: {summary['done']}/{summary['total']} cells finished, "
+                           f"{summary['failed']} failed, {summary['seconds'] / 60:.1f} min")
+        typer.echo(f"Report: {render_calibration(spec, stores.tracking_uri, reports)}")
+    except (ReportError, StudyError) as err:
+        _fail(str(err))
+    if not report_only and any(s["done"] < s["total"] for _, s in summaries):
+        raise typer.Exit(1)
+
+
 def _live_display():
     """One status line rewritten in place on a terminal; in a log, a new line only when cells change."""
     import sys

@@ -99,8 +99,13 @@ def config_hash(config: RunConfig) -> str:
 def load_study(path: str | Path) -> Study:
     """Reads and validates a study file (or a name in studies/); raises StudyError naming the problem."""
     path = resolve_path(path)
+    return parse_study_text(path.read_text(), path)
+
+
+def parse_study_text(text: str, path: Path) -> Study:
+    """A study from the text of a study file (`path` names it in errors); every cell's config validated."""
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise StudyError(f"{path}: not valid TOML ({err})") from None
     study = parse_study(raw, path)

@@ -1,0 +1,138 @@
+"""`wb calibrate`: plan validation, the noise statistics against an independent computation, and one
+tiny plan run end to end from the CLI."""
+import math
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from typer.testing import CliRunner
+
+from conftest import tiny_study
+from workbench.calibrate import load_plan, noise, write_studies
+from workbench.cli import app
+from workbench.report import Record
+from workbench.studies import StudyError, parse_study
+
+PLAN = """
+description = "test plan"
+studies = ["tiny"]
+chosen = "shipped"
+[[budgets]]
+name = "shipped"
+description = "as in the study file"
+[[budgets]]
+name = "short"
+description = "half the steps"
+[budgets.set]
+"train.steps" = {short_steps}
+"""
+
+
+def setup(folder, short_steps=3):
+    (folder / "studies").mkdir()
+    (folder / "studies" / "tiny.toml").write_text(tiny_study(6, 'values = [0.0, 0.5]\nlabels = ["FM", "half"]\npaper = [300.0, 60.0]'))
+    (folder / "studies" / "calibration.toml").write_text(PLAN.format(short_steps=short_steps))
+    return folder / "studies" / "calibration.toml"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p.replace('chosen = "shipped"', 'chosen = "nope"'), "chosen: 'nope' is not a budget"),
+    (lambda p: p.replace('name = "short"', 'name = "Short-1"'), "budgets[1].name: 'Short-1' must match"),
+    (lambda p: "extra = 1\n" + p, "extra: unknown key"),
+    (lambda p: p.replace('chosen = "shipped"', 'chosen = "short"'), "must be the one budget without overrides"),
+    (lambda p: p.replace('description = "half the steps"', 'description = "x"\nstudies = ["other"]'),
+     "budgets[1].studies: must list studies of the plan"),
+])
+def test_bad_plans_name_the_key(tmp_path, monkeypatch, edit, message):
+    monkeypatch.chdir(tmp_path)
+    path = setup(tmp_path)
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(StudyError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_plan(path)
+
+
+def test_a_budget_with_a_bad_config_value_writes_nothing_and_exits_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    setup(tmp_path, short_steps=0)  # train.steps must be >= 1
+    result = CliRunner().invoke(app, ["calibrate", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    assert result.exit_code == 2
+    assert "budget 'short' on study 'tiny'" in result.output and "train.steps" in result.output
+    assert not (tmp_path / "studies" / "calibration").exists() and not (tmp_path / "m.db").exists()
+
+
+def test_derived_study_is_the_study_with_the_overrides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plan = load_plan(setup(tmp_path))
+    shipped, short = write_studies(plan)
+    assert shipped.name == "tiny.toml" and short.name == "tiny-short.toml"
+    import tomllib
+    a, b = (parse_study(tomllib.loads(p.read_text()), p) for p in (shipped, short))
+    assert b.name == "tiny-short" and b.base == {**a.base, "train.steps": 3}
+    assert [c.config.train.steps for c in b.cells()] == [3] * len(a.cells())
+    assert [c.settings for c in b.cells()] == [c.settings for c in a.cells()]
+
+
+def fake_record(metrics: dict[str, list[float]]) -> Record:
+    """A recorded one-axis study whose cells scored `metrics` (label -> one value per seed)."""
+    labels = list(metrics)
+    text = tiny_study(6, f"values = {[i / 10 for i in range(len(labels))]}\nlabels = {labels}\n"
+                         f"paper = {[float(10 + i) for i in range(len(labels))]}")
+    import tomllib
+    from pathlib import Path
+    study = parse_study(tomllib.loads(text), Path("tiny.toml"))
+    rows = [{"ratio": label, "seed": seed, "status": "finished", "metric": value, "metric_2nfe": math.nan,
+             "wall": 60.0, "key": f"{label}{seed}", "run_id": "r", "end": 0, "commit": "c"}
+            for label, values in metrics.items() for seed, value in enumerate(values)]
+    return Record(study, pd.DataFrame(rows), client=None)
+
+
+def test_noise_statistics_equal_an_independent_computation():
+    metrics = {"a": [0.10, 0.12], "b": [0.30, 0.20], "c": [0.05, 0.09]}
+    out = noise(fake_record(metrics))
+    logs = {k: np.log(v) for k, v in metrics.items()}
+    seed_sd = math.sqrt(np.mean([np.var(v, ddof=1) for v in logs.values()]))
+    spread = np.std([np.mean(v) for v in logs.values()], ddof=1)
+    assert out["seed_sd"] == pytest.approx(seed_sd, rel=1e-12)
+    assert out["spread"] == pytest.approx(spread, rel=1e-12)
+    assert out["ratio"] == pytest.approx(seed_sd / spread, rel=1e-12)
+    # Our order c < a < b; the paper's (10, 11, 12) is a < b < c: best differs, tau = -1/3.
+    assert out["best"] == "c" and out["paper_best"] == "a" and not out["match"]
+    assert out["tau"] == pytest.approx(stats.kendalltau([0.11, 0.25, 0.07], [10, 11, 12]).statistic)
+    assert (out["finished"], out["cells"], out["others"]) == (6, 6, 2)
+
+
+def test_a_setting_worse_on_every_seed_by_a_steady_factor_is_separated():
+    out = noise(fake_record({"a": [0.1, 0.2, 0.4, 0.8], "b": [1.0, 2.0, 4.1, 7.9]}))
+    assert out["separated"] == 1 and out["best"] == "a"
+
+
+@pytest.mark.slow
+def test_calibrate_runs_each_budget_and_reports_from_the_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    setup(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    args = ["calibrate", "--workers", "1", "--tracking-uri", uri, "--storage", f"sqlite:///{tmp_path / 'o.db'}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    mlflow.set_tracking_uri(uri)
+    for name, steps in (("tiny", 6), ("tiny-short", 3)):
+        runs = mlflow.search_runs(experiment_names=[name])
+        cells = runs[runs["tags.wb.role"] != "study"]
+        assert len(cells) == 4 and set(cells["params.train.steps"]) == {str(steps)}
+    report = (tmp_path / "reports" / "calibration" / "README.md").read_text()
+    assert "| shipped **(chosen)** | none (the shipped studies) |" in report
+    assert "| short | `train.steps=3` | half the steps |" in report
+    # The per-study row of each budget holds the statistics of its runs.
+    for name, budget in (("tiny", "**shipped**"), ("tiny-short", "short")):
+        runs = mlflow.search_runs(experiment_names=[name])
+        cells = runs[runs["tags.wb.role"] != "study"].assign(log=lambda d: np.log(d["metrics.energy_1nfe"]))
+        by = cells.groupby("params.meanflow.ratio")["log"]
+        seed_sd = math.sqrt(by.var(ddof=1).mean())
+        spread = by.mean().std(ddof=1)
+        row = next(line for line in report.splitlines() if f"| {budget} | 4/4 |" in line)
+        assert f"| {seed_sd:.2g} | {spread:.2g} | {seed_sd / spread:.2g} |" in row
+    again = CliRunner().invoke(app, args)  # everything finished: nothing runs again
+    assert again.exit_code == 0 and len(mlflow.search_runs(experiment_names=["tiny-short"])) == 5
+    assert "/tmp" not in report and str(tmp_path) not in report

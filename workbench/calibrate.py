@@ -1,0 +1,265 @@
+"""`wb calibrate`: run the Table 1 studies under candidate CPU budgets and measure which outcomes are signal.
+
+A plan (studies/calibration.toml) lists studies and budgets. A budget is a set of [base] overrides;
+the budget without overrides is the one in the shipped study files and runs the studies under their
+own names, every other budget runs `<study>-<budget>`, from a study file written to
+studies/calibration/ (the exact file each candidate ran, so `wb ablate` can repeat it). Runs go
+through `wb ablate`'s machinery, so they resume and land in the same MLflow store, and the report
+(reports/calibration/README.md) is computed from that store alone.
+
+Per study and budget the report measures, on the log of the metric (distances differ by factors):
+  seed SD   pooled within-setting standard deviation over seeds;
+  spread    standard deviation of the per-setting means;
+  noise     seed SD / spread: below about 0.5 the settings' order stands out of the seed noise;
+plus the settings a paired t-test separates from our best, and agreement with the paper (same best
+setting, Kendall tau).
+"""
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tomli_w
+from mlflow import MlflowClient
+
+from workbench.ablate import Stores, run_study
+from workbench.report import Record, axis_table, fmt, kendall_tau, load_record
+from workbench.studies import StudyError, load_study, parse_study_text, resolve_path
+
+PLAN_KEYS = {"description", "studies", "chosen", "budgets"}
+BUDGET_KEYS = {"name", "description", "set", "studies"}
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    description: str
+    overrides: dict = field(hash=False)  # dotted config key -> value, applied over each study's [base]
+    studies: tuple[str, ...] | None = None  # None: every study of the plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    description: str
+    studies: tuple[str, ...]
+    chosen: str  # the budget in the shipped study files
+    budgets: tuple[Budget, ...]
+    path: Path
+
+    def budget(self, name: str) -> Budget:
+        for budget in self.budgets:
+            if budget.name == name:
+                return budget
+        raise StudyError(f"{self.path}: no budget {name!r} (have {', '.join(b.name for b in self.budgets)})")
+
+    def pairs(self) -> list[tuple[Budget, str]]:
+        """(budget, study) in run order: the chosen budget first."""
+        ordered = sorted(self.budgets, key=lambda b: b.name != self.chosen)
+        return [(b, s) for b in ordered for s in self.studies if b.studies is None or s in b.studies]
+
+
+def study_name(study: str, budget: Budget) -> str:
+    return study if not budget.overrides else f"{study}-{budget.name}"
+
+
+def load_plan(path: str | Path = "studies/calibration.toml") -> Plan:
+    """Reads and validates a calibration plan; raises StudyError naming the file, key and problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"calibration plan {str(path)!r} not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise StudyError(f"{path}: not valid TOML ({err})") from None
+
+    def fail(key: str, message: str) -> StudyError:
+        return StudyError(f"{path}: {key}: {message}")
+
+    unknown = set(raw) - PLAN_KEYS
+    if unknown:
+        raise fail(sorted(unknown)[0], f"unknown key; allowed: {', '.join(sorted(PLAN_KEYS))}")
+    for key in ("studies", "chosen", "budgets"):
+        if key not in raw:
+            raise fail(key, "missing (required: studies, chosen, budgets)")
+    studies = raw["studies"]
+    if not isinstance(studies, list) or not studies or not all(isinstance(s, str) for s in studies):
+        raise fail("studies", f"must be a non-empty list of study names, got {studies!r}")
+    budgets = []
+    for i, entry in enumerate(raw["budgets"]):
+        where = f"budgets[{i}]"
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise fail(where, "needs a name")
+        if set(entry) - BUDGET_KEYS:
+            raise fail(f"{where}.{sorted(set(entry) - BUDGET_KEYS)[0]}", f"unknown key; allowed: {', '.join(sorted(BUDGET_KEYS))}")
+        name = entry["name"]
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_]+", name):
+            raise fail(f"{where}.name", f"{name!r} must match [a-z0-9_]+ (the study runs as <study>-<name>)")
+        only = entry.get("studies")
+        if only is not None and (not isinstance(only, list) or set(only) - set(studies)):
+            raise fail(f"{where}.studies", f"must list studies of the plan ({', '.join(studies)}), got {only!r}")
+        budgets.append(Budget(name, str(entry.get("description", "")), dict(entry.get("set", {})),
+                              None if only is None else tuple(only)))
+    names = [b.name for b in budgets]
+    if len(set(names)) != len(names):
+        raise fail("budgets", f"budget names must be unique, got {names}")
+    if raw["chosen"] not in names:
+        raise fail("chosen", f"{raw['chosen']!r} is not a budget ({', '.join(names)})")
+    shipped = [b.name for b in budgets if not b.overrides]
+    if shipped != [raw["chosen"]]:
+        raise fail("chosen", f"the chosen budget ({raw['chosen']!r}) must be the one budget without overrides "
+                             f"(the shipped study files); budgets without overrides: {shipped}")
+    return Plan(str(raw.get("description", "")), tuple(studies), raw["chosen"], tuple(budgets), path)
+
+
+def derived_study(study: str, budget: Budget, folder: Path) -> tuple[Path, str | None]:
+    """The study file of `study` under `budget`, validated: (its own path, None) for the budget without
+    overrides, else (folder/<study>-<budget>.toml, the text to write there): the study with the
+    budget's overrides over [base]."""
+    source = resolve_path(study)
+    if not budget.overrides:
+        load_study(source)
+        return source, None
+    raw = tomllib.loads(source.read_text())
+    raw["name"] = study_name(study, budget)
+    raw["base"] = {**raw.get("base", {}), **budget.overrides}
+    overrides = ", ".join(f"{k} = {v}" for k, v in budget.overrides.items())
+    raw["description"] = (f"Calibration candidate {budget.name!r} of {study}: {budget.description}.\n"
+                          f"[base] overrides of the shipped study: {overrides}. The shipped study's description "
+                          f"(with the shipped budget) follows.\n\n{raw.get('description', '').strip()}\n")
+    path = folder / f"{raw['name']}.toml"
+    text = f"# Generated by `wb calibrate` from studies/{source.name} and the plan's budget {budget.name!r}.\n" \
+           + tomli_w.dumps(raw, multiline_strings=True)
+    try:
+        parse_study_text(text, path)
+    except StudyError as err:
+        raise StudyError(f"budget {budget.name!r} on study {study!r}: {err}") from None
+    return path, text
+
+
+def write_studies(plan: Plan, budgets: list[str] | None = None, studies: list[str] | None = None) -> list[Path]:
+    """The study file of every selected (budget, study) pair, in run order; all are validated before
+    any is written, so a bad budget leaves nothing behind. Derived ones go to studies/calibration/."""
+    folder = plan.path.parent / "calibration"
+    files = [derived_study(s, b, folder) for b, s in plan.pairs()
+             if (budgets is None or b.name in budgets) and (studies is None or s in studies)]
+    for path, text in files:
+        if text is not None and (not path.is_file() or path.read_text() != text):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    return [path for path, _ in files]
+
+
+def run_plan(plan: Plan, stores: Stores, workers: int, budgets: list[str] | None = None,
+             studies: list[str] | None = None, progress=print) -> list[tuple[str, dict]]:
+    """Runs the selected (budget, study) pairs one after the other, each resuming where it stopped;
+    returns (study name, wb ablate summary) per pair."""
+    for name in budgets or []:
+        plan.budget(name)
+    for name in studies or []:
+        if name not in plan.studies:
+            raise StudyError(f"{plan.path}: study {name!r} is not in the plan ({', '.join(plan.studies)})")
+    paths = write_studies(plan, budgets, studies)
+    specs = [load_study(path) for path in paths]
+    return [(spec.name, run_study(spec, stores, workers, progress)) for spec in specs]
+
+
+# Measuring ----------------------------------------------------------------------------------------
+
+def noise(record: Record) -> dict:
+    """Seed SD, spread and their ratio on log(metric) over the first axis, plus the paper comparison."""
+    axis = record.study.axes[0]
+    done = record.cells[(record.cells["status"] == "finished") & (record.cells["metric"] > 0)]
+    logs = done.assign(log=np.log(done["metric"])).groupby(axis.name)["log"]
+    variances = logs.var(ddof=1).dropna()
+    means = logs.mean()
+    seed_sd = math.sqrt(variances.mean()) if len(variances) else math.nan
+    spread = float(means.std(ddof=1)) if len(means) > 1 else math.nan
+    table = axis_table(record, 0)
+    best = table.loc[table["mean"].idxmin(), "value"] if table["mean"].notna().any() else None
+    paper_best = table.loc[table["paper"].idxmin(), "value"] if table["paper"].notna().any() else None
+    others = table[(table["value"] != best) & (table["n"] > 0)]
+    return {"seed_sd": seed_sd, "spread": spread, "ratio": seed_sd / spread if spread else math.nan,
+            "separated": int((others["p_vs_best"] < 0.05).sum()), "others": len(others),
+            "best": best, "paper_best": paper_best, "match": best is not None and best == paper_best,
+            "tau": kendall_tau(table)[0], "finished": len(record.cells[record.cells["status"] == "finished"]),
+            "cells": len(record.cells), "compute_min": record.cells["wall"].sum() / 60}
+
+
+def elapsed_minutes(name: str, tracking_uri: str) -> float:
+    """Wall time of the study's parent run (first start to last end), NaN while it runs."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    parents = client.search_runs([experiment.experiment_id], "tags.`wb.role` = 'study'") if experiment else []
+    if not parents or not parents[0].info.end_time:
+        return math.nan
+    return (parents[0].info.end_time - parents[0].info.start_time) / 60_000
+
+
+def measure(plan: Plan, tracking_uri: str) -> pd.DataFrame:
+    """One row per (budget, study) the store holds; pairs not run yet are left out."""
+    rows, client = [], MlflowClient(tracking_uri)
+    for budget, study in plan.pairs():
+        name = study_name(study, budget)
+        if client.get_experiment_by_name(name) is None:
+            continue
+        record = load_record(name, tracking_uri)
+        rows.append({"budget": budget.name, "study": study, "name": name, **noise(record),
+                     "elapsed_min": elapsed_minutes(name, tracking_uri)})
+    return pd.DataFrame(rows)
+
+
+# The page -----------------------------------------------------------------------------------------
+
+def render_calibration(plan: Plan, tracking_uri: str, out_root: Path = Path("reports")) -> Path:
+    """Writes out_root/calibration/README.md; returns its path."""
+    table = measure(plan, tracking_uri)
+    if table.empty:
+        raise StudyError(f"{plan.path}: no calibration runs in {tracking_uri} (run `wb calibrate` first)")
+    lines = ["# Calibrating the CPU budgets of the Table 1 studies", "", plan.description.strip(), "",
+             "Measured on log(metric) over finished cells: **seed SD** = pooled within-setting standard deviation "
+             "across seeds; **spread** = standard deviation of the per-setting means; **noise** = seed SD / spread "
+             "(lower is better: at 1 the seeds vary as much as the settings do). **separated** = settings a paired "
+             "t-test over seeds puts behind our best at p < 0.05, of all others. **tau** = Kendall tau between our "
+             "means and the paper's FIDs. Minutes: wall time of the study (`wb ablate`, 2 workers on 2 cores).", "",
+             "## Budgets", "", "| budget | overrides over the study files | description |", "|---|---|---|"]
+    for budget in plan.budgets:
+        overrides = ", ".join(f"`{k}={v}`" for k, v in budget.overrides.items()) or "none (the shipped studies)"
+        chosen = " **(chosen)**" if budget.name == plan.chosen else ""
+        lines.append(f"| {budget.name}{chosen} | {overrides} | {budget.description} |")
+    lines += ["", "## Summary per budget", "",
+              "| budget | studies | median noise | best = paper's | mean tau | settings separated | wall min (sum) |",
+              "|---|---|---|---|---|---|---|"]
+    for name, group in table.groupby("budget", sort=False):
+        lines.append(f"| {name} | {len(group)} | {fmt(group['ratio'].median(), 2)} | {int(group['match'].sum())}/{len(group)} "
+                     f"| {fmt(group['tau'].mean(), 2)} | {int(group['separated'].sum())}/{int(group['others'].sum())} "
+                     f"| {fmt(group['elapsed_min'].sum(), 3)} |")
+    lines += ["", "## Per study", "",
+              "| study | budget | cells | seed SD | spread | noise | separated | our best | paper's best | tau | wall min |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in table.sort_values(["study"], kind="stable").itertuples():
+        chosen = f"**{row.budget}**" if row.budget == plan.chosen else row.budget
+        report = f"[{row.study}](../{row.name}/README.md)" if row.budget == plan.chosen else row.study
+        lines.append(f"| {report} | {chosen} | {row.finished}/{row.cells} | {fmt(row.seed_sd, 2)} | {fmt(row.spread, 2)} "
+                     f"| {fmt(row.ratio, 2)} | {row.separated}/{row.others} | {row.best} | {row.paper_best} "
+                     f"| {fmt(row.tau, 2)} | {fmt(row.elapsed_min, 3)} |")
+    lines += ["", "## Where the CPU proxy disagrees with the paper (chosen budget)", ""]
+    chosen = table[table["budget"] == plan.chosen]
+    for row in chosen.itertuples():
+        if row.match and row.tau >= 0.5:
+            continue
+        order = "reverses" if row.tau < 0 else "does not follow" if row.tau < 0.5 else "follows"
+        lines.append(f"- {row.study}: our best is {row.best}, the paper's {row.paper_best}; our order {order} the "
+                     f"paper's (tau {fmt(row.tau, 2)}); noise {fmt(row.ratio, 2)}, {row.separated} of {row.others} "
+                     "other settings separated from our best.")
+    agree = chosen[chosen["match"] & (chosen["tau"] >= 0.5)]["study"].tolist()
+    lines += ["", f"Agrees with the paper (same best, tau >= 0.5): {', '.join(agree) or 'none'}.", "",
+              "---", f"Generated by `wb calibrate --report-only` from the MLflow store and the plan {plan.path.name}.", ""]
+    path = out_root / "calibration" / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path
