@@ -51,22 +51,27 @@ def run(folder: Path, workers: int, steps: int, cells: int) -> tuple[float, list
     return wall, list(runs["metrics.wb_tracking_seconds"] / runs["metrics.wb_wall_seconds"])
 
 
+def markdown(steps: int = 400, cells: int = 4) -> str:
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as folder:
+        one, overhead = run(Path(folder) / "one", 1, steps, cells)
+        many, more = run(Path(folder) / "many", cores, steps, cells)
+    overhead += more
+    return "\n".join([
+        f"{cells} cells of {steps} steps (MLP 3x256, checkerboard), {cores} cores, fresh stores:", "",
+        "| layout | wall s |", "|---|---|", f"| 1 worker x {cores} threads | {one:.1f} |",
+        f"| {cores} workers x 1 thread (the default) | {many:.1f} |", "",
+        f"{cores} workers / 1 worker wall time: {many / one:.2f}x. Tracking overhead per cell (MLflow time / cell "
+        f"wall time, {len(overhead)} cells): median {100 * sorted(overhead)[len(overhead) // 2]:.2f}%, "
+        f"max {100 * max(overhead):.2f}%."])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--cells", type=int, default=4)
     args = parser.parse_args()
-    cores = os.cpu_count() or 1
-    with tempfile.TemporaryDirectory() as folder:
-        one, overhead = run(Path(folder) / "one", 1, args.steps, args.cells)
-        many, more = run(Path(folder) / "many", cores, args.steps, args.cells)
-    overhead += more
-    print(f"{args.cells} cells of {args.steps} steps, {cores} cores\n")
-    print("| layout | wall s |\n|---|---|")
-    print(f"| 1 worker x {cores} threads | {one:.1f} |")
-    print(f"| {cores} workers x 1 thread | {many:.1f} |")
-    print(f"\n{cores} workers / 1 worker wall time: {many / one:.2f}x; tracking overhead per cell: "
-          f"median {100 * sorted(overhead)[len(overhead) // 2]:.2f}%, max {100 * max(overhead):.2f}%")
+    print(markdown(args.steps, args.cells))
 
 
 if __name__ == "__main__":

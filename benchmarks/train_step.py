@@ -24,7 +24,7 @@ from workbench.meanflow import index_noise, meanflow_loss, sample_euler, sample_
 from workbench.train import build_net, draw_batch, make_optimizer
 
 CASES = {  # name: overrides (the shapes of the shipped CPU studies and of the README's image runs)
-    "mlp 3x256 / checkerboard (table1a-f)": {"data.name": "checkerboard", "net.mlp.width": 256, "train.batch_size": 512},
+    "mlp 3x256 / checkerboard (table1a-f, table5)": {"data.name": "checkerboard", "net.mlp.width": 256, "train.batch_size": 512},
     "unet / digits": {"data.name": "digits", "net.arch": "unet", "train.batch_size": 128},
     "dit / digits": {"data.name": "digits", "net.arch": "dit", "train.batch_size": 128},
 }
@@ -71,34 +71,41 @@ def sampling_times(config: RunConfig, repeats: int) -> dict[str, float]:
     return out
 
 
+def markdown(steps: int = 40) -> str:
+    """Both tables (training steps, sampling) as markdown; run with the threads already set."""
+    lines = [f"Median of {steps} steps after a warm-up fifth, ms per optimizer step (loss, backward, Adam).", "",
+             "| network / data | batch | FM ms/step | MF 0.25 tangent (default) | MF 0.25 subset | MF 0.25 whole "
+             "| MF 1.0 | MF 0.25 / FM: tangent | subset | whole | MF 1.0 / FM |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, overrides in CASES.items():
+        def at(ratio: float) -> RunConfig:
+            return with_overrides(RunConfig(), {**overrides, "meanflow.ratio": ratio})
+        fm = step_times(at(0.0), steps)
+        mf = {mode: step_times(at(0.25), steps, mode) for mode in ("tangent", "subset", "whole")}
+        full = step_times(at(1.0), steps)
+        lines.append(f"| {name} | {overrides['train.batch_size']} | {1e3 * fm:.1f} | "
+                     + " | ".join(f"{1e3 * ms:.1f}" for ms in mf.values()) + f" | {1e3 * full:.1f} | "
+                     + " | ".join(f"{ms / fm:.2f}x" for ms in mf.values()) + f" | {full / fm:.2f}x |")
+    lines += ["", "Sampling one batch of 4x the training batch, median ms:", "",
+              "| network / data | samples | forward ms | 1-NFE ms | 1-NFE / forward | Euler 10 ms | Euler 50 ms "
+              "| Euler 50 / 1-NFE |", "|---|---|---|---|---|---|---|---|"]
+    for name, overrides in CASES.items():
+        config = with_overrides(RunConfig(), overrides)
+        t = sampling_times(config, repeats=10)
+        lines.append(f"| {name} | {4 * config.train.batch_size} | {1e3 * t['forward']:.1f} | {1e3 * t['1nfe']:.1f} "
+                     f"| {t['1nfe'] / t['forward']:.2f}x | {1e3 * t['euler10']:.1f} | {1e3 * t['euler50']:.1f} "
+                     f"| {t['euler50'] / t['1nfe']:.0f}x |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.steps} steps after warm-up\n")
-    print("| network / data | batch | FM ms/step | MF 0.25 tangent (default) | MF 0.25 subset | MF 0.25 whole "
-          "| MF 1.0 | MF 0.25 / FM: tangent | subset | whole | MF 1.0 / FM |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, overrides in CASES.items():
-        def at(ratio: float) -> RunConfig:
-            return with_overrides(RunConfig(), {**overrides, "meanflow.ratio": ratio})
-        fm = step_times(at(0.0), args.steps)
-        mf = {mode: step_times(at(0.25), args.steps, mode) for mode in ("tangent", "subset", "whole")}
-        full = step_times(at(1.0), args.steps)
-        print(f"| {name} | {overrides['train.batch_size']} | {1e3 * fm:.1f} | "
-              + " | ".join(f"{1e3 * ms:.1f}" for ms in mf.values()) + f" | {1e3 * full:.1f} | "
-              + " | ".join(f"{ms / fm:.2f}x" for ms in mf.values()) + f" | {full / fm:.2f}x |", flush=True)
-    print("\n| network / data | samples | forward ms | 1-NFE ms | 1-NFE / forward | Euler 10 ms | Euler 50 ms "
-          "| Euler 50 / 1-NFE |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, overrides in CASES.items():
-        config = with_overrides(RunConfig(), overrides)
-        t = sampling_times(config, repeats=10)
-        print(f"| {name} | {4 * config.train.batch_size} | {1e3 * t['forward']:.1f} | {1e3 * t['1nfe']:.1f} "
-              f"| {t['1nfe'] / t['forward']:.2f}x | {1e3 * t['euler10']:.1f} | {1e3 * t['euler50']:.1f} "
-              f"| {t['euler50'] / t['1nfe']:.0f}x |")
+    print(f"torch {torch.__version__}, {args.threads} threads\n")
+    print(markdown(args.steps))
 
 
 if __name__ == "__main__":

@@ -97,6 +97,8 @@ def test_noise_statistics_equal_an_independent_computation():
     assert out["seed_sd"] == pytest.approx(seed_sd, rel=1e-12)
     assert out["spread"] == pytest.approx(spread, rel=1e-12)
     assert out["ratio"] == pytest.approx(seed_sd / spread, rel=1e-12)
+    means = sorted(np.mean(v) for v in logs.values())
+    assert out["gap"] == pytest.approx((means[1] - means[0]) / seed_sd, rel=1e-12)
     # Our order c < a < b; the paper's (10, 11, 12) is a < b < c: best differs, tau = -1/3.
     assert out["best"] == "c" and out["paper_best"] == "a" and not out["match"]
     assert out["tau"] == pytest.approx(stats.kendalltau([0.11, 0.25, 0.07], [10, 11, 12]).statistic)
@@ -132,7 +134,8 @@ def test_calibrate_runs_each_budget_and_reports_from_the_store(tmp_path, monkeyp
         seed_sd = math.sqrt(by.var(ddof=1).mean())
         spread = by.mean().std(ddof=1)
         row = next(line for line in report.splitlines() if f"| {budget} | 4/4 |" in line)
-        assert f"| {seed_sd:.2g} | {spread:.2g} | {seed_sd / spread:.2g} |" in row
+        gap = (np.sort(by.mean().values)[1] - by.mean().min()) / seed_sd
+        assert f"| {seed_sd:.2g} | {spread:.2g} | {seed_sd / spread:.2g} | {gap:.2g} |" in row
     again = CliRunner().invoke(app, args)  # everything finished: nothing runs again
     assert again.exit_code == 0 and len(mlflow.search_runs(experiment_names=["tiny-short"])) == 5
     assert "/tmp" not in report and str(tmp_path) not in report

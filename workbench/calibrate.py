@@ -11,6 +11,8 @@ Per study and budget the report measures, on the log of the metric (distances di
   seed SD   pooled within-setting standard deviation over seeds;
   spread    standard deviation of the per-setting means;
   noise     seed SD / spread: below about 0.5 the settings' order stands out of the seed noise;
+  gap       (runner-up's mean - best's mean) / seed SD: one far-off setting (Flow Matching in 1a)
+            makes the spread large, so this says whether the best itself is resolved;
 plus the settings a paired t-test separates from our best, and agreement with the paper (same best
 setting, Kendall tau).
 """
@@ -183,7 +185,9 @@ def noise(record: Record) -> dict:
     best = table.loc[table["mean"].idxmin(), "value"] if table["mean"].notna().any() else None
     paper_best = table.loc[table["paper"].idxmin(), "value"] if table["paper"].notna().any() else None
     others = table[(table["value"] != best) & (table["n"] > 0)]
-    return {"seed_sd": seed_sd, "spread": spread, "ratio": seed_sd / spread if spread else math.nan,
+    ordered = means.sort_values()
+    gap = (ordered.iloc[1] - ordered.iloc[0]) / seed_sd if len(ordered) > 1 and seed_sd else math.nan
+    return {"seed_sd": seed_sd, "spread": spread, "ratio": seed_sd / spread if spread else math.nan, "gap": gap,
             "separated": int((others["p_vs_best"] < 0.05).sum()), "others": len(others),
             "best": best, "paper_best": paper_best, "match": best is not None and best == paper_best,
             "tau": kendall_tau(table)[0], "finished": len(record.cells[record.cells["status"] == "finished"]),
@@ -223,7 +227,9 @@ def render_calibration(plan: Plan, tracking_uri: str, out_root: Path = Path("rep
     lines = ["# Calibrating the CPU budgets of the Table 1 studies", "", plan.description.strip(), "",
              "Measured on log(metric) over finished cells: **seed SD** = pooled within-setting standard deviation "
              "across seeds; **spread** = standard deviation of the per-setting means; **noise** = seed SD / spread "
-             "(lower is better: at 1 the seeds vary as much as the settings do). **separated** = settings a paired "
+             "(lower is better: at 1 the seeds vary as much as the settings do). **gap** = (runner-up's mean - best's "
+             "mean) / seed SD: below about 2 the best setting is not resolved from the runner-up, however large "
+             "the spread. **separated** = settings a paired "
              "t-test over seeds puts behind our best at p < 0.05, of all others. **tau** = Kendall tau between our "
              "means and the paper's FIDs. Minutes: wall time of the study (`wb ablate`, 2 workers on 2 cores).", "",
              "## Budgets", "", "| budget | overrides over the study files | description |", "|---|---|---|"]
@@ -232,20 +238,21 @@ def render_calibration(plan: Plan, tracking_uri: str, out_root: Path = Path("rep
         chosen = " **(chosen)**" if budget.name == plan.chosen else ""
         lines.append(f"| {budget.name}{chosen} | {overrides} | {budget.description} |")
     lines += ["", "## Summary per budget", "",
-              "| budget | studies | median noise | best = paper's | mean tau | settings separated | wall min (sum) |",
-              "|---|---|---|---|---|---|---|"]
+              "| budget | studies | median noise | median gap | best = paper's | mean tau | settings separated | wall min (sum) |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, group in table.groupby("budget", sort=False):
-        lines.append(f"| {name} | {len(group)} | {fmt(group['ratio'].median(), 2)} | {int(group['match'].sum())}/{len(group)} "
+        lines.append(f"| {name} | {len(group)} | {fmt(group['ratio'].median(), 2)} | {fmt(group['gap'].median(), 2)} "
+                     f"| {int(group['match'].sum())}/{len(group)} "
                      f"| {fmt(group['tau'].mean(), 2)} | {int(group['separated'].sum())}/{int(group['others'].sum())} "
                      f"| {fmt(group['elapsed_min'].sum(), 3)} |")
     lines += ["", "## Per study", "",
-              "| study | budget | cells | seed SD | spread | noise | separated | our best | paper's best | tau | wall min |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| study | budget | cells | seed SD | spread | noise | gap | separated | our best | paper's best | tau | wall min |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in table.sort_values(["study"], kind="stable").itertuples():
         chosen = f"**{row.budget}**" if row.budget == plan.chosen else row.budget
         report = f"[{row.study}](../{row.name}/README.md)" if row.budget == plan.chosen else row.study
         lines.append(f"| {report} | {chosen} | {row.finished}/{row.cells} | {fmt(row.seed_sd, 2)} | {fmt(row.spread, 2)} "
-                     f"| {fmt(row.ratio, 2)} | {row.separated}/{row.others} | {row.best} | {row.paper_best} "
+                     f"| {fmt(row.ratio, 2)} | {fmt(row.gap, 2)} | {row.separated}/{row.others} | {row.best} | {row.paper_best} "
                      f"| {fmt(row.tau, 2)} | {fmt(row.elapsed_min, 3)} |")
     lines += ["", "## Where the CPU proxy disagrees with the paper (chosen budget)", ""]
     chosen = table[table["budget"] == plan.chosen]
@@ -254,8 +261,8 @@ def render_calibration(plan: Plan, tracking_uri: str, out_root: Path = Path("rep
             continue
         order = "reverses" if row.tau < 0 else "does not follow" if row.tau < 0.5 else "follows"
         lines.append(f"- {row.study}: our best is {row.best}, the paper's {row.paper_best}; our order {order} the "
-                     f"paper's (tau {fmt(row.tau, 2)}); noise {fmt(row.ratio, 2)}, {row.separated} of {row.others} "
-                     "other settings separated from our best.")
+                     f"paper's (tau {fmt(row.tau, 2)}); noise {fmt(row.ratio, 2)}, gap {fmt(row.gap, 2)}, {row.separated} "
+                     f"of {row.others} other settings separated from our best.")
     agree = chosen[chosen["match"] & (chosen["tau"] >= 0.5)]["study"].tolist()
     lines += ["", f"Agrees with the paper (same best, tau >= 0.5): {', '.join(agree) or 'none'}.", "",
               "---", f"Generated by `wb calibrate --report-only` from the MLflow store and the plan {plan.path.name}.", ""]
