@@ -5,7 +5,7 @@ import pytest
 
 from workbench.studies import StudyError, load_study, parse_study
 
-SHIPPED = sorted(Path(__file__).parent.parent.joinpath("studies").glob("*.toml"))
+SHIPPED = sorted(p for p in Path(__file__).parent.parent.joinpath("studies").glob("*.toml") if p.stem != "calibration")
 
 
 def raw(**overrides):
@@ -73,3 +73,14 @@ def test_missing_study_and_bad_toml(tmp_path):
 def test_shipped_studies_validate(path):
     study = load_study(path)
     assert study.name == path.stem and study.description and study.cells()
+
+
+def test_shipped_calibration_plan_and_every_budgets_studies_validate(tmp_path):
+    from workbench.calibrate import derived_study, load_plan
+
+    plan = load_plan(Path(__file__).parent.parent / "studies" / "calibration.toml")
+    assert plan.chosen == "shipped"
+    for budget, name in plan.pairs():
+        path, text = derived_study(name, budget, tmp_path)  # validates every cell's config, writes nothing
+        assert (text is None) == (budget.name == plan.chosen)
+    assert not list(tmp_path.iterdir())
