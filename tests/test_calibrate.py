@@ -10,7 +10,7 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from conftest import tiny_study
-from workbench.calibrate import load_plan, noise, write_studies
+from workbench.calibrate import comparisons, load_plan, noise, write_studies
 from workbench.cli import app
 from workbench.report import Record
 from workbench.studies import StudyError, parse_study
@@ -110,6 +110,17 @@ def test_a_setting_worse_on_every_seed_by_a_steady_factor_is_separated():
     assert out["separated"] == 1 and out["best"] == "a"
 
 
+def test_comparison_counts_only_the_studies_both_budgets_ran():
+    row = lambda budget, study, ratio, gap, match, tau, sep: {  # noqa: E731
+        "budget": budget, "study": study, "ratio": ratio, "gap": gap, "match": match, "tau": tau, "separated": sep,
+        "others": 3}
+    table = pd.DataFrame([row("a", "s1", 0.2, 3.0, True, 1.0, 3), row("a", "s2", 0.5, 0.5, False, 0.0, 1),
+                          row("b", "s1", 0.4, 1.0, False, 0.2, 1), row("b", "s3", 0.1, 9.0, True, 1.0, 3)])
+    (line,) = comparisons(table, "a")
+    assert line == ("- a against b, on the 1 studies both ran: lower noise on 1 (median 0.2 vs 0.4), larger gap on 1 "
+                    "(median 3 vs 1), best = paper's on 1 vs 0, mean tau 1 vs 0.2, settings separated 3 vs 1 of 3.")
+
+
 @pytest.mark.slow
 def test_calibrate_runs_each_budget_and_reports_from_the_store(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -126,6 +137,7 @@ def test_calibrate_runs_each_budget_and_reports_from_the_store(tmp_path, monkeyp
     report = (tmp_path / "reports" / "calibration" / "README.md").read_text()
     assert "| shipped **(chosen)** | none (the shipped studies) |" in report
     assert "| short | `train.steps=3` | half the steps |" in report
+    assert "- shipped against short, on the 1 studies both ran: lower noise on" in report
     # The per-study row of each budget holds the statistics of its runs.
     for name, budget in (("tiny", "**shipped**"), ("tiny-short", "short")):
         runs = mlflow.search_runs(experiment_names=[name])

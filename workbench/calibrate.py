@@ -219,6 +219,26 @@ def measure(plan: Plan, tracking_uri: str) -> pd.DataFrame:
 
 # The page -----------------------------------------------------------------------------------------
 
+def comparisons(table: pd.DataFrame, chosen: str) -> list[str]:
+    """One sentence per other budget: the chosen one against it on the studies both ran."""
+    mine = table[table["budget"] == chosen].set_index("study")
+    lines = []
+    for name, other in table[table["budget"] != chosen].groupby("budget", sort=False):
+        other = other.set_index("study")
+        both = mine.index.intersection(other.index)
+        if not len(both):
+            continue
+        a, b = mine.loc[both], other.loc[both]
+        lines.append(f"- {chosen} against {name}, on the {len(both)} studies both ran: lower noise on "
+                     f"{int((a['ratio'] < b['ratio']).sum())} (median {fmt(a['ratio'].median(), 2)} vs "
+                     f"{fmt(b['ratio'].median(), 2)}), larger gap on {int((a['gap'] > b['gap']).sum())} (median "
+                     f"{fmt(a['gap'].median(), 2)} vs {fmt(b['gap'].median(), 2)}), best = paper's on "
+                     f"{int(a['match'].sum())} vs {int(b['match'].sum())}, mean tau {fmt(a['tau'].mean(), 2)} vs "
+                     f"{fmt(b['tau'].mean(), 2)}, settings separated {int(a['separated'].sum())} vs "
+                     f"{int(b['separated'].sum())} of {int(a['others'].sum())}.")
+    return lines
+
+
 def render_calibration(plan: Plan, tracking_uri: str, out_root: Path = Path("reports")) -> Path:
     """Writes out_root/calibration/README.md; returns its path."""
     table = measure(plan, tracking_uri)
@@ -238,14 +258,15 @@ def render_calibration(plan: Plan, tracking_uri: str, out_root: Path = Path("rep
         chosen = " **(chosen)**" if budget.name == plan.chosen else ""
         lines.append(f"| {budget.name}{chosen} | {overrides} | {budget.description} |")
     lines += ["", "## Summary per budget", "",
-              "| budget | studies | median noise | median gap | best = paper's | mean tau | settings separated | wall min (sum) |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| budget | studies | cells finished | median noise | median gap | best = paper's | mean tau "
+              "| settings separated | wall min (sum) |", "|---|---|---|---|---|---|---|---|---|"]
     for name, group in table.groupby("budget", sort=False):
-        lines.append(f"| {name} | {len(group)} | {fmt(group['ratio'].median(), 2)} | {fmt(group['gap'].median(), 2)} "
+        lines.append(f"| {name} | {len(group)} | {group['finished'].sum()}/{group['cells'].sum()} "
+                     f"| {fmt(group['ratio'].median(), 2)} | {fmt(group['gap'].median(), 2)} "
                      f"| {int(group['match'].sum())}/{len(group)} "
                      f"| {fmt(group['tau'].mean(), 2)} | {int(group['separated'].sum())}/{int(group['others'].sum())} "
-                     f"| {fmt(group['elapsed_min'].sum(), 3)} |")
-    lines += ["", "## Per study", "",
+                     f"| {fmt(group['elapsed_min'].sum(min_count=len(group)), 3)} |")
+    lines += ["", *comparisons(table, plan.chosen), "", "## Per study", "",
               "| study | budget | cells | seed SD | spread | noise | gap | separated | our best | paper's best | tau | wall min |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in table.sort_values(["study"], kind="stable").itertuples():
