@@ -191,7 +191,7 @@ def noise(record: Record) -> dict:
             "separated": int((others["p_vs_best"] < 0.05).sum()), "others": len(others),
             "best": best, "paper_best": paper_best, "match": best is not None and best == paper_best,
             "tau": kendall_tau(table)[0], "finished": len(record.cells[record.cells["status"] == "finished"]),
-            "cells": len(record.cells), "compute_min": record.cells["wall"].sum() / 60}
+            "cells": len(record.cells)}
 
 
 def elapsed_minutes(name: str, tracking_uri: str) -> float:
