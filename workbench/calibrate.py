@@ -225,7 +225,7 @@ def comparisons(table: pd.DataFrame, chosen: str) -> list[str]:
     lines = []
     for name, other in table[table["budget"] != chosen].groupby("budget", sort=False):
         other = other.set_index("study")
-        both = mine.index.intersection(other.index)
+        both = mine.dropna(subset=["ratio"]).index.intersection(other.dropna(subset=["ratio"]).index)
         if not len(both):
             continue
         a, b = mine.loc[both], other.loc[both]
@@ -273,7 +273,7 @@ def render_calibration(plan: Plan, tracking_uri: str, out_root: Path = Path("rep
         chosen = f"**{row.budget}**" if row.budget == plan.chosen else row.budget
         report = f"[{row.study}](../{row.name}/README.md)" if row.budget == plan.chosen else row.study
         lines.append(f"| {report} | {chosen} | {row.finished}/{row.cells} | {fmt(row.seed_sd, 2)} | {fmt(row.spread, 2)} "
-                     f"| {fmt(row.ratio, 2)} | {fmt(row.gap, 2)} | {row.separated}/{row.others} | {row.best} | {row.paper_best} "
+                     f"| {fmt(row.ratio, 2)} | {fmt(row.gap, 2)} | {row.separated}/{row.others} | {row.best if isinstance(row.best, str) else '–'} | {row.paper_best} "
                      f"| {fmt(row.tau, 2)} | {fmt(row.elapsed_min, 3)} |")
     lines += ["", "## Where the CPU proxy disagrees with the paper (chosen budget)", ""]
     chosen = table[table["budget"] == plan.chosen]
