@@ -30,7 +30,7 @@ import tomli_w
 from mlflow import MlflowClient
 
 from workbench.ablate import Stores, run_study
-from workbench.report import Record, axis_table, fmt, kendall_tau, load_record
+from workbench.report import Record, axis_table, fmt, kendall_tau, load_record, study_runs
 from workbench.studies import StudyError, load_study, parse_study_text, resolve_path
 
 PLAN_KEYS = {"description", "studies", "chosen", "budgets"}
@@ -194,11 +194,9 @@ def noise(record: Record) -> dict:
             "cells": len(record.cells)}
 
 
-def elapsed_minutes(name: str, tracking_uri: str) -> float:
+def elapsed_minutes(client: MlflowClient, name: str) -> float:
     """Wall time of the study's parent run (first start to last end), NaN while it runs."""
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(name)
-    parents = client.search_runs([experiment.experiment_id], "tags.`wb.role` = 'study'") if experiment else []
+    parents = study_runs(client, name)
     if not parents or not parents[0].info.end_time:
         return math.nan
     return (parents[0].info.end_time - parents[0].info.start_time) / 60_000
@@ -213,7 +211,7 @@ def measure(plan: Plan, tracking_uri: str) -> pd.DataFrame:
             continue
         record = load_record(name, tracking_uri)
         rows.append({"budget": budget.name, "study": study, "name": name, **noise(record),
-                     "elapsed_min": elapsed_minutes(name, tracking_uri)})
+                     "elapsed_min": elapsed_minutes(client, name)})
     return pd.DataFrame(rows)
 
 

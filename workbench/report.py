@@ -43,7 +43,7 @@ def load_record(name: str, tracking_uri: str) -> Record:
     """Reads the study's parent run and children; a cell without a FINISHED run is 'failed' or 'missing'."""
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(name)
-    parents = client.search_runs([experiment.experiment_id], "tags.`wb.role` = 'study'") if experiment else []
+    parents = study_runs(client, name)
     if not parents:
         raise ReportError(f"study {name!r}: no runs in the tracking store {tracking_uri} (run `wb ablate {name}` first, "
                           "or pass --tracking-uri)")
@@ -76,6 +76,12 @@ def load_record(name: str, tracking_uri: str) -> Record:
                     "end": 0, "commit": None}
         rows.append(row)
     return Record(study, pd.DataFrame(rows), client)
+
+
+def study_runs(client: MlflowClient, name: str) -> list:
+    """The parent run(s) `wb ablate` recorded for study `name` (empty if none)."""
+    experiment = client.get_experiment_by_name(name)
+    return client.search_runs([experiment.experiment_id], "tags.`wb.role` = 'study'") if experiment else []
 
 
 def all_runs(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
