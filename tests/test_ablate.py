@@ -42,6 +42,8 @@ def test_two_workers_one_finished_child_per_cell_then_only_new_cells(tmp_path, m
 
     again = CliRunner().invoke(app, ["ablate", str(study), "--workers", "2"])  # nothing left to run
     assert again.exit_code == 0 and len(children()[0]) == 4
+    # The parent run keeps its end time (the study's wall time), and its status.
+    assert children()[1][["end_time", "status"]].equals(parents[["end_time", "status"]])
 
     write(study, values="[0.0, 0.5, 1.0]")
     more = CliRunner().invoke(app, ["ablate", str(study), "--workers", "2"])

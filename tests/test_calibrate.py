@@ -18,9 +18,9 @@ from workbench.studies import StudyError, parse_study
 PLAN = """
 description = "test plan"
 studies = ["tiny"]
-chosen = "shipped"
+chosen = "full"
 [[budgets]]
-name = "shipped"
+name = "full"
 description = "as in the study file"
 [[budgets]]
 name = "short"
@@ -38,10 +38,11 @@ def setup(folder, short_steps=3):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda p: p.replace('chosen = "shipped"', 'chosen = "nope"'), "chosen: 'nope' is not a budget"),
+    (lambda p: p.replace('chosen = "full"', 'chosen = "nope"'), "chosen.tiny: 'nope' is not a budget"),
+    (lambda p: p.replace('chosen = "full"', 'chosen = {other = "full"}'), "chosen: must be a budget name or a table"),
     (lambda p: p.replace('name = "short"', 'name = "Short-1"'), "budgets[1].name: 'Short-1' must match"),
+    (lambda p: p.replace('name = "short"', 'name = "shipped"'), "and not be 'shipped'"),
     (lambda p: "extra = 1\n" + p, "extra: unknown key"),
-    (lambda p: p.replace('chosen = "shipped"', 'chosen = "short"'), "must be the one budget without overrides"),
     (lambda p: p.replace('description = "half the steps"', 'description = "x"\nstudies = ["other"]'),
      "budgets[1].studies: must list studies of the plan"),
 ])
@@ -51,6 +52,22 @@ def test_bad_plans_name_the_key(tmp_path, monkeypatch, edit, message):
     path.write_text(edit(path.read_text()))
     with pytest.raises(StudyError, match=message.replace("(", r"\(").replace("[", r"\[")):
         load_plan(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    # the shipped study (6 steps) does not carry the chosen budget
+    (lambda p: p.replace('chosen = "full"', 'chosen = "short"'),
+     "chooses budget 'short' for 'tiny', but the study file differs from it in train.steps (6 vs 3)"),
+    # a candidate equal to the shipped study would repeat its runs under another name
+    (lambda p: p.replace('"train.steps" = 3', '"train.steps" = 6'), "budget 'short' changes nothing in 'tiny'"),
+])
+def test_a_plan_that_contradicts_the_study_files_writes_nothing(tmp_path, monkeypatch, edit, message):
+    monkeypatch.chdir(tmp_path)
+    path = setup(tmp_path)
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(StudyError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        write_studies(load_plan(path))
+    assert not (tmp_path / "studies" / "calibration").exists()
 
 
 def test_a_budget_with_a_bad_config_value_writes_nothing_and_exits_2(tmp_path, monkeypatch):
@@ -65,6 +82,7 @@ def test_a_budget_with_a_bad_config_value_writes_nothing_and_exits_2(tmp_path, m
 def test_derived_study_is_the_study_with_the_overrides(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     plan = load_plan(setup(tmp_path))
+    assert plan.chosen == {"tiny": "full"}
     shipped, short = write_studies(plan)
     assert shipped.name == "tiny.toml" and short.name == "tiny-short.toml"
     import tomllib
@@ -111,14 +129,19 @@ def test_a_setting_worse_on_every_seed_by_a_steady_factor_is_separated():
 
 
 def test_comparison_counts_only_the_studies_both_budgets_ran():
-    row = lambda budget, study, ratio, gap, match, tau, sep: {  # noqa: E731
-        "budget": budget, "study": study, "ratio": ratio, "gap": gap, "match": match, "tau": tau, "separated": sep,
-        "others": 3}
-    table = pd.DataFrame([row("a", "s1", 0.2, 3.0, True, 1.0, 3), row("a", "s2", 0.5, 0.5, False, 0.0, 1),
-                          row("b", "s1", 0.4, 1.0, False, 0.2, 1), row("b", "s3", 0.1, 9.0, True, 1.0, 3)])
-    (line,) = comparisons(table, "a")
-    assert line == ("- a against b, on the 1 studies both ran: lower noise on 1 (median 0.2 vs 0.4), larger gap on 1 "
-                    "(median 3 vs 1), best = paper's on 1 vs 0, mean tau 1 vs 0.2, settings separated 3 vs 1 of 3.")
+    row = lambda budget, study, chosen, ratio, gap, match, tau, sep: {  # noqa: E731
+        "budget": budget, "study": study, "chosen": chosen, "ratio": ratio, "gap": gap, "match": match, "tau": tau,
+        "separated": sep, "others": 3}
+    # s1 and s2 ship with budget a, s3 with b; b's s3 row is the shipped run itself, not a candidate.
+    table = pd.DataFrame([row("a", "s1", True, 0.2, 3.0, True, 1.0, 3), row("a", "s2", True, 0.5, 0.5, False, 0.0, 1),
+                          row("b", "s1", False, 0.4, 1.0, False, 0.2, 1), row("b", "s3", True, 0.1, 9.0, True, 1.0, 3),
+                          row("a", "s3", False, 0.3, 2.0, False, 0.5, 2)])
+    lines = comparisons(table)
+    assert lines == [
+        "- shipped against b, on the 1 studies where b is a candidate not chosen: lower noise on 1 (median 0.2 vs 0.4), "
+        "larger gap on 1 (median 3 vs 1), best = paper's on 1 vs 0, mean tau 1 vs 0.2, settings separated 3 vs 1 of 3.",
+        "- shipped against a, on the 1 studies where a is a candidate not chosen: lower noise on 1 (median 0.1 vs 0.3), "
+        "larger gap on 1 (median 9 vs 2), best = paper's on 1 vs 0, mean tau 1 vs 0.5, settings separated 3 vs 2 of 3."]
 
 
 @pytest.mark.slow
@@ -135,11 +158,12 @@ def test_calibrate_runs_each_budget_and_reports_from_the_store(tmp_path, monkeyp
         cells = runs[runs["tags.wb.role"] != "study"]
         assert len(cells) == 4 and set(cells["params.train.steps"]) == {str(steps)}
     report = (tmp_path / "reports" / "calibration" / "README.md").read_text()
-    assert "| shipped **(chosen)** | none (the shipped studies) |" in report
-    assert "| short | `train.steps=3` | half the steps |" in report
-    assert "- shipped against short, on the 1 studies both ran: lower noise on" in report
+    assert "| full | none (as in the study files) | tiny | as in the study file |" in report
+    assert "| short | `train.steps=3` | – | half the steps |" in report
+    assert "| **shipped** | 1 | 4/4 |" in report and "| full | 1 | 4/4 |" in report
+    assert "- shipped against short, on the 1 studies where short is a candidate not chosen: lower noise on" in report
     # The per-study row of each budget holds the statistics of its runs.
-    for name, budget in (("tiny", "**shipped**"), ("tiny-short", "short")):
+    for name, budget in (("tiny", "**full**"), ("tiny-short", "short")):
         runs = mlflow.search_runs(experiment_names=[name])
         cells = runs[runs["tags.wb.role"] != "study"].assign(log=lambda d: np.log(d["metrics.energy_1nfe"]))
         by = cells.groupby("params.meanflow.ratio")["log"]

@@ -79,8 +79,9 @@ def test_shipped_calibration_plan_and_every_budgets_studies_validate(tmp_path):
     from workbench.calibrate import derived_study, load_plan
 
     plan = load_plan(Path(__file__).parent.parent / "studies" / "calibration.toml")
-    assert plan.chosen == "shipped"
+    assert set(plan.chosen) == set(plan.studies)
     for budget, name in plan.pairs():
-        path, text = derived_study(name, budget, tmp_path)  # validates every cell's config, writes nothing
-        assert (text is None) == (budget.name == plan.chosen)
+        # validates every cell's config and that each shipped study carries its chosen budget; writes nothing
+        path, text = derived_study(plan, budget, name, tmp_path)
+        assert (text is None) == plan.is_chosen(budget, name)
     assert not list(tmp_path.iterdir())

@@ -149,7 +149,11 @@ def run_study(study: Study, stores: Stores, workers: int, progress=print) -> dic
         time.sleep(2)
     client = MlflowClient(stores.tracking_uri)
     summary = counts(study, trials_study)
-    client.set_terminated(parent_id, "FINISHED" if summary["done"] == total else "FAILED")
+    status = "FINISHED" if summary["done"] == total else "FAILED"
+    if processes:
+        client.set_terminated(parent_id, status)
+    else:  # nothing ran: keep the end time, so the parent run still spans the study's wall time
+        client.update_run(parent_id, status=status)
     return {"experiment_id": experiment_id, "parent_run_id": parent_id, **summary, "total": total,
             "seconds": time.time() - started}
 

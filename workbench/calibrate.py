@@ -1,11 +1,12 @@
 """`wb calibrate`: run the Table 1 studies under candidate CPU budgets and measure which outcomes are signal.
 
-A plan (studies/calibration.toml) lists studies and budgets. A budget is a set of [base] overrides;
-the budget without overrides is the one in the shipped study files and runs the studies under their
-own names, every other budget runs `<study>-<budget>`, from a study file written to
-studies/calibration/ (the exact file each candidate ran, so `wb ablate` can repeat it). Runs go
-through `wb ablate`'s machinery, so they resume and land in the same MLflow store, and the report
-(reports/calibration/README.md) is computed from that store alone.
+A plan (studies/calibration.toml) lists studies, candidate budgets and, per study, the chosen budget.
+A budget is a set of [base] settings. A shipped study file carries its chosen budget, so that budget
+runs the study under its own name (the shipped study's runs); every other budget runs
+`<study>-<budget>`, from a study file written to studies/calibration/ (the exact file each candidate
+ran, so `wb ablate` can repeat it). Runs go through `wb ablate`'s machinery, so they resume and land
+in the same MLflow store, and the report (reports/calibration/README.md) is computed from that store
+alone.
 
 Per study and budget the report measures, on the log of the metric (distances differ by factors):
   seed SD   pooled within-setting standard deviation over seeds;
@@ -31,10 +32,12 @@ from mlflow import MlflowClient
 
 from workbench.ablate import Stores, run_study
 from workbench.report import Record, axis_table, fmt, kendall_tau, load_record, study_runs
-from workbench.studies import StudyError, load_study, parse_study_text, resolve_path
+from workbench.config import flatten
+from workbench.studies import Study, StudyError, load_study, parse_study_text, resolve_path
 
 PLAN_KEYS = {"description", "studies", "chosen", "budgets"}
 BUDGET_KEYS = {"name", "description", "set", "studies"}
+SHIPPED = "shipped"  # the report's label for the shipped studies, each under its chosen budget
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class Budget:
 class Plan:
     description: str
     studies: tuple[str, ...]
-    chosen: str  # the budget in the shipped study files
+    chosen: dict = field(hash=False)  # study -> the budget its shipped study file carries
     budgets: tuple[Budget, ...]
     path: Path
 
@@ -60,13 +63,16 @@ class Plan:
         raise StudyError(f"{self.path}: no budget {name!r} (have {', '.join(b.name for b in self.budgets)})")
 
     def pairs(self) -> list[tuple[Budget, str]]:
-        """(budget, study) in run order: the chosen budget first."""
-        ordered = sorted(self.budgets, key=lambda b: b.name != self.chosen)
-        return [(b, s) for b in ordered for s in self.studies if b.studies is None or s in b.studies]
+        """(budget, study) in run order: the shipped studies (each under its chosen budget) first."""
+        pairs = [(b, s) for b in self.budgets for s in self.studies if b.studies is None or s in b.studies]
+        return sorted(pairs, key=lambda pair: not self.is_chosen(*pair))
 
+    def is_chosen(self, budget: Budget, study: str) -> bool:
+        return self.chosen[study] == budget.name
 
-def study_name(study: str, budget: Budget) -> str:
-    return study if not budget.overrides else f"{study}-{budget.name}"
+    def run_name(self, budget: Budget, study: str) -> str:
+        """The study's own name under its chosen budget, else `<study>-<budget>`."""
+        return study if self.is_chosen(budget, study) else f"{study}-{budget.name}"
 
 
 def load_plan(path: str | Path = "studies/calibration.toml") -> Plan:
@@ -99,8 +105,9 @@ def load_plan(path: str | Path = "studies/calibration.toml") -> Plan:
         if set(entry) - BUDGET_KEYS:
             raise fail(f"{where}.{sorted(set(entry) - BUDGET_KEYS)[0]}", f"unknown key; allowed: {', '.join(sorted(BUDGET_KEYS))}")
         name = entry["name"]
-        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_]+", name):
-            raise fail(f"{where}.name", f"{name!r} must match [a-z0-9_]+ (the study runs as <study>-<name>)")
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_]+", name) or name == SHIPPED:
+            raise fail(f"{where}.name", f"{name!r} must match [a-z0-9_]+ (the study runs as <study>-<name>) "
+                                        f"and not be {SHIPPED!r} (the report's label for the shipped studies)")
         only = entry.get("studies")
         if only is not None and (not isinstance(only, list) or set(only) - set(studies)):
             raise fail(f"{where}.studies", f"must list studies of the plan ({', '.join(studies)}), got {only!r}")
@@ -109,45 +116,66 @@ def load_plan(path: str | Path = "studies/calibration.toml") -> Plan:
     names = [b.name for b in budgets]
     if len(set(names)) != len(names):
         raise fail("budgets", f"budget names must be unique, got {names}")
-    if raw["chosen"] not in names:
-        raise fail("chosen", f"{raw['chosen']!r} is not a budget ({', '.join(names)})")
-    shipped = [b.name for b in budgets if not b.overrides]
-    if shipped != [raw["chosen"]]:
-        raise fail("chosen", f"the chosen budget ({raw['chosen']!r}) must be the one budget without overrides "
-                             f"(the shipped study files); budgets without overrides: {shipped}")
-    return Plan(str(raw.get("description", "")), tuple(studies), raw["chosen"], tuple(budgets), path)
+    chosen = raw["chosen"]
+    if isinstance(chosen, str):  # one budget for every study
+        chosen = dict.fromkeys(studies, chosen)
+    if not isinstance(chosen, dict) or set(chosen) != set(studies):
+        raise fail("chosen", f"must be a budget name or a table giving each study of the plan ({', '.join(studies)}) "
+                             f"its budget, got {chosen!r}")
+    for study, name in chosen.items():
+        if name not in names:
+            raise fail(f"chosen.{study}", f"{name!r} is not a budget ({', '.join(names)})")
+        budget = budgets[names.index(name)]
+        if budget.studies is not None and study not in budget.studies:
+            raise fail(f"chosen.{study}", f"budget {name!r} does not run {study!r} (its studies: {list(budget.studies)})")
+    return Plan(str(raw.get("description", "")), tuple(studies), {s: chosen[s] for s in studies}, tuple(budgets), path)
 
 
-def derived_study(study: str, budget: Budget, folder: Path) -> tuple[Path, str | None]:
-    """The study file of `study` under `budget`, validated: (its own path, None) for the budget without
-    overrides, else (folder/<study>-<budget>.toml, the text to write there): the study with the
-    budget's overrides over [base]."""
+def derived_study(plan: Plan, budget: Budget, study: str, folder: Path) -> tuple[Path, str | None]:
+    """The study file of `study` under `budget`, validated. For the study's chosen budget that is the
+    shipped file itself, (its path, None), after checking that it carries the budget's settings; for
+    any other, (folder/<study>-<budget>.toml, the text to write there): the shipped study with the
+    budget's settings over its [base]."""
     source = resolve_path(study)
-    if not budget.overrides:
-        load_study(source)
-        return source, None
+    shipped = load_study(source)
     raw = tomllib.loads(source.read_text())
-    raw["name"] = study_name(study, budget)
+    raw["name"] = plan.run_name(budget, study)
     raw["base"] = {**raw.get("base", {}), **budget.overrides}
-    overrides = ", ".join(f"{k} = {v}" for k, v in budget.overrides.items())
+    settings = ", ".join(f"{k} = {v}" for k, v in budget.overrides.items()) or "none"
     raw["description"] = (f"Calibration candidate {budget.name!r} of {study}: {budget.description}.\n"
-                          f"[base] overrides of the shipped study: {overrides}. The shipped study's description "
-                          f"(with the shipped budget) follows.\n\n{raw.get('description', '').strip()}\n")
+                          f"[base] settings over the shipped study: {settings}. The shipped study's description "
+                          f"(its chosen budget is {plan.chosen[study]!r}) follows.\n\n"
+                          f"{raw.get('description', '').strip()}\n")
     path = folder / f"{raw['name']}.toml"
     text = f"# Generated by `wb calibrate` from studies/{source.name} and the plan's budget {budget.name!r}.\n" \
            + tomli_w.dumps(raw, multiline_strings=True)
     try:
-        parse_study_text(text, path)
+        candidate = parse_study_text(text, path)
     except StudyError as err:
         raise StudyError(f"budget {budget.name!r} on study {study!r}: {err}") from None
+    differs = config_differences(shipped, candidate)
+    if plan.is_chosen(budget, study):
+        if differs:
+            raise StudyError(f"{source}: the plan {plan.path} chooses budget {budget.name!r} for {study!r}, but the "
+                             f"study file differs from it in {differs}; a shipped study must carry its chosen budget")
+        return source, None
+    if not differs:
+        raise StudyError(f"{plan.path}: budget {budget.name!r} changes nothing in {study!r} (the study already has "
+                         f"its settings), so it would repeat the shipped study's runs under another name")
     return path, text
+
+
+def config_differences(a: Study, b: Study) -> str:
+    """The config keys (with both values) in which the first cells of two studies differ, '' if none."""
+    x, y = (flatten(s.cells()[0].config) for s in (a, b))
+    return ", ".join(f"{k} ({x.get(k)!r} vs {y.get(k)!r})" for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k))
 
 
 def write_studies(plan: Plan, budgets: list[str] | None = None, studies: list[str] | None = None) -> list[Path]:
     """The study file of every selected (budget, study) pair, in run order; all are validated before
     any is written, so a bad budget leaves nothing behind. Derived ones go to studies/calibration/."""
     folder = plan.path.parent / "calibration"
-    files = [derived_study(s, b, folder) for b, s in plan.pairs()
+    files = [derived_study(plan, b, s, folder) for b, s in plan.pairs()
              if (budgets is None or b.name in budgets) and (studies is None or s in studies)]
     for path, text in files:
         if text is not None and (not path.is_file() or path.read_text() != text):
@@ -206,29 +234,38 @@ def measure(plan: Plan, tracking_uri: str) -> pd.DataFrame:
     """One row per (budget, study) the store holds; pairs not run yet are left out."""
     rows, client = [], MlflowClient(tracking_uri)
     for budget, study in plan.pairs():
-        name = study_name(study, budget)
+        name = plan.run_name(budget, study)
         if client.get_experiment_by_name(name) is None:
             continue
         record = load_record(name, tracking_uri)
-        rows.append({"budget": budget.name, "study": study, "name": name, **noise(record),
+        rows.append({"budget": budget.name, "study": study, "name": name, "chosen": plan.is_chosen(budget, study),
+                     **noise(record),
                      "elapsed_min": elapsed_minutes(client, name)})
     return pd.DataFrame(rows)
 
 
 # The page -----------------------------------------------------------------------------------------
 
-def comparisons(table: pd.DataFrame, chosen: str) -> list[str]:
-    """One sentence per other budget: the chosen one against it on the studies both ran."""
-    mine = table[table["budget"] == chosen].set_index("study")
+def summary_row(label: str, group: pd.DataFrame) -> str:
+    return (f"| {label} | {len(group)} | {group['finished'].sum()}/{group['cells'].sum()} "
+            f"| {fmt(group['ratio'].median(), 2)} | {fmt(group['gap'].median(), 2)} | {int(group['match'].sum())}/{len(group)} "
+            f"| {fmt(group['tau'].mean(), 2)} | {int(group['separated'].sum())}/{int(group['others'].sum())} "
+            f"| {fmt(group['elapsed_min'].sum(min_count=len(group)), 3)} |")
+
+
+def comparisons(table: pd.DataFrame) -> list[str]:
+    """One sentence per budget: the shipped studies (rows with `chosen`) against it, on the studies
+    both ran where the budget is not the chosen one (elsewhere the rows are the same runs)."""
+    mine = table[table["chosen"]].set_index("study")
     lines = []
-    for name, other in table[table["budget"] != chosen].groupby("budget", sort=False):
+    for name, other in table[~table["chosen"]].groupby("budget", sort=False):
         other = other.set_index("study")
         both = mine.dropna(subset=["ratio"]).index.intersection(other.dropna(subset=["ratio"]).index)
         if not len(both):
             continue
         a, b = mine.loc[both], other.loc[both]
-        lines.append(f"- {chosen} against {name}, on the {len(both)} studies both ran: lower noise on "
-                     f"{int((a['ratio'] < b['ratio']).sum())} (median {fmt(a['ratio'].median(), 2)} vs "
+        lines.append(f"- {SHIPPED} against {name}, on the {len(both)} studies where {name} is a candidate not chosen: "
+                     f"lower noise on {int((a['ratio'] < b['ratio']).sum())} (median {fmt(a['ratio'].median(), 2)} vs "
                      f"{fmt(b['ratio'].median(), 2)}), larger gap on {int((a['gap'] > b['gap']).sum())} (median "
                      f"{fmt(a['gap'].median(), 2)} vs {fmt(b['gap'].median(), 2)}), best = paper's on "
                      f"{int(a['match'].sum())} vs {int(b['match'].sum())}, mean tau {fmt(a['tau'].mean(), 2)} vs "
@@ -250,38 +287,37 @@ def render_calibration(plan: Plan, tracking_uri: str, out_root: Path = Path("rep
              "the spread. **separated** = settings a paired "
              "t-test over seeds puts behind our best at p < 0.05, of all others. **tau** = Kendall tau between our "
              "means and the paper's FIDs. Minutes: wall time of the study (`wb ablate`, 2 workers on 2 cores).", "",
-             "## Budgets", "", "| budget | overrides over the study files | description |", "|---|---|---|"]
+             "## Budgets", "", "| budget | [base] settings | chosen for | description |", "|---|---|---|---|"]
     for budget in plan.budgets:
-        overrides = ", ".join(f"`{k}={v}`" for k, v in budget.overrides.items()) or "none (the shipped studies)"
-        chosen = " **(chosen)**" if budget.name == plan.chosen else ""
-        lines.append(f"| {budget.name}{chosen} | {overrides} | {budget.description} |")
+        settings = ", ".join(f"`{k}={v}`" for k, v in budget.overrides.items()) or "none (as in the study files)"
+        chosen_for = ", ".join(s for s in plan.studies if plan.chosen[s] == budget.name) or "–"
+        lines.append(f"| {budget.name} | {settings} | {chosen_for} | {budget.description} |")
     lines += ["", "## Summary per budget", "",
+              f"**{SHIPPED}**: the shipped study files, each study under its chosen budget (the suite `wb ablate` runs).", "",
               "| budget | studies | cells finished | median noise | median gap | best = paper's | mean tau "
-              "| settings separated | wall min (sum) |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, group in table.groupby("budget", sort=False):
-        lines.append(f"| {name} | {len(group)} | {group['finished'].sum()}/{group['cells'].sum()} "
-                     f"| {fmt(group['ratio'].median(), 2)} | {fmt(group['gap'].median(), 2)} "
-                     f"| {int(group['match'].sum())}/{len(group)} "
-                     f"| {fmt(group['tau'].mean(), 2)} | {int(group['separated'].sum())}/{int(group['others'].sum())} "
-                     f"| {fmt(group['elapsed_min'].sum(min_count=len(group)), 3)} |")
-    lines += ["", *comparisons(table, plan.chosen), "", "## Per study", "",
+              "| settings separated | wall min (sum) |", "|---|---|---|---|---|---|---|---|---|",
+              summary_row(f"**{SHIPPED}**", table[table["chosen"]])]
+    lines += [summary_row(name, group) for name, group in table.groupby("budget", sort=False)]
+    lines += ["", *comparisons(table), "", "## Per study", "",
+              "The chosen budget of each study in bold; its row links to the study's report.", "",
               "| study | budget | cells | seed SD | spread | noise | gap | separated | our best | paper's best | tau | wall min |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in table.sort_values(["study"], kind="stable").itertuples():
-        chosen = f"**{row.budget}**" if row.budget == plan.chosen else row.budget
-        report = f"[{row.study}](../{row.name}/README.md)" if row.budget == plan.chosen else row.study
-        lines.append(f"| {report} | {chosen} | {row.finished}/{row.cells} | {fmt(row.seed_sd, 2)} | {fmt(row.spread, 2)} "
-                     f"| {fmt(row.ratio, 2)} | {fmt(row.gap, 2)} | {row.separated}/{row.others} | {row.best if isinstance(row.best, str) else '–'} | {row.paper_best} "
+        budget = f"**{row.budget}**" if row.chosen else row.budget
+        study = f"[{row.study}](../{row.name}/README.md)" if row.chosen else row.study
+        best = row.best if isinstance(row.best, str) else "–"
+        lines.append(f"| {study} | {budget} | {row.finished}/{row.cells} | {fmt(row.seed_sd, 2)} | {fmt(row.spread, 2)} "
+                     f"| {fmt(row.ratio, 2)} | {fmt(row.gap, 2)} | {row.separated}/{row.others} | {best} | {row.paper_best} "
                      f"| {fmt(row.tau, 2)} | {fmt(row.elapsed_min, 3)} |")
-    lines += ["", "## Where the CPU proxy disagrees with the paper (chosen budget)", ""]
-    chosen = table[table["budget"] == plan.chosen]
+    lines += ["", "## Where the CPU proxy disagrees with the paper (chosen budgets)", ""]
+    chosen = table[table["chosen"]].sort_values("study", kind="stable")
     for row in chosen.itertuples():
         if row.match and row.tau >= 0.5:
             continue
         order = "reverses" if row.tau < 0 else "does not follow" if row.tau < 0.5 else "follows"
-        lines.append(f"- {row.study}: our best is {row.best}, the paper's {row.paper_best}; our order {order} the "
-                     f"paper's (tau {fmt(row.tau, 2)}); noise {fmt(row.ratio, 2)}, gap {fmt(row.gap, 2)}, {row.separated} "
-                     f"of {row.others} other settings separated from our best.")
+        lines.append(f"- {row.study} ({row.budget}): our best is {row.best}, the paper's {row.paper_best}; our order "
+                     f"{order} the paper's (tau {fmt(row.tau, 2)}); noise {fmt(row.ratio, 2)}, gap {fmt(row.gap, 2)}, "
+                     f"{row.separated} of {row.others} other settings separated from our best.")
     agree = chosen[chosen["match"] & (chosen["tau"] >= 0.5)]["study"].tolist()
     lines += ["", f"Agrees with the paper (same best, tau >= 0.5): {', '.join(agree) or 'none'}.", "",
               "---", f"Generated by `wb calibrate --report-only` from the MLflow store and the plan {plan.path.name}.", ""]
