@@ -18,6 +18,7 @@ from pathlib import Path
 
 import mlflow
 import optuna
+import sqlalchemy
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -39,11 +40,30 @@ class Stores:
     artifacts: str  # artifact root for a new experiment (file store default: ./mlartifacts)
 
 
+class StoreError(ValueError):
+    """A storage or tracking URL that cannot work here; the message says what to install or change."""
+
+
 def default_stores(storage: str | None, tracking_uri: str | None) -> Stores:
     # Absolute paths: MLflow caches one store per URI string, so a relative sqlite URI would keep
     # pointing at the first working directory it was used in.
-    return Stores(storage or f"sqlite:///{Path('optuna.db').resolve()}",
-                  tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}", Path("mlartifacts").resolve().as_uri())
+    stores = Stores(storage or f"sqlite:///{Path('optuna.db').resolve()}",
+                    tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}", Path("mlartifacts").resolve().as_uri())
+    for option, url in (("--storage", stores.storage), ("--tracking-uri", stores.tracking_uri)):
+        check_driver(option, url)
+    return stores
+
+
+def check_driver(option: str, url: str) -> None:
+    """A database URL whose driver is missing fails here, before anything is created, not deep in a worker.
+    SQLAlchemy names the driver (its default for postgresql:// depends on its version)."""
+    if url.split(":", 1)[0].split("+")[0] not in ("postgresql", "mysql", "mssql"):
+        return  # sqlite (built in), or an MLflow server / file store: no driver
+    try:
+        sqlalchemy.engine.make_url(url).get_dialect().import_dbapi()
+    except ImportError as err:
+        raise StoreError(f"{option} {url}: its database driver {err.name!r} is not installed "
+                         "(for PostgreSQL: pip install -e '.[postgres]')") from None
 
 
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:

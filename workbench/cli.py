@@ -124,9 +124,12 @@ def ablate(
         for cell in cells:
             typer.echo(f"  {cell.key}  {cell.run_name}")
         return
-    from workbench.ablate import default_stores, run_study
+    from workbench.ablate import StoreError, default_stores, run_study
 
-    stores = default_stores(storage, tracking_uri)
+    try:
+        stores = default_stores(storage, tracking_uri)
+    except StoreError as err:
+        _fail(str(err))
     summary = run_study(spec, stores, workers or os.cpu_count() or 1, progress=_live_display())
     typer.echo(f"{summary['done']}/{summary['total']} cells finished, {summary['failed']} failed, "
                f"{summary['seconds'] / 60:.1f} min")
@@ -149,19 +152,19 @@ def report(
     out: Annotated[Path, typer.Option(help="Reports folder.")] = Path("reports"),
 ) -> None:
     """Render reports/<study>/README.md (tables beside the paper, curves, samples) from the MLflow store."""
-    from workbench.ablate import default_stores
+    from workbench.ablate import StoreError, default_stores
     from workbench.report import SUITE, ReportError, render, render_suite
     from workbench.studies import StudyError
 
-    uri = default_stores(None, tracking_uri).tracking_uri
     if not studies and not suite:
         _fail("name at least one study (e.g. wb report table1a) or pass --suite")
     try:
+        uri = default_stores(None, tracking_uri).tracking_uri
         for name in studies or (SUITE if suite else ()):
             typer.echo(f"{name}: {render(name, uri, out)}")
         if suite:
             typer.echo(f"suite: {render_suite(SUITE, uri, out)}")
-    except (ReportError, StudyError) as err:
+    except (ReportError, StudyError, StoreError) as err:
         _fail(str(err))
 
 
@@ -178,13 +181,13 @@ def calibrate(
 ) -> None:
     """Run the Table 1 studies under each candidate budget of the plan (resumably) and write
     reports/calibration/README.md: seed noise against the spread between settings, agreement with the paper."""
-    from workbench.ablate import default_stores
+    from workbench.ablate import StoreError, default_stores
     from workbench.calibrate import load_plan, render_calibration, run_plan
     from workbench.report import ReportError
     from workbench.studies import StudyError
 
-    stores = default_stores(storage, tracking_uri)
     try:
+        stores = default_stores(storage, tracking_uri)
         spec = load_plan(plan)
         if not report_only:
             summaries = run_plan(spec, stores, workers or os.cpu_count() or 1, budget, study, progress=_live_display())
@@ -192,7 +195,7 @@ def calibrate(
                 typer.echo(f"{name}: {summary['done']}/{summary['total']} cells finished, "
                            f"{summary['failed']} failed, {summary['seconds'] / 60:.1f} min")
         typer.echo(f"Report: {render_calibration(spec, stores.tracking_uri, reports)}")
-    except (ReportError, StudyError) as err:
+    except (ReportError, StudyError, StoreError) as err:
         _fail(str(err))
     if not report_only and any(s["done"] < s["total"] for _, s in summaries):
         raise typer.Exit(1)

@@ -1,6 +1,8 @@
 """One cell of a study: train -> evaluate, recorded as an MLflow child run of the study's parent run."""
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import tempfile
 import time
@@ -28,7 +30,8 @@ def git_commit() -> str:
 
 def cell_tags(study: Study, cell: Cell, parent_run_id: str) -> dict[str, str]:
     tags = {"mlflow.parentRunId": parent_run_id, "wb.study": study.name, "wb.seed": str(cell.seed),
-            "wb.config_hash": cell.key, "wb.git_commit": git_commit()}
+            "wb.config_hash": cell.key, "wb.git_commit": git_commit(),
+            "wb.worker": f"{socket.gethostname()}:{os.getpid()}"}  # which machine and process trained it
     for name, label in cell.settings:
         tags[f"wb.axis.{name}"] = label
     tags["wb.axis"] = ",".join(name for name, _ in cell.settings)

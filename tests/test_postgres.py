@@ -1,0 +1,107 @@
+"""One study on a PostgreSQL server, from two launchers: what `wb ablate --storage postgresql://...`
+on several machines relies on. The module starts a throwaway server (initdb + pg_ctl, 127.0.0.1, a
+free port, trust authentication) and stops it at the end; it is skipped where the PostgreSQL server
+binaries are not installed (Debian: apt-get install postgresql)."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import tiny_study
+
+
+def server_binaries() -> Path | None:
+    """The folder holding initdb and pg_ctl: on PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl"):
+        return Path(found).resolve().parent
+    folders = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+    return next((f for f in reversed(folders) if (f / "initdb").exists() and (f / "pg_ctl").exists()), None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A function: database name -> SQLAlchemy URL of a new, empty database on the test server."""
+    import psycopg  # the driver, in the test extra
+    binaries = server_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; Debian: apt-get install postgresql")
+    # The server refuses to run as root: then it runs as the 'postgres' user, in a folder it owns.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="wb-postgres-"))
+    if as_user:
+        shutil.chown(folder, "postgres")
+    data, port = folder / "data", free_port()
+
+    def run(*command):
+        subprocess.run([*as_user, *command], check=True, capture_output=True, timeout=120)
+
+    run(str(binaries / "initdb"), "-D", str(data), "-U", "wb", "--auth=trust")
+    run(str(binaries / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w", "-o",
+        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start")
+
+    def database(name: str) -> str:
+        with psycopg.connect(host="127.0.0.1", port=port, user="wb", dbname="postgres", autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {name}")
+        return f"postgresql://wb@127.0.0.1:{port}/{name}"
+
+    yield database
+    run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_launchers_share_one_study_and_each_cell_runs_once(tmp_path, postgres):
+    storage, tracking = postgres("optuna"), postgres("mlflow")
+    study = tmp_path / "tiny.toml"
+    study.write_text(tiny_study(60, "values = [0.0, 0.25, 0.5, 1.0]"))  # 8 cells
+    command = [sys.executable, "-m", "workbench.cli", "ablate", str(study), "--workers", "1",
+               "--storage", storage, "--tracking-uri", tracking, "--no-report"]
+    logs = [(tmp_path / f"machine{i}.log").open("w") for i in (1, 2)]
+    # The first launcher creates the schemas, the experiment and the queue; a second machine joins
+    # once it runs (concurrent first-time schema creation is not safe on any database).
+    first = subprocess.Popen(command, cwd=tmp_path, stdout=logs[0], stderr=logs[0])
+    deadline = time.time() + 120
+    while "[tiny]" not in (tmp_path / "machine1.log").read_text():
+        assert first.poll() is None and time.time() < deadline, (tmp_path / "machine1.log").read_text()
+        time.sleep(0.5)
+    second = subprocess.Popen(command, cwd=tmp_path, stdout=logs[1], stderr=logs[1])
+    assert first.wait(timeout=600) == 0 and second.wait(timeout=600) == 0, \
+        (tmp_path / "machine1.log").read_text() + (tmp_path / "machine2.log").read_text()
+
+    mlflow.set_tracking_uri(tracking)
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    cells, parents = runs[runs["tags.wb.role"] != "study"], runs[runs["tags.wb.role"] == "study"]
+    assert len(parents) == 1 and parents["status"].iloc[0] == "FINISHED"
+    assert len(cells) == 8 and set(cells["status"]) == {"FINISHED"} and cells["tags.wb.config_hash"].nunique() == 8
+    # Both machines trained: each worker process logs its host and pid with every run.
+    assert cells["tags.wb.worker"].nunique() == 2, cells["tags.wb.worker"].value_counts()
+
+
+def test_a_postgres_url_without_its_driver_exits_2_naming_the_extra(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed: importing it fails
+    study = tmp_path / "tiny.toml"
+    study.write_text(tiny_study(5, "values = [0.5]"))
+    result = CliRunner().invoke(app, ["ablate", str(study), "--storage", "postgresql://db-host/optuna"])
+    assert result.exit_code == 2
+    assert "--storage postgresql://db-host/optuna: its database driver 'psycopg' is not installed" in result.output
+    assert ".[postgres]" in result.output
+    assert not list(tmp_path.glob("*.db")) and not (tmp_path / "mlartifacts").exists()
