@@ -67,8 +67,9 @@ def postgres():
 def test_two_launchers_share_one_study_and_each_cell_runs_once(tmp_path, postgres):
     storage, tracking = postgres("optuna"), postgres("mlflow")
     study = tmp_path / "tiny.toml"
-    study.write_text(tiny_study(60, "values = [0.0, 0.25, 0.5, 1.0]"))  # 8 cells
-    command = [sys.executable, "-m", "workbench.cli", "ablate", str(study), "--workers", "1",
+    study.write_text(tiny_study(1500, "values = [0.0, 0.25, 0.5, 1.0]"))  # 8 cells of ~4 s: the second joins in time
+    # Two "machines" on this one: a worker and a thread each, so they do not oversubscribe the cores.
+    command = [sys.executable, "-m", "workbench.cli", "ablate", str(study), "--workers", "1", "--threads", "1",
                "--storage", storage, "--tracking-uri", tracking, "--no-report"]
     logs = [(tmp_path / f"machine{i}.log").open("w") for i in (1, 2)]
     # The first launcher creates the schemas, the experiment and the queue; a second machine joins

@@ -152,12 +152,13 @@ def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, 
         trials_study.optimize(objective, n_trials=1, catch=(Exception,))
 
 
-def run_study(study: Study, stores: Stores, workers: int, progress=print) -> dict:
-    """Prepares, starts `workers` local processes, shows progress until all cells are done."""
+def run_study(study: Study, stores: Stores, workers: int, progress=print, threads: int | None = None) -> dict:
+    """Prepares, starts `workers` local processes (`threads` torch threads each, default: the CPU
+    cores split between them), shows progress until all cells are done."""
     mlflow.set_tracking_uri(stores.tracking_uri)
     experiment_id, parent_id, trials_study, _ = prepare(study, stores)
     total, started = len(study.cells()), time.time()
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")
     waiting = len(trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))  # new and left over
     processes = [context.Process(target=worker, args=(str(study.path), stores, experiment_id, parent_id, threads))

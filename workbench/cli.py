@@ -105,6 +105,9 @@ def ablate(
     workers: Annotated[Optional[int], typer.Option(
         min=1, help="Local worker processes, threads split between them [default: one per CPU core; measured "
                     "faster than one worker with all threads, benchmarks/study_workers.py].")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        min=1, help="Torch threads per worker [default: the CPU cores split between the workers]; lower it when "
+                    "other launchers share the machine.")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL [default: sqlite:///optuna.db].")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the table of cells and exit.")] = False,
@@ -130,7 +133,7 @@ def ablate(
         stores = default_stores(storage, tracking_uri)
     except StoreError as err:
         _fail(str(err))
-    summary = run_study(spec, stores, workers or os.cpu_count() or 1, progress=_live_display())
+    summary = run_study(spec, stores, workers or os.cpu_count() or 1, progress=_live_display(), threads=threads)
     typer.echo(f"{summary['done']}/{summary['total']} cells finished, {summary['failed']} failed, "
                f"{summary['seconds'] / 60:.1f} min")
     typer.echo(f"MLflow: {stores.tracking_uri} (experiment {spec.name}, parent run {summary['parent_run_id']})")
