@@ -1,6 +1,7 @@
 """wb report: every table cell equals the mean/std computed directly from the recorded MLflow runs."""
 import math
 import re
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -83,6 +84,17 @@ def test_wb_report_unknown_study_exits_2(store, tmp_path):
     _, uri = store
     result = CliRunner().invoke(app, ["report", "nosuch", "--tracking-uri", uri, "--out", str(tmp_path)])
     assert result.exit_code == 2 and "nosuch" in result.output and not (tmp_path / "nosuch").exists()
+
+
+PLAN = str(Path(__file__).parent.parent / "studies" / "calibration.toml")
+
+
+@pytest.mark.parametrize("command", [["report", "tiny"], ["calibrate", "--report-only", "--plan", PLAN]])
+def test_reading_a_store_that_is_not_there_exits_2_and_creates_nothing(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, [*command, "--tracking-uri", "sqlite:///missing.db"])
+    assert result.exit_code == 2 and f"no MLflow store at {tmp_path / 'missing.db'}" in result.output
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_store_without_study_file_says_how_to_add_it(store, tmp_path):

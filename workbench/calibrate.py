@@ -31,7 +31,7 @@ import tomli_w
 from mlflow import MlflowClient
 
 from workbench.ablate import Stores, run_study
-from workbench.report import Record, axis_table, fmt, kendall_tau, load_record, study_runs
+from workbench.report import Record, axis_table, fmt, kendall_tau, load_record, require_store, study_runs
 from workbench.config import flatten
 from workbench.studies import Study, StudyError, load_study, parse_study_text, resolve_path
 
@@ -276,6 +276,7 @@ def comparisons(table: pd.DataFrame) -> list[str]:
 
 def render_calibration(plan: Plan, tracking_uri: str, out_root: Path = Path("reports")) -> Path:
     """Writes out_root/calibration/README.md; returns its path."""
+    require_store(tracking_uri)
     table = measure(plan, tracking_uri)
     if table.empty:
         raise StudyError(f"{plan.path}: no calibration runs in {tracking_uri} (run `wb calibrate` first)")

@@ -39,8 +39,18 @@ class Record:
     client: MlflowClient
 
 
+def require_store(tracking_uri: str) -> None:
+    """Reading from a SQLite store that is not there would create an empty one; say so instead."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+        if not path.exists():
+            raise ReportError(f"no MLflow store at {path} (tracking URI {tracking_uri}); run the study first, "
+                              "or pass --tracking-uri")
+
+
 def load_record(name: str, tracking_uri: str) -> Record:
     """Reads the study's parent run and children; a cell without a FINISHED run is 'failed' or 'missing'."""
+    require_store(tracking_uri)
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     parents = study_runs(client, name)
