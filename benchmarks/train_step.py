@@ -30,24 +30,43 @@ CASES = {  # name: overrides (the shapes of the shipped CPU studies and of the R
 }
 
 
-def step_times(config: RunConfig, steps: int, jvp_mode: str = "auto") -> float:
-    """Median seconds of loss + backward + optimizer step, after a warm-up fifth."""
+def step_times(variants: dict[str, tuple[RunConfig, str]], steps: int) -> dict[str, float]:
+    """Median seconds of loss + backward + optimizer step per variant (name: (config, jvp_mode)),
+    after a warm-up fifth. The variants take turns step by step, so a slower or faster spell of
+    this shared machine falls on all of them alike and their ratios stay comparable."""
+    runs = {}
+    for name, (config, jvp_mode) in variants.items():
+        data = load_data(config.data.name)
+        torch.manual_seed(0)
+        net = build_net(config, data)
+        runs[name] = (config, jvp_mode, data, net, make_optimizer(net, config), torch.Generator().manual_seed(0), [])
+    for _ in range(steps):
+        for config, jvp_mode, data, net, optimizer, generator, times in runs.values():
+            batch = draw_batch(data, config, generator)
+            start = time.perf_counter()
+            loss, _ = meanflow_loss(net, batch["x"], batch["t"], batch["r"], batch["noise"], config.meanflow,
+                                    labels=batch["labels"], dropped=batch["dropped"], jvp_mode=jvp_mode)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            times.append(time.perf_counter() - start)
+    return {name: statistics.median(run[-1][steps // 5:]) for name, run in runs.items()}
+
+
+@torch.no_grad()
+def forward_time(config: RunConfig, rows: int, repeats: int = 40) -> float:
+    """Median seconds of one no-grad forward over `rows` samples."""
     data = load_data(config.data.name)
     torch.manual_seed(0)
     net = build_net(config, data)
-    optimizer = make_optimizer(net, config)
-    generator = torch.Generator().manual_seed(0)
+    z, t = torch.randn(rows, *data.shape), torch.rand(rows)
+    labels = torch.randint(0, data.num_classes, (rows,)) if data.num_classes else None
     times = []
-    for _ in range(steps):
-        batch = draw_batch(data, config, generator)
+    for _ in range(repeats):
         start = time.perf_counter()
-        loss, _ = meanflow_loss(net, batch["x"], batch["t"], batch["r"], batch["noise"], config.meanflow,
-                                labels=batch["labels"], dropped=batch["dropped"], jvp_mode=jvp_mode)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        net(z, t, 0.5 * t, labels)
         times.append(time.perf_counter() - start)
-    return statistics.median(times[steps // 5:])
+    return statistics.median(times[repeats // 5:])
 
 
 @torch.no_grad()
@@ -73,19 +92,25 @@ def sampling_times(config: RunConfig, repeats: int) -> dict[str, float]:
 
 def markdown(steps: int = 40) -> str:
     """Both tables (training steps, sampling) as markdown; run with the threads already set."""
-    lines = [f"Median of {steps} steps after a warm-up fifth, ms per optimizer step (loss, backward, Adam).", "",
+    lines = [f"Median of {steps} steps after a warm-up fifth, ms per optimizer step (loss, backward, Adam); "
+             "the variants of a row take turns step by step. "
+             "Floor: the Flow Matching step plus two no-grad forwards of a quarter batch (the r != t samples), "
+             "i.e. a JVP that costs one primal and one tangent forward and nothing else; a JVP that recomputes the "
+             "primal cannot do better.", "",
              "| network / data | batch | FM ms/step | MF 0.25 tangent (default) | MF 0.25 subset | MF 0.25 whole "
-             "| MF 1.0 | MF 0.25 / FM: tangent | subset | whole | MF 1.0 / FM |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| MF 1.0 | MF 0.25 / FM: tangent | subset | whole | MF 1.0 / FM | floor / FM |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, overrides in CASES.items():
         def at(ratio: float) -> RunConfig:
             return with_overrides(RunConfig(), {**overrides, "meanflow.ratio": ratio})
-        fm = step_times(at(0.0), steps)
-        mf = {mode: step_times(at(0.25), steps, mode) for mode in ("tangent", "subset", "whole")}
-        full = step_times(at(1.0), steps)
+        times = step_times({"fm": (at(0.0), "auto"), **{mode: (at(0.25), mode) for mode in ("tangent", "subset", "whole")},
+                            "full": (at(1.0), "auto")}, steps)
+        fm, full = times.pop("fm"), times.pop("full")
+        mf = times
+        floor = fm + 2 * forward_time(at(0.25), round(0.25 * overrides["train.batch_size"]))
         lines.append(f"| {name} | {overrides['train.batch_size']} | {1e3 * fm:.1f} | "
                      + " | ".join(f"{1e3 * ms:.1f}" for ms in mf.values()) + f" | {1e3 * full:.1f} | "
-                     + " | ".join(f"{ms / fm:.2f}x" for ms in mf.values()) + f" | {full / fm:.2f}x |")
+                     + " | ".join(f"{ms / fm:.2f}x" for ms in mf.values()) + f" | {full / fm:.2f}x | {floor / fm:.2f}x |")
     lines += ["", "Sampling one batch of 4x the training batch, median ms:", "",
               "| network / data | samples | forward ms | 1-NFE ms | 1-NFE / forward | Euler 10 ms | Euler 50 ms "
               "| Euler 50 / 1-NFE |", "|---|---|---|---|---|---|---|---|"]

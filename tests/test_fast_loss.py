@@ -7,7 +7,7 @@ import torch
 
 from conftest import mf, small_net
 from workbench.meanflow import NETWORKS, TANGENTS, TIME_CONDITIONINGS, meanflow_loss
-from workbench.meanflow.loss import JVP_MODES
+from workbench.meanflow.loss import JVP_MODES, time_derivative
 
 B = 24
 
@@ -62,10 +62,33 @@ def test_guidance(omega, kappa, interval):
     assert_same(small_net(num_classes=3), config, inputs(0.25, classes=3))
 
 
+def randomized(net):
+    """Every parameter redrawn: the DiT starts with zero output layers, whose d/dt u is 0 in any mode."""
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return net
+
+
 @pytest.mark.parametrize("arch", ["unet", "dit"])
 def test_image_networks_with_labels(arch):
-    net = small_net(arch, num_classes=3, shape=(1, 8, 8))
+    net = randomized(small_net(arch, num_classes=3, shape=(1, 8, 8)))
     assert_same(net, mf(cfg_omega=2.0, adaptive_p=1.0), inputs(0.25, shape=(1, 8, 8), classes=3))
+
+
+@pytest.mark.parametrize("arch, shape", [("mlp", (2,)), ("unet", (1, 8, 8)), ("dit", (1, 8, 8))])
+@pytest.mark.parametrize("tangent", list(TANGENTS))
+def test_time_derivative_equals_torch_func_jvp(arch, shape, tangent):
+    """The gradient-free JVP (plain weights in linear and conv layers) against torch.func.jvp."""
+    net = randomized(small_net(arch, time_cond="(t,r)", num_classes=3, shape=shape))
+    x, t, r, noise, labels, _ = inputs(1.0, shape=shape, classes=3)
+    _, dr, dt = TANGENTS[tangent]
+    _, expected = torch.func.jvp(lambda z_, t_, r_: net(z_, t_, r_, labels), (noise, t, r),
+                                 (x, torch.full_like(t, dt), torch.full_like(r, dr)))
+    got = time_derivative(net, noise, t, r, x, labels, tangent)
+    assert expected.abs().max() > 1e-3  # a derivative worth comparing
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
 
 
 def test_dropout_takes_one_pass_for_u_and_its_derivative():
