@@ -31,8 +31,8 @@ import tomli_w
 from mlflow import MlflowClient
 
 from workbench.ablate import Stores, run_study
-from workbench.report import Record, axis_table, fmt, kendall_tau, load_record, require_store, study_runs
 from workbench.config import flatten
+from workbench.report import Record, axis_table, fmt, kendall_tau, load_record, require_store, study_runs
 from workbench.studies import Study, StudyError, load_study, parse_study_text, resolve_path
 
 PLAN_KEYS = {"description", "studies", "chosen", "budgets"}
