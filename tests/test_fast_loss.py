@@ -7,7 +7,7 @@ import torch
 
 from conftest import mf, small_net
 from workbench.meanflow import NETWORKS, TANGENTS, TIME_CONDITIONINGS, meanflow_loss
-from workbench.meanflow.loss import JVP_MODES, time_derivative
+from workbench.meanflow.loss import JVP_MODES, recorded_layer_outputs, time_derivative
 
 B = 24
 
@@ -88,6 +88,38 @@ def test_time_derivative_equals_torch_func_jvp(arch, shape, tangent):
                                  (x, torch.full_like(t, dt), torch.full_like(r, dr)))
     got = time_derivative(net, noise, t, r, x, labels, tangent)
     assert expected.abs().max() > 1e-3  # a derivative worth comparing
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("arch, shape", [("mlp", (2,)), ("unet", (1, 8, 8)), ("dit", (1, 8, 8))])
+def test_time_derivative_reuses_the_forward_layer_outputs(arch, shape):
+    """With the linear/conv outputs of an ordinary forward over a batch whose first k rows are the
+    JVP's samples, the JVP equals torch.func.jvp, and it does take its primals from those outputs:
+    shifting them shifts the result."""
+    net = randomized(small_net(arch, num_classes=3, shape=shape))
+    x, t, r, noise, labels, _ = inputs(1.0, shape=shape, classes=3)
+    k = 10
+    with recorded_layer_outputs(net) as outputs:
+        net(noise, t, r, labels)
+    layers = [m for m in net.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    assert len(outputs) >= len(layers) and all(out.shape[0] == B for _, out in outputs)
+    _, expected = torch.func.jvp(lambda z_, t_, r_: net(z_, t_, r_, labels[:k]), (noise[:k], t[:k], r[:k]),
+                                 (x[:k], torch.ones_like(t[:k]), torch.zeros_like(r[:k])))
+    got = time_derivative(net, noise[:k], t[:k], r[:k], x[:k], labels[:k], "(v,0,1)", layer_outputs=outputs)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
+    shifted = [(weight, out.detach() + 0.1) for weight, out in outputs]
+    moved = time_derivative(net, noise[:k], t[:k], r[:k], x[:k], labels[:k], "(v,0,1)", layer_outputs=shifted)
+    assert (moved - expected).abs().max() > 1e-3
+
+
+def test_time_derivative_ignores_outputs_of_other_layers():
+    """Outputs recorded from another network (other weights) are not used as primals."""
+    net, other = randomized(small_net("mlp")), small_net("mlp")
+    x, t, r, noise, _, _ = inputs(1.0)
+    with recorded_layer_outputs(other) as outputs:
+        other(noise, t, r)
+    _, expected = torch.func.jvp(lambda z_, t_, r_: net(z_, t_, r_), (noise, t, r), (x, torch.ones_like(t), torch.zeros_like(r)))
+    got = time_derivative(net, noise, t, r, x, None, "(v,0,1)", layer_outputs=outputs)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
 
 
