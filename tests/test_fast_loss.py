@@ -2,12 +2,15 @@
 gradient-free JVP on the r != t samples; "subset": one JVP for the r != t samples) equal the
 whole-batch JVP loss (Eq. 10 as written): value and gradients, float64, random inputs, for every
 ablation flag."""
+from collections import deque
+
 import pytest
 import torch
 
 from conftest import mf, small_net
 from workbench.meanflow import NETWORKS, TANGENTS, TIME_CONDITIONINGS, meanflow_loss
-from workbench.meanflow.loss import JVP_MODES, recorded_layer_outputs, time_derivative
+from workbench.meanflow.jvp import _SCALAR_ARITHMETIC, recorded_layer_outputs, time_derivative
+from workbench.meanflow.loss import JVP_MODES
 
 B = 24
 
@@ -86,9 +89,11 @@ def test_time_derivative_equals_torch_func_jvp(arch, shape, tangent):
     _, dr, dt = TANGENTS[tangent]
     _, expected = torch.func.jvp(lambda z_, t_, r_: net(z_, t_, r_, labels), (noise, t, r),
                                  (x, torch.full_like(t, dt), torch.full_like(r, dr)))
-    got = time_derivative(net, noise, t, r, x, labels, tangent)
     assert expected.abs().max() > 1e-3  # a derivative worth comparing
-    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
+    for _ in range(2):  # the second JVP skips the scalar-arithmetic mode if the first saw no such op (MLP)
+        got = time_derivative(net, noise, t, r, x, labels, dr, dt)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
+    assert _SCALAR_ARITHMETIC[net] == (arch != "mlp")  # 1 + scale (U-Net, DiT), attention scale (DiT)
 
 
 @pytest.mark.parametrize("arch, shape", [("mlp", (2,)), ("unet", (1, 8, 8)), ("dit", (1, 8, 8))])
@@ -102,25 +107,31 @@ def test_time_derivative_reuses_the_forward_layer_outputs(arch, shape):
     with recorded_layer_outputs(net) as outputs:
         net(noise, t, r, labels)
     layers = [m for m in net.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
-    assert len(outputs) >= len(layers) and all(out.shape[0] == B for _, out in outputs)
+    assert set(outputs) == set(layers) and all(out.shape[0] == B for outs in outputs.values() for out in outs)
     _, expected = torch.func.jvp(lambda z_, t_, r_: net(z_, t_, r_, labels[:k]), (noise[:k], t[:k], r[:k]),
                                  (x[:k], torch.ones_like(t[:k]), torch.zeros_like(r[:k])))
-    got = time_derivative(net, noise[:k], t[:k], r[:k], x[:k], labels[:k], "(v,0,1)", layer_outputs=outputs)
+    got = time_derivative(net, noise[:k], t[:k], r[:k], x[:k], labels[:k], 0.0, 1.0, outputs)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
-    shifted = [(weight, out.detach() + 0.1) for weight, out in outputs]
-    moved = time_derivative(net, noise[:k], t[:k], r[:k], x[:k], labels[:k], "(v,0,1)", layer_outputs=shifted)
+    assert not any(outputs.values())  # every recorded output was used
+    with recorded_layer_outputs(net) as outputs:
+        net(noise, t, r, labels)
+    shifted = {layer: deque(out.detach() + 0.1 for out in outs) for layer, outs in outputs.items()}
+    moved = time_derivative(net, noise[:k], t[:k], r[:k], x[:k], labels[:k], 0.0, 1.0, shifted)
     assert (moved - expected).abs().max() > 1e-3
 
 
 def test_time_derivative_ignores_outputs_of_other_layers():
-    """Outputs recorded from another network (other weights) are not used as primals."""
+    """Outputs recorded for another network's layers are not used as primals, and the layers'
+    own forward is back after the JVP."""
     net, other = randomized(small_net("mlp")), small_net("mlp")
     x, t, r, noise, _, _ = inputs(1.0)
     with recorded_layer_outputs(other) as outputs:
-        other(noise, t, r)
+        before = other(noise, t, r)
     _, expected = torch.func.jvp(lambda z_, t_, r_: net(z_, t_, r_), (noise, t, r), (x, torch.ones_like(t), torch.zeros_like(r)))
-    got = time_derivative(net, noise, t, r, x, None, "(v,0,1)", layer_outputs=outputs)
+    got = time_derivative(net, noise, t, r, x, None, 0.0, 1.0, outputs)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
+    assert all("forward" not in vars(m) for m in net.modules())
+    torch.testing.assert_close(other(noise, t, r), before)
 
 
 def test_dropout_takes_one_pass_for_u_and_its_derivative():

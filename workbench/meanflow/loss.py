@@ -7,16 +7,13 @@ gives the regression target u_tgt = v - (t - r) JVP(u; tangent (v, 0, 1) over (z
 """
 from __future__ import annotations
 
-import weakref
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 import torch
-import torch.autograd.forward_ad as fwAD
-import torch.nn.functional as F
 from torch import nn
 from torch.func import jvp
-from torch.overrides import TorchFunctionMode
+
+from .jvp import recorded_layer_outputs, time_derivative
 
 if TYPE_CHECKING:
     from workbench.config import MeanFlowConfig
@@ -104,8 +101,8 @@ def meanflow_loss(
         k = int(needs_jvp.sum())
         with recorded_layer_outputs(net) as outputs:
             u = net(z, t, r, labels)
-        dudt = time_derivative(net, z[:k], t[:k], r[:k], v_tilde[:k], _pick(labels, slice(0, k)), config.tangent,
-                               layer_outputs=outputs)
+        _, dr, dt = TANGENTS[config.tangent]
+        dudt = time_derivative(net, z[:k], t[:k], r[:k], v_tilde[:k], _pick(labels, slice(0, k)), dr, dt, outputs)
         u_tgt = torch.cat([v_tilde[:k] - _expand(t[:k] - r[:k], dudt) * dudt, v_tilde[k:]])
     else:
         flow, mean = (~needs_jvp).nonzero().squeeze(1), needs_jvp.nonzero().squeeze(1)
@@ -147,133 +144,3 @@ def prediction_and_target(
             (v_tilde, torch.full_like(r, dr), torch.full_like(t, dt)),
         )
     return u, (v_tilde - _expand(t - r, z) * dudt).detach()
-
-
-class _PlainWeightLayers(TorchFunctionMode):
-    """Within a gradient-free forward-mode pass over the first `rows` samples of a batch:
-    - F.linear / F.conv2d with plain (non-dual) weights run as ordinary calls: the tangent is
-      layer(dx) without the bias (forward AD's own formula also multiplies the input by the weights'
-      zero tangent), and the primal is the same layer's output in the ordinary forward over the whole
-      batch (`layer_outputs`, its first rows) where one was recorded, else layer(x);
-    - a dual tensor plus, minus, times or divided by a Python number: the primal op on the primal and
-      the tangent passed on (or scaled), as forward AD's formulas do; torch 2.14's forward AD runs
-      these through Python reference code (0.1 to 0.27 ms each on CPU, 30x the op).
-    """
-
-    def __init__(self, level: int, layer_outputs: list[tuple[torch.Tensor, torch.Tensor]] | None = None, rows: int = 0):
-        super().__init__()
-        self.level, self.layer_outputs, self.rows, self.next = level, layer_outputs or [], rows, 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is F.linear or func is F.conv2d:
-            return self._layer(func, *args, **(kwargs or {}))
-        scaling = _SCALAR_OPS.get(func)
-        if scaling is not None and not kwargs and len(args) == 2 and isinstance(args[1], (int, float)):
-            primal, dx = fwAD.unpack_dual(args[0], level=self.level)
-            if dx is not None:
-                return _make_dual(func(primal, args[1]), func(dx, args[1]) if scaling else dx, self.level)
-        return func(*args, **(kwargs or {}))
-
-    def _layer(self, func, x, weight, bias=None, *rest, **kwargs):
-        if _is_dual(weight, self.level) or _is_dual(bias, self.level):
-            return func(x, weight, bias, *rest, **kwargs)
-        primal, dx = fwAD.unpack_dual(x, level=self.level)
-        out = self._recorded(weight, primal)
-        if out is None:
-            out = func(primal, weight, bias, *rest, **kwargs)
-        return out if dx is None else _make_dual(out, func(dx, weight, None, *rest, **kwargs), self.level)
-
-    def _recorded(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
-        """The next recorded output if it is this layer's (same weight, dtype) over >= rows samples."""
-        if self.next < len(self.layer_outputs):
-            layer_weight, out = self.layer_outputs[self.next]
-            if layer_weight is weight and out.dtype == x.dtype and out.shape[0] >= self.rows == x.shape[0]:
-                self.next += 1
-                return out.detach()[:self.rows]
-        return None
-
-
-# op with a Python number -> whether the tangent goes through the op too (x * c, x / c) or not (x + c, x - c)
-_SCALAR_OPS = {
-    **dict.fromkeys((torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.add, torch.add,
-                     torch.Tensor.__sub__, torch.Tensor.sub, torch.sub), False),
-    **dict.fromkeys((torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.Tensor.mul, torch.mul,
-                     torch.Tensor.__truediv__, torch.Tensor.div, torch.div), True),
-}
-
-
-@contextmanager
-def recorded_layer_outputs(net: Net) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
-    """Within the block, every nn.Linear / nn.Conv2d call of net appends (weight, output) to the
-    yielded list (forward hooks, removed on exit); time_derivative reuses them as primals."""
-    outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-    layers = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))] if isinstance(net, nn.Module) else []
-    hooks = [m.register_forward_hook(lambda m, args, out: outputs.append((m.weight, out))) for m in layers]
-    try:
-        yield outputs
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-
-def _make_dual(primal: torch.Tensor, tangent: torch.Tensor, level: int) -> torch.Tensor:
-    """fwAD.make_dual without its per-call checks (an environment variable lookup among them):
-    3 us instead of 14 here, and a JVP makes one per layer."""
-    return torch._VF._make_dual(primal, tangent, level=level)
-
-
-@contextmanager
-def _zero_tangents(net: Net, level: int) -> Iterator[None]:
-    """Within the block (inside a dual level), net's float parameters and buffers outside linear and
-    conv layers are dual tensors with zero tangents; what torch.func.functional_call does, without
-    its walk over the module tree on every call (0.1 to 0.4 ms per JVP here)."""
-    slots = [(table, name, table[name]) for table, name in _tensor_slots(net)]
-    try:
-        for table, name, tensor in slots:
-            table[name] = _make_dual(tensor, torch.zeros_like(tensor), level)
-        yield
-    finally:
-        for table, name, tensor in slots:
-            table[name] = tensor
-
-
-_SLOTS: weakref.WeakKeyDictionary[nn.Module, list[tuple[dict, str]]] = weakref.WeakKeyDictionary()
-
-
-def _tensor_slots(net: Net) -> list[tuple[dict, str]]:
-    """(module._parameters or module._buffers, name) of every float tensor of net outside nn.Linear
-    and nn.Conv2d, found once per network."""
-    if not isinstance(net, nn.Module):
-        return []
-    if net not in _SLOTS:
-        _SLOTS[net] = [(table, name) for module in net.modules() if not isinstance(module, (nn.Linear, nn.Conv2d))
-                       for table in (module._parameters, module._buffers)
-                       for name, tensor in table.items() if tensor is not None and tensor.is_floating_point()]
-    return _SLOTS[net]
-
-
-def _is_dual(a: torch.Tensor | None, level: int) -> bool:
-    return a is not None and fwAD.unpack_dual(a, level=level).tangent is not None
-
-
-def time_derivative(
-    net: Net, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, v_tilde: torch.Tensor,
-    labels: torch.Tensor | None, tangent: str, layer_outputs: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-) -> torch.Tensor:
-    """JVP(u; tangent) = d/dt u(z, r, t) for tangent (v,0,1): forward mode, fp32, no gradient.
-
-    The weights of linear and conv layers stay plain tensors, and _PlainWeightLayers computes those
-    layers' tangents; the JVP of a quarter batch took 15% (MLP, U-Net) to 35% (DiT) less time than
-    with every weight dual. The other parameters and float buffers (norms, embeddings, sinusoidal
-    frequencies) enter as dual tensors with zero tangents: left plain, every op that mixes them
-    with a dual tensor builds a zero tensor whose shape torch 2.14 works out with Python reference
-    code (about 0.1 ms per op on CPU).
-    """
-    _, dr, dt = TANGENTS[tangent]
-    with torch.no_grad(), torch.autocast(z.device.type, enabled=False), fwAD.dual_level() as level:
-        inputs = (fwAD.make_dual(z, v_tilde), fwAD.make_dual(t, torch.full_like(t, dt)),
-                  fwAD.make_dual(r, torch.full_like(r, dr)), labels)
-        with _zero_tangents(net, level), _PlainWeightLayers(level, layer_outputs, z.shape[0]):
-            out = net(*inputs)
-        dudt = fwAD.unpack_dual(out).tangent
-    return torch.zeros_like(out) if dudt is None else dudt  # None: the output ignores (z, r, t)

@@ -1,0 +1,170 @@
+"""d/dt u for the MeanFlow target: a gradient-free forward-mode JVP of the network, made cheap.
+
+time_derivative runs the network once on dual tensors (torch.autograd.forward_ad), over the r != t
+samples only. Four things keep that pass close to the cost of the tangent alone (measured on CPU in
+benchmarks/train_step.py; each one is checked against torch.func.jvp in tests/test_fast_loss.py):
+
+1. nn.Linear and nn.Conv2d keep plain weights: the layer's tangent is layer(dx) without the bias.
+   (Forward AD's own formula also multiplies the input by the weights' zero tangent.)
+2. Their primal outputs are not recomputed: the loss records every layer output of its ordinary
+   forward over the whole batch (recorded_layer_outputs), with the r != t samples first, and the
+   JVP takes the first rows. The JVP pass must therefore call each layer in the same order as the
+   ordinary forward (true of any network without batch-dependent control flow or dropout).
+3. The other parameters and float buffers (norms, embeddings, sinusoidal frequencies) become duals
+   with zero tangents: left plain, every op that mixes them with a dual builds a zero tensor whose
+   shape torch 2.14 works out in Python reference code (about 0.1 ms per op on CPU).
+4. For the same reason, a dual plus, minus, times or divided by a Python number (1 + scale, an
+   attention scale) is done on primal and tangent separately by a TorchFunctionMode, but only for
+   networks whose first JVP showed such an op: the mode costs a Python call on every op.
+"""
+from __future__ import annotations
+
+import weakref
+from collections import defaultdict, deque
+from contextlib import ExitStack, contextmanager
+from typing import Callable, Iterator
+
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+Net = Callable[..., torch.Tensor]
+LayerOutputs = dict[nn.Module, deque[torch.Tensor]]
+_LAYERS = (nn.Linear, nn.Conv2d)
+
+
+def time_derivative(
+    net: Net, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, z_tangent: torch.Tensor,
+    labels: torch.Tensor | None, dr: float, dt: float, layer_outputs: LayerOutputs | None = None,
+) -> torch.Tensor:
+    """JVP of net(z, t, r, labels) along (z_tangent, dt, dr): for (v, 1, 0) this is d/dt u(z, r, t).
+
+    fp32 (outside any autocast), no gradient. layer_outputs: from recorded_layer_outputs around a
+    forward over a batch whose first len(z) samples are these (their primals are reused)."""
+    with torch.no_grad(), torch.autocast(z.device.type, enabled=False), fwAD.dual_level() as level, ExitStack() as stack:
+        inputs = (fwAD.make_dual(z, z_tangent), fwAD.make_dual(t, torch.full_like(t, dt)),
+                  fwAD.make_dual(r, torch.full_like(r, dr)), labels)
+        if isinstance(net, nn.Module):
+            stack.enter_context(_zero_tangents(net, level))
+            stack.enter_context(_plain_weight_layers(net, level, layer_outputs or {}, len(z)))
+        scalar_ops = _ScalarArithmetic(level) if _SCALAR_ARITHMETIC.get(net, True) else None
+        if scalar_ops is not None:
+            stack.enter_context(scalar_ops)
+        out = net(*inputs)
+        if scalar_ops is not None and isinstance(net, nn.Module):
+            _SCALAR_ARITHMETIC[net] = scalar_ops.seen
+        tangent = fwAD.unpack_dual(out, level=level).tangent
+    return torch.zeros_like(out) if tangent is None else tangent  # None: the output ignores (z, t, r)
+
+
+@contextmanager
+def recorded_layer_outputs(net: Net) -> Iterator[LayerOutputs]:
+    """Within the block, each call of an nn.Linear / nn.Conv2d of net appends its output to
+    yielded[layer] (forward hooks, removed on exit)."""
+    outputs: LayerOutputs = defaultdict(deque)
+    layers = [m for m in net.modules() if isinstance(m, _LAYERS)] if isinstance(net, nn.Module) else []
+    hooks = [m.register_forward_hook(lambda m, args, out: outputs[m].append(out)) for m in layers]
+    try:
+        yield outputs
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@contextmanager
+def _plain_weight_layers(net: nn.Module, level: int, layer_outputs: LayerOutputs, rows: int) -> Iterator[None]:
+    """Within the block, net's linear and conv layers compute (primal, tangent) as in points 1 and 2
+    of the module docstring; their forward is replaced on the instance and restored on exit."""
+    layers = [m for m in net.modules() if isinstance(m, _LAYERS)]
+    try:
+        for layer in layers:
+            layer.forward = _layer_jvp(layer, level, layer_outputs.get(layer, deque()), rows)
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+def _layer_jvp(layer: nn.Module, level: int, recorded: deque[torch.Tensor], rows: int) -> Callable:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        primal, dx = fwAD.unpack_dual(x, level=level)
+        out = recorded.popleft() if recorded else None
+        if out is None or out.shape[0] < rows or out.dtype != primal.dtype:
+            out = type(layer).forward(layer, primal)
+        else:
+            # a copy, not a view: a dual view needs a tangent shaped like its base, which forward AD
+            # would build by zero-filling a whole-batch tensor (4x the rows, for every layer)
+            out = out.detach()[:rows].clone()
+        if dx is None:
+            return out
+        if isinstance(layer, nn.Linear):
+            return _make_dual(out, F.linear(dx, layer.weight), level)
+        return _make_dual(out, layer._conv_forward(dx, layer.weight, None), level)
+    return forward
+
+
+def _make_dual(primal: torch.Tensor, tangent: torch.Tensor, level: int) -> torch.Tensor:
+    """fwAD.make_dual without its per-call checks (an environment variable lookup among them):
+    3 us instead of 14 here, and a JVP makes one per layer."""
+    return torch._VF._make_dual(primal, tangent, level=level)
+
+
+@contextmanager
+def _zero_tangents(net: nn.Module, level: int) -> Iterator[None]:
+    """Within the block (inside a dual level), net's float parameters and buffers outside linear and
+    conv layers are duals with zero tangents; what torch.func.functional_call does, without its walk
+    over the module tree on every call (0.1 to 0.4 ms per JVP here)."""
+    slots = [(table, name, table[name]) for table, name in _tensor_slots(net)]
+    try:
+        for table, name, tensor in slots:
+            table[name] = _make_dual(tensor, torch.zeros_like(tensor), level)
+        yield
+    finally:
+        for table, name, tensor in slots:
+            table[name] = tensor
+
+
+_SLOTS: weakref.WeakKeyDictionary[nn.Module, list[tuple[dict, str]]] = weakref.WeakKeyDictionary()
+
+
+def _tensor_slots(net: nn.Module) -> list[tuple[dict, str]]:
+    """(module._parameters or module._buffers, name) of every float tensor of net outside linear
+    and conv layers, found once per network."""
+    if net not in _SLOTS:
+        _SLOTS[net] = [(table, name) for module in net.modules() if not isinstance(module, _LAYERS)
+                       for table in (module._parameters, module._buffers)
+                       for name, tensor in table.items() if tensor is not None and tensor.is_floating_point()]
+    return _SLOTS[net]
+
+
+# network -> whether its last JVP did dual-with-Python-number arithmetic (unknown: use the mode)
+_SCALAR_ARITHMETIC: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+# op with a Python number -> whether the tangent goes through the op too (x * c, x / c) or not (x + c, x - c)
+_SCALAR_OPS = {
+    **dict.fromkeys((torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.add, torch.add,
+                     torch.Tensor.__sub__, torch.Tensor.sub, torch.sub), False),
+    **dict.fromkeys((torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.Tensor.mul, torch.mul,
+                     torch.Tensor.__truediv__, torch.Tensor.div, torch.div), True),
+}
+
+
+class _ScalarArithmetic(TorchFunctionMode):
+    """dual (+, -, *, /) Python number as the primal op plus the tangent passed on or scaled, which
+    is what forward AD's formulas compute; torch 2.14 takes 0.1 to 0.27 ms for each such op on CPU
+    (30x the op). `seen`: whether any came by."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.level, self.seen = level, False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        scales = _SCALAR_OPS.get(func)
+        if scales is not None and not kwargs and len(args) == 2 and isinstance(args[1], (int, float)):
+            primal, dx = fwAD.unpack_dual(args[0], level=self.level)
+            if dx is not None:
+                self.seen = True
+                return _make_dual(func(primal, args[1]), func(dx, args[1]) if scales else dx, self.level)
+        return func(*args, **(kwargs or {}))
