@@ -98,25 +98,25 @@ def test_time_derivative_equals_torch_func_jvp(arch, shape, tangent):
 
 @pytest.mark.parametrize("arch, shape", [("mlp", (2,)), ("unet", (1, 8, 8)), ("dit", (1, 8, 8))])
 def test_time_derivative_reuses_the_forward_layer_outputs(arch, shape):
-    """With the linear/conv outputs of an ordinary forward over a batch whose first k rows are the
-    JVP's samples, the JVP equals torch.func.jvp, and it does take its primals from those outputs:
-    shifting them shifts the result."""
+    """With the linear/conv outputs of an ordinary forward over a batch that holds the JVP's samples
+    (scattered rows), the JVP equals torch.func.jvp, and it does take its primals from those
+    outputs: shifting them shifts the result."""
     net = randomized(small_net(arch, num_classes=3, shape=shape))
     x, t, r, noise, labels, _ = inputs(1.0, shape=shape, classes=3)
-    k = 10
+    k = torch.tensor([3, 4, 11, 17, 20, 23])  # the JVP's samples in the batch
     with recorded_layer_outputs(net) as outputs:
         net(noise, t, r, labels)
     layers = [m for m in net.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     assert set(outputs) == set(layers) and all(out.shape[0] == B for outs in outputs.values() for out in outs)
-    _, expected = torch.func.jvp(lambda z_, t_, r_: net(z_, t_, r_, labels[:k]), (noise[:k], t[:k], r[:k]),
-                                 (x[:k], torch.ones_like(t[:k]), torch.zeros_like(r[:k])))
-    got = time_derivative(net, noise[:k], t[:k], r[:k], x[:k], labels[:k], 0.0, 1.0, outputs)
+    _, expected = torch.func.jvp(lambda z_, t_, r_: net(z_, t_, r_, labels[k]), (noise[k], t[k], r[k]),
+                                 (x[k], torch.ones_like(t[k]), torch.zeros_like(r[k])))
+    got = time_derivative(net, noise[k], t[k], r[k], x[k], labels[k], 0.0, 1.0, outputs, rows=k)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
     assert not any(outputs.values())  # every recorded output was used
     with recorded_layer_outputs(net) as outputs:
         net(noise, t, r, labels)
     shifted = {layer: deque(out.detach() + 0.1 for out in outs) for layer, outs in outputs.items()}
-    moved = time_derivative(net, noise[:k], t[:k], r[:k], x[:k], labels[:k], 0.0, 1.0, shifted)
+    moved = time_derivative(net, noise[k], t[k], r[k], x[k], labels[k], 0.0, 1.0, shifted, rows=k)
     assert (moved - expected).abs().max() > 1e-3
 
 
@@ -128,7 +128,7 @@ def test_time_derivative_ignores_outputs_of_other_layers():
     with recorded_layer_outputs(other) as outputs:
         before = other(noise, t, r)
     _, expected = torch.func.jvp(lambda z_, t_, r_: net(z_, t_, r_), (noise, t, r), (x, torch.ones_like(t), torch.zeros_like(r)))
-    got = time_derivative(net, noise, t, r, x, None, 0.0, 1.0, outputs)
+    got = time_derivative(net, noise, t, r, x, None, 0.0, 1.0, outputs, rows=torch.arange(B))
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
     assert all("forward" not in vars(m) for m in net.modules())
     torch.testing.assert_close(other(noise, t, r), before)

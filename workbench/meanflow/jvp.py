@@ -7,9 +7,10 @@ benchmarks/train_step.py; each one is checked against torch.func.jvp in tests/te
 1. nn.Linear and nn.Conv2d keep plain weights: the layer's tangent is layer(dx) without the bias.
    (Forward AD's own formula also multiplies the input by the weights' zero tangent.)
 2. Their primal outputs are not recomputed: the loss records every layer output of its ordinary
-   forward over the whole batch (recorded_layer_outputs), with the r != t samples first, and the
-   JVP takes the first rows. The JVP pass must therefore call each layer in the same order as the
-   ordinary forward (true of any network without batch-dependent control flow or dropout).
+   forward over the whole batch (recorded_layer_outputs), and the JVP takes the rows of the r != t
+   samples. A layer's k-th call in the JVP pass uses its k-th recorded output, so the network must
+   call its layers alike for any batch (no batch-dependent control flow) and act on each sample
+   alone (no batch norm; no dropout, where the loss takes another path).
 3. The other parameters and float buffers (norms, embeddings, sinusoidal frequencies) become duals
    with zero tangents: left plain, every op that mixes them with a dual builds a zero tensor whose
    shape torch 2.14 works out in Python reference code (about 0.1 ms per op on CPU).
@@ -38,17 +39,18 @@ _LAYERS = (nn.Linear, nn.Conv2d)
 def time_derivative(
     net: Net, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, z_tangent: torch.Tensor,
     labels: torch.Tensor | None, dr: float, dt: float, layer_outputs: LayerOutputs | None = None,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """JVP of net(z, t, r, labels) along (z_tangent, dt, dr): for (v, 1, 0) this is d/dt u(z, r, t).
 
-    fp32 (outside any autocast), no gradient. layer_outputs: from recorded_layer_outputs around a
-    forward over a batch whose first len(z) samples are these (their primals are reused)."""
+    fp32 (outside any autocast), no gradient. layer_outputs: from recorded_layer_outputs around an
+    ordinary forward over a batch whose samples `rows` (indices) are these; their primals are reused."""
     with torch.no_grad(), torch.autocast(z.device.type, enabled=False), fwAD.dual_level() as level, ExitStack() as stack:
         inputs = (fwAD.make_dual(z, z_tangent), fwAD.make_dual(t, torch.full_like(t, dt)),
                   fwAD.make_dual(r, torch.full_like(r, dr)), labels)
         if isinstance(net, nn.Module):
             stack.enter_context(_zero_tangents(net, level))
-            stack.enter_context(_plain_weight_layers(net, level, layer_outputs or {}, len(z)))
+            stack.enter_context(_plain_weight_layers(net, level, layer_outputs or {}, rows))
         scalar_ops = _ScalarArithmetic(level) if _SCALAR_ARITHMETIC.get(net, True) else None
         if scalar_ops is not None:
             stack.enter_context(scalar_ops)
@@ -74,7 +76,8 @@ def recorded_layer_outputs(net: Net) -> Iterator[LayerOutputs]:
 
 
 @contextmanager
-def _plain_weight_layers(net: nn.Module, level: int, layer_outputs: LayerOutputs, rows: int) -> Iterator[None]:
+def _plain_weight_layers(net: nn.Module, level: int, layer_outputs: LayerOutputs,
+                         rows: torch.Tensor | None) -> Iterator[None]:
     """Within the block, net's linear and conv layers compute (primal, tangent) as in points 1 and 2
     of the module docstring; their forward is replaced on the instance and restored on exit."""
     layers = [m for m in net.modules() if isinstance(m, _LAYERS)]
@@ -87,16 +90,16 @@ def _plain_weight_layers(net: nn.Module, level: int, layer_outputs: LayerOutputs
             del layer.forward
 
 
-def _layer_jvp(layer: nn.Module, level: int, recorded: deque[torch.Tensor], rows: int) -> Callable:
+def _layer_jvp(layer: nn.Module, level: int, recorded: deque[torch.Tensor], rows: torch.Tensor | None) -> Callable:
     def forward(x: torch.Tensor) -> torch.Tensor:
         primal, dx = fwAD.unpack_dual(x, level=level)
-        out = recorded.popleft() if recorded else None
-        if out is None or out.shape[0] < rows or out.dtype != primal.dtype:
+        out = recorded.popleft() if recorded and rows is not None else None
+        if out is None or out.dtype != primal.dtype:
             out = type(layer).forward(layer, primal)
         else:
-            # a copy, not a view: a dual view needs a tangent shaped like its base, which forward AD
-            # would build by zero-filling a whole-batch tensor (4x the rows, for every layer)
-            out = out.detach()[:rows].clone()
+            # a gathered copy, not a slice: a dual view needs a tangent shaped like its base, which
+            # forward AD would build by zero-filling a whole-batch tensor for every layer
+            out = out.detach().index_select(0, rows)
         if dx is None:
             return out
         if isinstance(layer, nn.Linear):

@@ -95,15 +95,13 @@ def meanflow_loss(
     elif not needs_jvp.any():  # a Flow Matching batch
         u, u_tgt = net(z, t, r, labels), v_tilde
     elif jvp_mode == "tangent":
-        # r != t samples first, so that they are a prefix of every layer output of the forward
-        order = torch.argsort((~needs_jvp).to(torch.uint8), stable=True)
-        z, t, r, v_tilde, labels = z[order], t[order], r[order], v_tilde[order], _pick(labels, order)
-        k = int(needs_jvp.sum())
         with recorded_layer_outputs(net) as outputs:
             u = net(z, t, r, labels)
+        mean = needs_jvp.nonzero().squeeze(1)
         _, dr, dt = TANGENTS[config.tangent]
-        dudt = time_derivative(net, z[:k], t[:k], r[:k], v_tilde[:k], _pick(labels, slice(0, k)), dr, dt, outputs)
-        u_tgt = torch.cat([v_tilde[:k] - _expand(t[:k] - r[:k], dudt) * dudt, v_tilde[k:]])
+        dudt = time_derivative(net, z[mean], t[mean], r[mean], v_tilde[mean], _pick(labels, mean), dr, dt,
+                               layer_outputs=outputs, rows=mean)
+        u_tgt = v_tilde.index_put((mean,), v_tilde[mean] - _expand(t[mean] - r[mean], dudt) * dudt)
     else:
         flow, mean = (~needs_jvp).nonzero().squeeze(1), needs_jvp.nonzero().squeeze(1)
         u_mean, tgt_mean = prediction_and_target(net, z[mean], t[mean], r[mean], v_tilde[mean], _pick(labels, mean),
