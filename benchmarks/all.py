@@ -1,10 +1,10 @@
 """Every benchmark in one process, written to one markdown file (default benchmarks/RESULTS.md).
 
-    python benchmarks/all.py [--out benchmarks/RESULTS.md] [--steps 40]
+    python benchmarks/all.py [--out benchmarks/RESULTS.md] [--steps 100]
 
 Sections: MeanFlow vs Flow Matching training step per network (and per jvp_mode of the loss);
 1-NFE sampling vs one forward pass and vs Euler; torch.compile's payback; evaluation throughput; one study laid out as 1
-worker x all threads vs one worker per core, with the tracking overhead per cell. Takes about 5
+worker x all threads vs one worker per core, with the tracking overhead per cell. Takes about 7
 minutes on 2 cores; run it on an otherwise idle machine.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import train_step  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "RESULTS.md")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=100)
     args = parser.parse_args()
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)

@@ -1,12 +1,13 @@
 """MeanFlow vs Flow Matching cost, same network, batch and process: training steps and sampling.
 
-    python benchmarks/train_step.py [--steps 40] [--threads 2]
+    python benchmarks/train_step.py [--steps 100] [--threads 2]
 
 Prints markdown tables of medians and ratios:
 - training step time at the shapes the shipped CPU studies use: Flow Matching (ratio 0), MeanFlow
   at ratio 0.25 for each jvp_mode of meanflow_loss ("tangent", the default without dropout:
-  ordinary forward + gradient-free JVP of the r != t samples; "subset": one JVP with gradient for
-  the r != t samples; "whole": one JVP over the batch, Eq. 10 as written), and MeanFlow at ratio 1.0;
+  ordinary forward + gradient-free JVP of the r != t samples, meanflow/jvp.py; "subset": one JVP
+  with gradient for the r != t samples; "whole": one JVP over the batch, Eq. 10 as written), and
+  MeanFlow at ratio 1.0; the MLP again at one thread, as each `wb ablate` worker runs;
 - sampling: 1-NFE MeanFlow vs one forward pass over the same batch, and Flow Matching Euler at
   10 and 50 steps.
 """
@@ -90,27 +91,25 @@ def sampling_times(config: RunConfig, repeats: int) -> dict[str, float]:
     return out
 
 
-def markdown(steps: int = 40) -> str:
-    """Both tables (training steps, sampling) as markdown; run with the threads already set."""
-    lines = [f"Median of {steps} steps after a warm-up fifth, ms per optimizer step (loss, backward, Adam); "
-             "the variants of a row take turns step by step. "
-             "Floor: the Flow Matching step plus two no-grad forwards of a quarter batch (the r != t samples), "
-             "i.e. a JVP that costs one primal and one tangent forward and nothing else; a JVP that recomputes the "
-             "primal cannot do better.", "",
+def markdown(steps: int = 100) -> str:
+    """The tables (training steps, sampling) as markdown; run with the threads already set."""
+    threads = torch.get_num_threads()
+    lines = [f"Median of {steps} steps after a warm-up fifth, ms per optimizer step (loss, backward, Adam), "
+             f"{threads} threads; the variants of a row take turns step by step. "
+             "Last column: the Flow Matching step plus one no-grad forward of a quarter batch (the r != t samples), "
+             "what a JVP would cost that reused the primal and did one more forward.", "",
              "| network / data | batch | FM ms/step | MF 0.25 tangent (default) | MF 0.25 subset | MF 0.25 whole "
-             "| MF 1.0 | MF 0.25 / FM: tangent | subset | whole | MF 1.0 / FM | floor / FM |",
+             "| MF 1.0 | MF 0.25 / FM: tangent | subset | whole | MF 1.0 / FM | FM + 1 forward / FM |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, overrides in CASES.items():
-        def at(ratio: float) -> RunConfig:
-            return with_overrides(RunConfig(), {**overrides, "meanflow.ratio": ratio})
-        times = step_times({"fm": (at(0.0), "auto"), **{mode: (at(0.25), mode) for mode in ("tangent", "subset", "whole")},
-                            "full": (at(1.0), "auto")}, steps)
-        fm, full = times.pop("fm"), times.pop("full")
-        mf = times
-        floor = fm + 2 * forward_time(at(0.25), round(0.25 * overrides["train.batch_size"]))
-        lines.append(f"| {name} | {overrides['train.batch_size']} | {1e3 * fm:.1f} | "
-                     + " | ".join(f"{1e3 * ms:.1f}" for ms in mf.values()) + f" | {1e3 * full:.1f} | "
-                     + " | ".join(f"{ms / fm:.2f}x" for ms in mf.values()) + f" | {full / fm:.2f}x | {floor / fm:.2f}x |")
+        lines.append(_step_row(name, overrides, steps, ("tangent", "subset", "whole")))
+    torch.set_num_threads(1)
+    mlp = next(iter(CASES))
+    lines += ["", f"The MLP at 1 thread (each `wb ablate` worker's setting), {steps} steps:", "",
+              "| network / data | batch | FM ms/step | MF 0.25 tangent (default) | MF 1.0 | MF 0.25 / FM "
+              "| MF 1.0 / FM | FM + 1 forward / FM |", "|---|---|---|---|---|---|---|---|",
+              _step_row(mlp, CASES[mlp], steps, ("tangent",))]
+    torch.set_num_threads(threads)
     lines += ["", "Sampling one batch of 4x the training batch, median ms:", "",
               "| network / data | samples | forward ms | 1-NFE ms | 1-NFE / forward | Euler 10 ms | Euler 50 ms "
               "| Euler 50 / 1-NFE |", "|---|---|---|---|---|---|---|---|"]
@@ -123,9 +122,22 @@ def markdown(steps: int = 40) -> str:
     return "\n".join(lines)
 
 
+def _step_row(name: str, overrides: dict, steps: int, modes: tuple[str, ...]) -> str:
+    """One table row: ms per step of FM, MF 0.25 per jvp_mode, MF 1.0, then the ratios to FM."""
+    def at(ratio: float) -> RunConfig:
+        return with_overrides(RunConfig(), {**overrides, "meanflow.ratio": ratio})
+    times = step_times({"fm": (at(0.0), "auto"), **{mode: (at(0.25), mode) for mode in modes},
+                        "full": (at(1.0), "auto")}, steps)
+    fm, full = times.pop("fm"), times.pop("full")
+    one_more = fm + forward_time(at(0.25), round(0.25 * overrides["train.batch_size"]))
+    return (f"| {name} | {overrides['train.batch_size']} | {1e3 * fm:.1f} | "
+            + " | ".join(f"{1e3 * ms:.1f}" for ms in times.values()) + f" | {1e3 * full:.1f} | "
+            + " | ".join(f"{ms / fm:.2f}x" for ms in times.values()) + f" | {full / fm:.2f}x | {one_more / fm:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

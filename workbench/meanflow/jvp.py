@@ -1,7 +1,7 @@
 """d/dt u for the MeanFlow target: a gradient-free forward-mode JVP of the network, made cheap.
 
 time_derivative runs the network once on dual tensors (torch.autograd.forward_ad), over the r != t
-samples only. Four things keep that pass close to the cost of the tangent alone (measured on CPU in
+samples only. Five things keep that pass close to the cost of the tangent alone (measured on CPU in
 benchmarks/train_step.py; each one is checked against torch.func.jvp in tests/test_fast_loss.py):
 
 1. nn.Linear and nn.Conv2d keep plain weights: the layer's tangent is layer(dx) without the bias.
@@ -11,10 +11,11 @@ benchmarks/train_step.py; each one is checked against torch.func.jvp in tests/te
    samples. A layer's k-th call in the JVP pass uses its k-th recorded output, so the network must
    call its layers alike for any batch (no batch-dependent control flow) and act on each sample
    alone (no batch norm; no dropout, where the loss takes another path).
-3. The other parameters and float buffers (norms, embeddings, sinusoidal frequencies) become duals
+3. nn.GroupNorm and nn.LayerNorm: the tangent from torch's fused backward kernel (_norm_jvp).
+4. The other parameters and float buffers (embeddings, sinusoidal frequencies, positions) become duals
    with zero tangents: left plain, every op that mixes them with a dual builds a zero tensor whose
    shape torch 2.14 works out in Python reference code (about 0.1 ms per op on CPU).
-4. For the same reason, a dual plus, minus, times or divided by a Python number (1 + scale, an
+5. For the same reason, a dual plus, minus, times or divided by a Python number (1 + scale, an
    attention scale) is done on primal and tangent separately by a TorchFunctionMode, but only for
    networks whose first JVP showed such an op: the mode costs a Python call on every op.
 """
@@ -47,8 +48,8 @@ def time_derivative(
     fp32 (outside any autocast), no gradient. layer_outputs: from recorded_layer_outputs around an
     ordinary forward over a batch whose samples `rows` (indices) are these; their primals are reused."""
     with torch.no_grad(), torch.autocast(z.device.type, enabled=False), fwAD.dual_level() as level, ExitStack() as stack:
-        inputs = (fwAD.make_dual(z, z_tangent), fwAD.make_dual(t, torch.full_like(t, dt)),
-                  fwAD.make_dual(r, torch.full_like(r, dr)), labels)
+        inputs = (_make_dual(z, z_tangent, level), _make_dual(t, torch.full_like(t, dt), level),
+                  _make_dual(r, torch.full_like(r, dr), level), labels)
         if isinstance(net, nn.Module):
             stack.enter_context(_zero_tangents(net, level))
             stack.enter_context(_plain_weight_layers(net, level, layer_outputs or {}, rows))
@@ -79,8 +80,8 @@ def recorded_layer_outputs(net: Net) -> Iterator[LayerOutputs]:
 @contextmanager
 def _plain_weight_layers(net: nn.Module, level: int, layer_outputs: LayerOutputs,
                          rows: torch.Tensor | None) -> Iterator[None]:
-    """Within the block, net's linear and conv layers compute (primal, tangent) as in points 1 and 2
-    of the module docstring; their forward is replaced on the instance and restored on exit."""
+    """Within the block, net's linear, conv and norm layers compute (primal, tangent) as in points 1
+    to 3 of the module docstring; their forward is replaced on the instance and restored on exit."""
     layers = [m for m in net.modules() if isinstance(m, (*_LAYERS, *_NORMS))]
     try:
         for layer in layers:
