@@ -134,6 +134,19 @@ def test_time_derivative_ignores_outputs_of_other_layers():
     torch.testing.assert_close(other(noise, t, r), before)
 
 
+def test_time_derivative_under_bf16_autocast_stays_fp32():
+    """Layer outputs recorded under bf16 autocast are not taken as primals of the fp32 JVP."""
+    net = randomized(small_net("unet", shape=(1, 8, 8))).float()
+    x, t, r, noise, _, _ = (a.float() if a is not None else None for a in inputs(1.0, shape=(1, 8, 8)))
+    rows = torch.arange(B)
+    with torch.autocast("cpu", dtype=torch.bfloat16), recorded_layer_outputs(net) as outputs:
+        assert net(noise, t, r).dtype == torch.bfloat16
+        got = time_derivative(net, noise, t, r, x, None, 0.0, 1.0, outputs, rows=rows)
+    _, expected = torch.func.jvp(lambda z_, t_, r_: net(z_, t_, r_), (noise, t, r), (x, torch.ones_like(t), torch.zeros_like(r)))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_dropout_takes_one_pass_for_u_and_its_derivative():
     """With active dropout, two passes would draw two masks: "auto" must take the "subset" pass."""
     net = NETWORKS["unet"]((1, 8, 8), 0, "(t,t-r)", channels=8, channel_mult=(1, 2), dropout=0.5).double().train()

@@ -71,7 +71,8 @@ def meanflow_loss(
     (tests/test_fast_loss.py), they differ in cost (benchmarks/train_step.py):
       "tangent": u from one ordinary forward over the batch (the graph Flow Matching builds) and
                  d/dt u from a gradient-free forward-mode pass over the r != t samples only (for
-                 r = t the term is multiplied by t - r = 0). The fastest.
+                 r = t the term is multiplied by t - r = 0) that reuses the forward's layer
+                 outputs as its primals (meanflow/jvp.py). The fastest.
       "subset":  a plain forward for r = t samples, one JVP that also yields u (with gradient)
                  for the r != t samples. u and d/dt u come from the same pass, so it is exact
                  with dropout too.
