@@ -130,7 +130,7 @@ def _step_row(name: str, overrides: dict, steps: int, modes: tuple[str, ...]) ->
     The default mode ("tangent") takes turns with Flow Matching alone; the other variants with their
     own Flow Matching run: interleaved with the memory-hungry "subset" and "whole" steps, every
     variant's time moved with what ran before it (the U-Net's tangent / FM read 1.29x in that
-    company and 1.20x in a pair)."""
+    company and 1.21x in a pair)."""
     def at(ratio: float) -> RunConfig:
         return with_overrides(RunConfig(), {**overrides, "meanflow.ratio": ratio})
     pair = step_times({"fm": (at(0.0), "auto"), "tangent": (at(0.25), "tangent")}, steps)
