@@ -109,6 +109,40 @@ def test_cells_enqueued_by_a_launcher_that_died_before_its_workers_still_run(tmp
     assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
 
 
+def test_launcher_waits_for_a_cell_another_launcher_still_runs(tmp_path, monkeypatch):
+    """Two machines, one study: the launcher whose workers run out of cells first waits for the
+    other's running cell, then exits with the whole study done (it exited 1, "7/8 finished")."""
+    import threading
+
+    import optuna
+
+    from workbench.ablate import default_stores, prepare, run_study
+    from workbench.studies import load_study
+
+    monkeypatch.chdir(tmp_path)
+    study = load_study(write(tmp_path / "tiny.toml", values="[0.5]"))
+    stores = default_stores(None, None)
+    _, _, trials_study, _ = prepare(study, stores)
+    elsewhere = trials_study.ask()  # the other machine's worker takes one cell
+    trials_study._storage.record_heartbeat(elsewhere._trial_id)
+    told = []
+
+    def other_machine():  # finishes its cell 4 s after this launcher's worker finished the other one
+        while not trials_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            time.sleep(0.2)
+        time.sleep(4)
+        trials_study.tell(elsewhere, 0.1)
+        told.append(time.time())
+    thread = threading.Thread(target=other_machine)
+    thread.start()
+    summary = run_study(study, stores, workers=1, progress=lambda line: None)
+    returned = time.time()
+    thread.join()
+    assert told and returned >= told[0]
+    assert summary["done"] == summary["total"] == 2 and summary["running"] == []
+    assert mlflow.get_run(summary["parent_run_id"]).info.status == "FINISHED"
+
+
 def test_cell_whose_run_finished_before_its_trial_was_recorded_is_not_run_again(tmp_path, monkeypatch):
     """The kill can land between the MLflow run's FINISHED and Optuna's tell(): the cell is done."""
     import workbench.ablate as ablate

@@ -154,7 +154,7 @@ def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, 
 
 def run_study(study: Study, stores: Stores, workers: int, progress=print, threads: int | None = None) -> dict:
     """Prepares, starts `workers` local processes (`threads` torch threads each, default: the CPU
-    cores split between them), shows progress until all cells are done."""
+    cores split between them), shows progress until no cell is running, here or elsewhere."""
     mlflow.set_tracking_uri(stores.tracking_uri)
     experiment_id, parent_id, trials_study, _ = prepare(study, stores)
     total, started = len(study.cells()), time.time()
@@ -165,9 +165,14 @@ def run_study(study: Study, stores: Stores, workers: int, progress=print, thread
                  for _ in range(min(workers, waiting))]
     for process in processes:
         process.start()
-    while any(p.is_alive() for p in processes):
+    # After the local workers, wait for cells other launchers (machines) still run, so that this
+    # launcher's exit status and the parent run's status cover the whole study; the cells of a
+    # launcher that died turn stale after GRACE_S and end the wait as failed.
+    while any(p.is_alive() for p in processes) or counts(study, trials_study)["running"]:
         progress(status_line(study, trials_study, total, started))
         time.sleep(2)
+        if not any(p.is_alive() for p in processes):
+            optuna.storages.fail_stale_trials(trials_study)
     client = MlflowClient(stores.tracking_uri)
     summary = counts(study, trials_study)
     status = "FINISHED" if summary["done"] == total else "FAILED"
