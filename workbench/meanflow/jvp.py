@@ -52,7 +52,7 @@ def time_derivative(
                   _make_dual(r, torch.full_like(r, dr), level), labels)
         if isinstance(net, nn.Module):
             stack.enter_context(_zero_tangents(net, level))
-            stack.enter_context(_plain_weight_layers(net, level, layer_outputs or {}, rows))
+            stack.enter_context(_layer_tangents(net, level, layer_outputs or {}, rows))
         scalar_ops = _ScalarArithmetic(level) if _SCALAR_ARITHMETIC.get(net, True) else None
         if scalar_ops is not None:
             stack.enter_context(scalar_ops)
@@ -78,7 +78,7 @@ def recorded_layer_outputs(net: Net) -> Iterator[LayerOutputs]:
 
 
 @contextmanager
-def _plain_weight_layers(net: nn.Module, level: int, layer_outputs: LayerOutputs,
+def _layer_tangents(net: nn.Module, level: int, layer_outputs: LayerOutputs,
                          rows: torch.Tensor | None) -> Iterator[None]:
     """Within the block, net's linear, conv and norm layers compute (primal, tangent) as in points 1
     to 3 of the module docstring; their forward is replaced on the instance and restored on exit."""
@@ -182,7 +182,7 @@ def _parts(net: nn.Module) -> _Parts:
     return _PARTS[net]
 
 
-# network -> whether its last JVP did dual-with-Python-number arithmetic (unknown: use the mode)
+# network -> whether its first JVP did dual-with-Python-number arithmetic (unknown: use the mode)
 _SCALAR_ARITHMETIC: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
 
 # op with a Python number -> whether the tangent goes through the op too (x * c, x / c) or not (x + c, x - c)
