@@ -99,10 +99,11 @@ def meanflow_loss(
         with recorded_layer_outputs(net) as outputs:
             u = net(z, t, r, labels)
         mean = needs_jvp.nonzero().squeeze(1)
+        t_mean, r_mean, v_mean = t[mean], r[mean], v_tilde[mean]
         _, dr, dt = TANGENTS[config.tangent]
-        dudt = time_derivative(net, z[mean], t[mean], r[mean], v_tilde[mean], _pick(labels, mean), dr, dt,
+        dudt = time_derivative(net, z[mean], t_mean, r_mean, v_mean, _pick(labels, mean), dr, dt,
                                layer_outputs=outputs, rows=mean)
-        u_tgt = v_tilde.index_put((mean,), v_tilde[mean] - _expand(t[mean] - r[mean], dudt) * dudt)
+        u_tgt = v_tilde.index_put((mean,), v_mean - _expand(t_mean - r_mean, dudt) * dudt)
     else:
         flow, mean = (~needs_jvp).nonzero().squeeze(1), needs_jvp.nonzero().squeeze(1)
         u_mean, tgt_mean = prediction_and_target(net, z[mean], t[mean], r[mean], v_tilde[mean], _pick(labels, mean),
