@@ -36,22 +36,26 @@ def test_trained_model_ranks_above_untrained(tmp_path):
                     tmp_path / "b", progress=False)
     before = toy_metrics(untrained.ema, "checkerboard", nfe=(1,), num_samples=1000)
     after = toy_metrics(trained.ema, "checkerboard", nfe=(1,), num_samples=1000)
-    assert set(after) == {"energy_1nfe", "swd_1nfe"}
+    assert set(after) == {f"{m}_1nfe" for m in ("energy", "swd", "precision", "tv", "modes", "transport")} | {"uerr"}
     assert after["energy_1nfe"] < 0.5 * before["energy_1nfe"]
     assert after["swd_1nfe"] < 0.5 * before["swd_1nfe"]
+    assert after["transport_1nfe"] < 0.5 * before["transport_1nfe"] and after["uerr"] < 0.5 * before["uerr"]
+    assert after["precision_1nfe"] > before["precision_1nfe"]
 
 
 def test_evaluation_during_and_after_training(tmp_path):
-    from workbench.evaluate import evaluator_for
     import json
+
+    from workbench.evaluate import evaluator_for, metric_names
 
     config = with_overrides(RunConfig(), {"net.mlp.width": 16, "net.mlp.depth": 1, "train.batch_size": 32,
                                           "train.steps": 20, "train.log_every": 10, "train.device": "cpu",
                                           "sample.num_points": 50, "eval.every": 10, "eval.num_samples": 300,
                                           "eval.num_samples_during": 100, "eval.nfe": "1,2", "eval.fm_steps": "5"})
     result = train(config, tmp_path / "run", progress=False, evaluator=evaluator_for(config))
-    names = {f"{m}_{s}" for m in ("energy", "swd") for s in ("1nfe", "2nfe", "fm5")}
-    assert set(result.metrics) == names
+    names = {f"{m}_{s}" for m in ("energy", "swd", "precision", "tv", "modes", "transport")
+             for s in ("1nfe", "2nfe", "fm5")} | {"uerr"}
+    assert set(result.metrics) == names == set(metric_names(config))
     record = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert record["metrics"] == result.metrics and record["num_samples"] == 300 and "points" in record["features"]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -86,3 +90,55 @@ def test_wb_eval_without_checkpoint_exits_2(tmp_path):
     (tmp_path / "config.json").write_text(with_overrides(RunConfig(), {"data.name": "moons"}).model_dump_json())
     result = CliRunner().invoke(app, ["eval", str(tmp_path)])
     assert result.exit_code == 2 and "no checkpoint" in result.output
+
+
+def test_support_scores_count_squares_and_modes():
+    from workbench.data import GAUSSIAN_MEANS
+    from workbench.evaluate import support_scores
+
+    # 6 points in square 0, 2 in square 1, 2 outside: precision 0.8, shares (6/8, 2/8, 0, ...)
+    corners = [[-2, -2]] * 6 + [[-2, 0]] * 2
+    points = torch.tensor(corners, dtype=torch.float32) + 0.5
+    points = torch.cat([points, torch.tensor([[-1.5, 1.5], [3.0, 3.0]])])
+    scores = support_scores(points, "checkerboard")
+    assert math.isclose(scores["precision"], 0.8)
+    assert math.isclose(scores["tv"], 0.5 * (abs(6 / 8 - 1 / 8) + abs(2 / 8 - 1 / 8) + 6 / 8))
+    assert scores["modes"] == 2  # a square counts once it holds a quarter of its share, 10 / 8 / 4 points
+    # Gaussians: a point at its own mode, one at another class's mode, one 0.31 away (beyond 3 std)
+    labels = torch.tensor([0, 1, 2])
+    points = torch.stack([GAUSSIAN_MEANS[0], GAUSSIAN_MEANS[3], GAUSSIAN_MEANS[2] + torch.tensor([0.31, 0.0], dtype=torch.float64)])
+    scores = support_scores(points.float(), "gaussians", labels)
+    assert math.isclose(scores["precision"], 2 / 3) and math.isclose(scores["labelprec"], 1 / 3)
+
+
+def test_reference_samplers_bracket_a_learned_model():
+    """The exact map scores at the data's floor, the uniform box and the prior far from it."""
+    from workbench.evaluate import toy_references
+
+    refs = toy_references("checkerboard", 2000)  # energy distance needs the points: at 500 data vs data scores above the uniform box
+    assert refs["exact map"]["precision"] == 1.0 and refs["data"]["precision"] == 1.0
+    assert refs["exact map"]["transport"] == 0.0 and refs["exact map"]["uerr"] == 0.0
+    assert 0.4 < refs["uniform box"]["precision"] < 0.6  # half the box is black squares
+    assert refs["exact map"]["energy"] < 0.3 * refs["uniform box"]["energy"]
+    assert refs["prior (u = 0)"]["transport"] > 0.1 and refs["prior (u = 0)"]["uerr"] > 0.5
+
+
+def test_study_metric_must_be_an_evaluated_lower_is_better_name(tmp_path):
+    import pytest
+
+    from workbench.studies import StudyError, load_study
+
+    text = ('name = "s"\nmetric = "{}"\nseeds = [0]\n[base]\n"data.name" = "{}"\n'
+            '[[axes]]\nkey = "meanflow.ratio"\nvalues = [0.0]\n')
+    path = tmp_path / "s.toml"
+    path.write_text(text.format("transport_1nfe", "checkerboard"))
+    assert load_study(path).metric == "transport_1nfe"
+    path.write_text(text.format("transport_1nfe", "moons"))  # no exact reference for moons
+    with pytest.raises(StudyError, match=r"metric: 'transport_1nfe' is not produced .*energy_1nfe"):
+        load_study(path)
+    path.write_text(text.format("fid_1nfe", "checkerboard"))
+    with pytest.raises(StudyError, match="not produced"):
+        load_study(path)
+    path.write_text(text.format("precision_1nfe", "checkerboard"))
+    with pytest.raises(StudyError, match="higher-is-better"):
+        load_study(path)

@@ -1,4 +1,7 @@
 """The (t, r) sampler."""
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -63,3 +66,37 @@ def test_same_generator_state_gives_same_draws():
 def test_bad_distribution_specs_are_rejected(bad):
     with pytest.raises(ValueError, match="time distribution"):
         parse_time_dist(bad)
+
+
+def _logit_normal_mean(mu: float, sigma: float) -> float:
+    """E[sigmoid(N(mu, sigma^2))] by Gauss-Hermite quadrature (independent of the sampler)."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(120)
+    return float((weights / np.sqrt(2 * np.pi) / (1 + np.exp(-(mu + sigma * nodes)))).sum())
+
+
+def test_pytorch_v1_sampler_statistics_at_its_cifar10_setting():
+    """v1 keeps t ~ lognorm(-0.6, 1.6), masks, then r = min(t, r): r != t for ratio * P(r draw < t draw),
+    with P = Phi(3.4 / (1.6 sqrt 2)) since the logits differ by N(3.4, 2 * 1.6^2)."""
+    n = 1_000_000
+    config = mf(t_dist="lognorm(-0.6,1.6)", r_dist="lognorm(-4,1.6)", ratio=0.75, tr_sampler="v1")
+    t, r = sample_t_r(n, config, torch.Generator().manual_seed(11))
+    assert bool((t >= r).all())
+    expected_fraction = 0.75 * 0.5 * math.erfc(-3.4 / (1.6 * math.sqrt(2)) / math.sqrt(2))
+    assert abs((t != r).double().mean().item() - expected_fraction) < 0.002  # 0.700
+    assert abs(t.double().mean().item() - _logit_normal_mean(-0.6, 1.6)) < 0.002  # 0.399
+    # the paper's sampler (v0) at the same setting: t = max of the two draws, r != t for exactly 75%
+    t0, r0 = sample_t_r(n, config.model_copy(update={"tr_sampler": "v0"}), torch.Generator().manual_seed(11))
+    assert abs((t0 != r0).double().mean().item() - 0.75) < 0.002
+    assert t0.double().mean().item() > t.double().mean().item() + 0.003
+    # t's distribution: v1 leaves it logit-normal (KS distance to the v0 t is what v0's max adds)
+    logit = torch.log(t / (1 - t)).double()
+    assert abs(logit.mean().item() + 0.6) < 0.005 and abs(logit.std().item() - 1.6) < 0.005
+
+
+def test_v0_sampler_is_unchanged_by_tr_sampler_option():
+    """The default 'v0' draws the same numbers as before the option existed: t = max, r = min, mask."""
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.sigmoid(-0.4 + torch.randn(64, generator=g)), torch.sigmoid(-0.4 + torch.randn(64, generator=g))
+    keep = torch.rand(64, generator=g) < 0.25
+    t, r = sample_t_r(64, mf(ratio=0.25), torch.Generator().manual_seed(3))
+    assert torch.equal(t, torch.maximum(a, b)) and torch.equal(r, torch.where(keep, torch.minimum(a, b), t))

@@ -65,6 +65,8 @@ class MeanFlowConfig(_Frozen):
     ratio_mask: Literal["random", "prefix"] = F("random", "which samples get r = t: random (PyTorch) or prefix (JAX)")
     t_dist: str = F("lognorm(-0.4,1.0)", "time distribution (Table 1d): uniform(lo,hi) or lognorm(mu,sigma)")
     r_dist: str = F("", "separate distribution for the second draw; empty = same as t_dist")
+    tr_sampler: Literal["v0", "v1"] = F("v0", "v0: t = max, r = min of the draws, then the r = t mask (paper); "
+                                        "v1: t keeps its draw, mask, then r = min(t, r) (PyTorch code's improved CIFAR-10)")
     tangent: Literal[tuple(TANGENTS)] = F("(v,0,1)", "JVP tangent over (z, r, t) (Table 1b)")
     adaptive_p: float = F(1.0, "adaptive loss weight power p (Table 1e); 0 = plain L2", ge=0)
     adaptive_c: float = F(1e-3, "c in w = 1 / (||Delta||^2 + c)^p", gt=0)

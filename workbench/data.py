@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from workbench.meanflow.exact import ExactFlow, GaussianMixture, UniformSquares
+
 TOY_SIZES = {"train": 50_000, "test": 10_000}  # fixed so held-out metrics are comparable
 TOY_SEEDS = {"train": 0, "test": 1}
 
@@ -68,8 +70,40 @@ def spirals(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
 def gaussians(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Mixture of 8 Gaussians (std 0.1) on a circle of radius 2; label = component."""
     labels = rng.integers(0, 8, n)
-    angle = 2 * np.pi * labels / 8
-    return 2 * np.stack([np.cos(angle), np.sin(angle)], 1) + 0.1 * rng.standard_normal((n, 2)), labels
+    return GAUSSIAN_MEANS.numpy()[labels] + GAUSSIAN_STD * rng.standard_normal((n, 2)), labels
+
+
+# Where the checkerboard and Gaussian mixture put their mass, for their exact references and support metrics.
+CHECKER_CORNERS = torch.tensor([[i, j] for i in range(-2, 2) for j in range(-2, 2) if (i + j) % 2 == 0],
+                               dtype=torch.float64)  # lower-left corners of the 8 unit squares
+_ANGLES = 2 * np.pi * np.arange(8) / 8
+GAUSSIAN_MEANS = torch.from_numpy(2 * np.stack([np.cos(_ANGLES), np.sin(_ANGLES)], 1))  # on a circle of radius 2
+GAUSSIAN_STD = 0.1
+EXACT_REFERENCES = {  # toy sets whose velocity field is known in closed form (workbench.meanflow.exact)
+    "checkerboard": UniformSquares(CHECKER_CORNERS),
+    "gaussians": GaussianMixture(GAUSSIAN_MEANS, GAUSSIAN_STD),
+}
+SUPPORT_SIZES = {"checkerboard": len(CHECKER_CORNERS), "gaussians": len(GAUSSIAN_MEANS)}  # squares, modes
+MODE_RADIUS = 3 * GAUSSIAN_STD  # a Gaussian sample is "near a mode" within 3 standard deviations
+
+
+def exact_flow(name: str, guidance: float = 1.0, interval: tuple[float, float] = (0.0, 1.0)) -> ExactFlow:
+    """The exact velocity field and flow map of a toy set, guided by w' (= omega / (1 - kappa)) inside interval."""
+    if name not in EXACT_REFERENCES:
+        raise DataError(f"data.name={name!r} has no exact reference (have {', '.join(EXACT_REFERENCES)})")
+    return ExactFlow(EXACT_REFERENCES[name], guidance, interval)
+
+
+def support_cells(name: str, x: torch.Tensor) -> torch.Tensor:
+    """(N,) index of the square (checkerboard) or mode (gaussians) each point lies in, -1 outside all."""
+    x = x.double()
+    if name == "checkerboard":
+        inside = ((x[:, None] >= CHECKER_CORNERS[None]) & (x[:, None] <= CHECKER_CORNERS[None] + 1)).all(-1)  # (N, 8)
+    elif name == "gaussians":
+        inside = torch.cdist(x, GAUSSIAN_MEANS) <= MODE_RADIUS
+    else:
+        raise DataError(f"support_cells: no support defined for data.name={name!r} (have {', '.join(EXACT_REFERENCES)})")
+    return torch.where(inside.any(1), inside.int().argmax(1), -1)
 
 
 def _toy(make, num_classes: int):

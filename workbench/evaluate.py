@@ -1,11 +1,15 @@
 """Scores for a trained model (EMA weights) at each NFE and for the Flow Matching Euler baseline.
 
-2D points: energy distance and sliced Wasserstein distance to the held-out split. Images: FID and
+2D points: energy distance and sliced Wasserstein distance to the held-out split; for the checkerboard
+and the Gaussian mixture also support scores (does a sample land on a square / near a mode), the
+transport error against the exact one-step map and the u-error against the exact average velocity
+(workbench/meanflow/exact.py). Images: FID and
 KID through clean-fid (workbench/fid.py). Latents: Frechet distance of the latents themselves. Fixed sample counts and per-index noise seeds make
 scores comparable across cells.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,7 +19,7 @@ import torch
 from torch import nn
 
 from workbench.config import ConfigError, RunConfig
-from workbench.data import TOY_SETS, load_data
+from workbench.data import EXACT_REFERENCES, SUPPORT_SIZES, TOY_SETS, exact_flow, load_data, support_cells
 from workbench.fid import ImageScorer, fid_kid, image_scorer
 from workbench.meanflow import index_noise, sample_euler, sample_meanflow
 from workbench.tracking import write_eval
@@ -58,16 +62,114 @@ def generate(net: nn.Module, shape: tuple[int, ...], nfe: tuple[int, ...], fm_st
     return {name: torch.cat(chunks) for name, chunks in out.items()}
 
 
+def support_scores(x: torch.Tensor, data_name: str, labels: torch.Tensor | None = None) -> dict[str, float]:
+    """Does the sample lie where the data does? (checkerboard: its 8 squares; gaussians: within 3 std of a mode)
+
+    precision  share of samples on the support;
+    tv         total-variation distance of the per-square (per-mode) histogram of those samples from
+               the data's, which is uniform: 0 = equal shares, 1 - 1/8 = all in one square;
+    modes      squares (modes) holding at least a quarter of their share of the samples;
+    labelprec  (labelled data) share of samples in the mode of their own class.
+    """
+    cells = support_cells(data_name, x)
+    inside = cells >= 0
+    k = SUPPORT_SIZES[data_name]
+    counts = torch.bincount(cells[inside], minlength=k).double()
+    share = counts / counts.sum() if counts.sum() > 0 else torch.zeros(k, dtype=torch.float64)
+    scores = {"precision": float(inside.double().mean()), "tv": float(0.5 * (share - 1 / k).abs().sum()) if
+              counts.sum() > 0 else 1.0, "modes": float((counts >= 0.25 * len(x) / k).sum())}
+    if labels is not None:
+        scores["labelprec"] = float((cells == labels).double().mean())
+    return scores
+
+
+def point_scores(x: torch.Tensor, reference: torch.Tensor, data_name: str, labels: torch.Tensor | None = None,
+                 exact: torch.Tensor | None = None, seed: int = 0) -> dict[str, float]:
+    """Every 2D score of samples x against held-out points: energy distance, sliced W2 and, for the sets
+    with an exact reference, support scores and the transport error mean ||x_i - exact_i||^2 against
+    the exact flow map of the same noise."""
+    scores = {"energy": energy_distance(x, reference), "swd": sliced_wasserstein(x, reference, seed=seed)}
+    if data_name in EXACT_REFERENCES:
+        scores |= support_scores(x, data_name, labels)
+    if exact is not None:
+        scores["transport"] = float((x.double() - exact).pow(2).sum(1).mean())
+    return scores
+
+
+@functools.lru_cache(maxsize=16)
+def exact_targets(data_name: str, num_samples: int, seed: int, guidance: float = 1.0,
+                  interval: tuple[float, float] = (0.0, 1.0)) -> dict[str, torch.Tensor | None]:
+    """What the exact flow gives for an evaluation (cached: every evaluation of a cell uses the same):
+    'map' the exact 1-step map Phi_{1->0} of the evaluation noise (sample i: noise (seed, i), label
+    i mod classes), and a fixed set of u-error pairs (z_t, t, r, label) with their exact u*(z, r, t).
+    The pairs are drawn like the default training pairs (t, r = max, min of two lognorm(-0.4, 1.0)
+    draws, all r != t), from held-out points and their own noise, identical for every cell."""
+    flow = exact_flow(data_name, guidance, interval)
+    classes = flow.data.num_classes
+    index = torch.arange(num_samples)
+    labels = index % classes if classes else None
+    noise = index_noise(seed, range(num_samples), (2,)).double()
+    generator = torch.Generator().manual_seed(seed)
+    data = load_data(data_name, "test")
+    pick = torch.randint(len(data.x), (num_samples,), generator=generator)
+    draws = torch.sigmoid(-0.4 + torch.randn(2, num_samples, generator=generator, dtype=torch.float64))
+    t, r = draws.max(0).values, draws.min(0).values
+    x = data.x[pick].double()
+    pair_labels = data.labels[pick] if classes else None
+    z = (1 - t[:, None]) * x + t[:, None] * torch.randn(num_samples, 2, generator=generator, dtype=torch.float64)
+    return {"map": flow.flow(noise, 1.0, 0.0, labels), "z": z, "t": t, "r": r, "labels": pair_labels,
+            "u": flow.average_velocity(z, t, r, pair_labels)}
+
+
 def toy_metrics(net: nn.Module, data_name: str, nfe: tuple[int, ...] = (1, 2), fm_steps: tuple[int, ...] = (),
-                num_samples: int = 4000, seed: int = 0) -> dict[str, float]:
-    """Energy distance and sliced W2 of MeanFlow samples at each NFE and Flow Matching Euler at each
-    step count against the first num_samples held-out points: {'energy_1nfe': ..., 'swd_fm50': ...}."""
+                num_samples: int = 4000, seed: int = 0, guidance: float = 1.0,
+                interval: tuple[float, float] = (0.0, 1.0)) -> dict[str, float]:
+    """2D scores of MeanFlow samples at each NFE and of Flow Matching Euler at each step count against
+    the first num_samples held-out points ({'energy_1nfe': ..., 'precision_1nfe': ..., 'swd_fm50': ...},
+    see point_scores) and, for sets with an exact reference, 'uerr': the mean squared error (summed over
+    the 2 dimensions) of u_theta against the exact u* on a fixed set of training-like pairs."""
     reference = load_data(data_name, "test").x[:num_samples]
+    exact = exact_targets(data_name, len(reference), seed, guidance, interval) if data_name in EXACT_REFERENCES else None
+    labels = torch.arange(len(reference)) % net.num_classes if net.num_classes else None
     metrics = {}
     for name, x in generate(net, tuple(reference.shape[1:]), nfe, fm_steps, len(reference), seed).items():
-        metrics[f"energy_{name}"] = energy_distance(x, reference)
-        metrics[f"swd_{name}"] = sliced_wasserstein(x, reference, seed=seed)
+        scores = point_scores(x, reference, data_name, labels, None if exact is None else exact["map"], seed)
+        metrics |= {f"{metric}_{name}": value for metric, value in scores.items()}
+    if exact is not None:
+        device = next(net.parameters()).device
+        with torch.no_grad():
+            u = net(exact["z"].float().to(device), exact["t"].float().to(device), exact["r"].float().to(device),
+                    None if exact["labels"] is None else exact["labels"].to(device)).double().cpu()
+        metrics["uerr"] = float((u - exact["u"]).pow(2).sum(1).mean())
     return metrics
+
+
+def toy_references(data_name: str, num_samples: int, seed: int = 0) -> dict[str, dict[str, float]]:
+    """The 2D scores of reference samplers, to read a model's scores against (same sample count and
+    noise as toy_metrics): 'data' (training points: the floor of sampling error), 'exact map' (the
+    exact 1-step map of the evaluation noise), 'uniform box' (uniform on the data's bounding box) and
+    'prior (u = 0)' (the noise itself: what an untrained one-step model near zero gives)."""
+    reference = load_data(data_name, "test").x[:num_samples]
+    train = load_data(data_name, "train")
+    exact = exact_targets(data_name, len(reference), seed)
+    classes = train.num_classes
+    labels = torch.arange(len(reference)) % classes if classes else None
+    low, high = train.x.min(0).values, train.x.max(0).values
+    box = low + (high - low) * torch.rand(len(reference), 2, generator=torch.Generator().manual_seed(seed))
+    noise = index_noise(seed, range(len(reference)), (2,))
+    samplers = {"data": (train.x[:len(reference)], None if labels is None else train.labels[:len(reference)]),
+                "exact map": (exact["map"], labels), "uniform box": (box, None), "prior (u = 0)": (noise, None)}
+    out = {}
+    for name, (x, x_labels) in samplers.items():
+        scores = point_scores(x, reference, data_name, x_labels, exact["map"], seed)
+        if x_labels is None:
+            scores.pop("labelprec", None)
+        if name == "data":
+            scores.pop("transport")  # data points are not images of the evaluation noise
+        out[name] = scores
+    out["prior (u = 0)"]["uerr"] = float(exact["u"].pow(2).sum(1).mean())
+    out["exact map"]["uerr"] = 0.0
+    return out
 
 
 def image_metrics(net: nn.Module, scorer: ImageScorer, shape: tuple[int, ...], nfe: tuple[int, ...] = (1, 2),
@@ -89,6 +191,23 @@ def latent_metrics(net: nn.Module, reference: torch.Tensor, nfe: tuple[int, ...]
             for name, x in generate(net, tuple(reference.shape[1:]), nfe, fm_steps, num_samples, seed).items()}
 
 
+HIGHER_IS_BETTER = ("precision", "modes", "labelprec")  # every other evaluation metric: lower is better
+
+
+def metric_names(config: RunConfig) -> list[str]:
+    """The names of the final metrics evaluator_for(config) produces, without loading a model or a scorer."""
+    ev, name = config.eval, config.data.name
+    samplers = [f"{k}nfe" for k in ev.nfe] + [f"fm{k}" for k in ev.fm_steps]
+    if name in TOY_SETS:
+        families = ["energy", "swd"]
+        if name in EXACT_REFERENCES:
+            families += ["precision", "tv", "modes", "transport"] + (["labelprec"] if load_data(name, "test").num_classes else [])
+        return [f"{family}_{s}" for s in samplers for family in families] + (["uerr"] if name in EXACT_REFERENCES else [])
+    if name == "latents":
+        return [f"fdlatent_{s}" for s in samplers]
+    return [f"{family}_{s}" for s in samplers for family in ("fid", "kid")]
+
+
 @dataclass
 class Evaluator:
     """net, num_samples -> metrics; `info` says what the scores are measured with (never compare
@@ -105,8 +224,12 @@ def evaluator_for(config: RunConfig) -> Evaluator:
     """The metrics for this run's data: distribution distances for 2D points, FID/KID for images."""
     ev, name = config.eval, config.data.name
     if name in TOY_SETS:
-        return Evaluator(lambda net, n: toy_metrics(net, name, ev.nfe, ev.fm_steps, n, ev.seed),
-                         {"features": "points (energy distance, sliced W2 vs held-out split)", "seed": ev.seed})
+        mf = config.meanflow
+        guidance, interval = mf.cfg_omega / (1 - mf.cfg_kappa), (mf.cfg_t_lo, mf.cfg_t_hi)
+        exact = " and the exact flow map (transport, uerr, support scores)" if name in EXACT_REFERENCES else ""
+        return Evaluator(lambda net, n: toy_metrics(net, name, ev.nfe, ev.fm_steps, n, ev.seed, guidance, interval),
+                         {"features": f"points (energy distance, sliced W2 vs held-out split{exact})", "seed": ev.seed,
+                          **({"exact_guidance": guidance} if exact else {})})
     data = load_data(name, "test", path=config.data.path, data_dir=config.data.data_dir)
     if data.kind == "latents":
         if ev.features not in ("auto", "latent"):

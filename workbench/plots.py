@@ -1,4 +1,4 @@
-"""Pictures of samples (2D scatter next to the data, or an image grid) and the report figures."""
+"""Pictures of samples (2D scatters beside the data and the exact map, or an image grid) and the report figures."""
 from __future__ import annotations
 
 import math
@@ -11,16 +11,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
-def scatter(samples: torch.Tensor, reference: torch.Tensor, path: Path, title: str) -> None:
-    """Side-by-side scatter of generated (N, 2) points and reference data, same limits."""
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
-    for ax, points, name in zip(axes, (reference, samples), ("data", title)):
-        ax.scatter(points[:, 0].cpu(), points[:, 1].cpu(), s=1, alpha=0.5)
-        ax.set_title(name)
+def scatter(panels: list[tuple[str, torch.Tensor, torch.Tensor | None]], path: Path) -> None:
+    """2D point sets side by side with the same limits: (title, points (N, 2), class labels or None);
+    labelled points are coloured by class."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.8), sharex=True, sharey=True, squeeze=False)
+    for ax, (title, points, labels) in zip(axes[0], panels):
+        points = points.cpu()
+        colours = {} if labels is None else {"c": labels.cpu(), "cmap": "tab10", "vmin": 0, "vmax": 9}
+        ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.5, **({"color": "C0"} if labels is None else colours))
+        ax.set_title(title, fontsize=10)
         ax.set_aspect("equal")
-    lim = 1.2 * float(reference.abs().max())
-    axes[0].set_xlim(-lim, lim)
-    axes[0].set_ylim(-lim, lim)
+    lim = 1.2 * float(panels[0][1].abs().max())
+    axes[0, 0].set_xlim(-lim, lim)
+    axes[0, 0].set_ylim(-lim, lim)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

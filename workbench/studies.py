@@ -3,7 +3,8 @@
 A study:
     name = "table1a"                      # [a-z0-9_-]+
     description = "the question, the cost, the command"
-    metric = "energy_1nfe"                # compared across cells; lower is better
+    metric = "transport_1nfe"             # compared across cells; lower is better (checked against the
+                                          # names the evaluator produces for the study's data)
     seeds = [0, 1, 2]
     budget_minutes = 12                   # expected wall time on a 2-core machine (shown before running)
     [base]                                # dotted config keys shared by every cell
@@ -13,6 +14,7 @@ A study:
     values = [0.0, 0.25, 0.5, 1.0]
     labels = ["0% (FM)", "25%", "50%", "100%"]   # optional display labels
     paper = [328.91, 61.06, 63.14, 67.32]         # optional paper reference value per value
+    name = "ratio"                                # optional; default: the last part of the first key
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from typing import Any
 from workbench.config import ConfigError, RunConfig, flatten, with_overrides
 
 STUDY_KEYS = {"name", "description", "metric", "seeds", "budget_minutes", "base", "axes"}
-AXIS_KEYS = {"key", "values", "labels", "paper"}
+AXIS_KEYS = {"key", "values", "labels", "paper", "name"}
 
 
 class StudyError(ValueError):
@@ -41,10 +43,11 @@ class Axis:
     values: tuple[tuple[Any, ...], ...]  # one tuple of key values per setting
     labels: tuple[str, ...]
     paper: tuple[float | None, ...]
+    title: str = ""  # the axis's `name` in the study file; default: the last part of its first key
 
     @property
     def name(self) -> str:
-        return self.keys[0].split(".")[-1]
+        return self.title or self.keys[0].split(".")[-1]
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,24 @@ def parse_study_text(text: str, path: Path) -> Study:
     except tomllib.TOMLDecodeError as err:
         raise StudyError(f"{path}: not valid TOML ({err})") from None
     study = parse_study(raw, path)
-    study.cells()  # every cell's config must validate before anything runs
+    check_metric(study, study.cells())  # every cell's config must validate before anything runs
     return study
+
+
+def check_metric(study: Study, cells: list[Cell]) -> None:
+    """The study's metric must be one every cell's evaluation produces, and one where lower is better
+    (reports and the scheduler rank by it that way)."""
+    from workbench.evaluate import HIGHER_IS_BETTER, metric_names  # evaluation code only when a study is checked
+
+    for cell in cells:
+        names = metric_names(cell.config)
+        if study.metric not in names:
+            raise StudyError(f"{study.path}: metric: {study.metric!r} is not produced for cell {cell.run_name!r} "
+                             f"(data.name={cell.config.data.name!r}); it produces: {', '.join(names)}")
+    if study.metric.split("_")[0] in HIGHER_IS_BETTER:
+        lower = [n for n in metric_names(cells[0].config) if n.split("_")[0] not in HIGHER_IS_BETTER]
+        raise StudyError(f"{study.path}: metric: {study.metric!r} is higher-is-better; a study ranks by a "
+                         f"lower-is-better metric, one of: {', '.join(lower)}")
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -150,6 +169,9 @@ def parse_study(raw: dict, path: Path) -> Study:
     keys = [k for axis in axes for k in axis.keys]
     if len(set(keys)) != len(keys):
         raise fail("axes", f"a key appears in two axes: {keys}")
+    names = [axis.name for axis in axes]
+    if len(set(names)) != len(names):
+        raise fail("axes", f"two axes share a name: {names} (set `name` on one)")
     return Study(name, str(raw.get("description", "")), str(raw["metric"]), tuple(seeds), float(budget), base, axes, path)
 
 
@@ -175,4 +197,7 @@ def parse_axis(raw: Any, where: str, fail) -> Axis:
             raise fail(f"{where}.{name}", f"needs one entry per value ({len(values)}), got {items!r}")
     if len({str(label) for label in labels}) != len(labels):
         raise fail(f"{where}.labels", f"labels must be distinct, got {labels}")
-    return Axis(keys, values, tuple(str(label) for label in labels), tuple(paper))
+    title = raw.get("name", "")
+    if not isinstance(title, str) or (title and not re.fullmatch(r"[A-Za-z0-9_-]+", title)):
+        raise fail(f"{where}.name", f"{title!r} must match [A-Za-z0-9_-]+ (it names a tag and a figure)")
+    return Axis(keys, values, tuple(str(label) for label in labels), tuple(paper), title)

@@ -1,4 +1,4 @@
-"""The (t, r) sampler: t = max and r = min of two draws, then r = t for a fraction 1 - ratio.
+"""The (t, r) sampler: two time draws made into t >= r, r = t for a fraction 1 - ratio (see sample_t_r).
 
 Convention used everywhere in the workbench: z_t = (1 - t) x + t e, t = 0 is data, t = 1 noise.
 """
@@ -40,18 +40,25 @@ def sample_time(spec: str, batch_size: int, generator: torch.Generator | None = 
 def sample_t_r(
     batch_size: int, config: MeanFlowConfig, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns t, r of shape (batch_size,) with t >= r; r != t for a fraction `config.ratio`.
+    """Returns t, r of shape (batch_size,) with t >= r.
 
-    `config.r_dist` empty: both draws from `config.t_dist` (the paper). Otherwise t ~ t_dist and
-    r ~ r_dist (the PyTorch repo's improved CIFAR-10 setting); in both cases t = max, r = min.
+    Two draws a ~ t_dist and b ~ r_dist (`config.r_dist` empty: t_dist for both), then, by
+    `config.tr_sampler` (named as in the official PyTorch code's --tr_sampler):
+      'v0' (the paper): t = max(a, b), r = min(a, b), then r = t for a fraction 1 - ratio, so
+           exactly a fraction `ratio` has r != t;
+      'v1' (the PyTorch code's improved CIFAR-10 sampler, t ~ lognorm(-0.6, 1.6), r ~ lognorm(-4, 1.6)):
+           t = a keeps its distribution, r = t for a fraction 1 - ratio, then r = min(t, b); a fraction
+           ratio * P(b < a) has r != t.
     `config.ratio_mask` 'random': each sample keeps r != t with probability ratio (PyTorch code);
     'prefix': the first round((1 - ratio) * B) samples get r = t (JAX code).
     """
     a = sample_time(config.t_dist, batch_size, generator)
     b = sample_time(config.r_dist or config.t_dist, batch_size, generator)
-    t, r = torch.maximum(a, b), torch.minimum(a, b)
     if config.ratio_mask == "random":
         flow_matching = torch.rand(batch_size, generator=generator) >= config.ratio
     else:
         flow_matching = torch.arange(batch_size) < round((1.0 - config.ratio) * batch_size)
+    if config.tr_sampler == "v1":
+        return a, torch.minimum(a, torch.where(flow_matching, a, b))
+    t, r = torch.maximum(a, b), torch.minimum(a, b)
     return t, torch.where(flow_matching, t, r)
