@@ -21,15 +21,15 @@ def small_net(arch: str = "mlp", time_cond: str = "(t,t-r)", num_classes: int = 
     return NETWORKS[arch](shape, num_classes, time_cond, **options).to(dtype)
 
 
-def tiny_study(steps: int, axis: str, extra_base: str = "") -> str:
+def tiny_study(steps: int, axis: str, extra_base: str = "", data: str = "moons", name: str = "tiny") -> str:
     """A study file for end-to-end tests: a 32-unit MLP on moons, 2 seeds, the given axis table body."""
     return f"""
-name = "tiny"
+name = "{name}"
 description = "end-to-end test study"
 metric = "energy_1nfe"
 seeds = [0, 1]
 [base]
-"data.name" = "moons"
+"data.name" = "{data}"
 "net.mlp.width" = 32
 "net.mlp.depth" = 1
 "train.steps" = {steps}

@@ -142,3 +142,21 @@ def test_study_metric_must_be_an_evaluated_lower_is_better_name(tmp_path):
     path.write_text(text.format("precision_1nfe", "checkerboard"))
     with pytest.raises(StudyError, match="higher-is-better"):
         load_study(path)
+
+
+def test_unconditional_model_of_a_labelled_set(tmp_path):
+    """data.labels=false: no label embedding, no labelprec, and the exact map the metrics compare with is
+    the unconditional one (its samples cover all 8 modes from any noise)."""
+    from workbench.evaluate import evaluator_for, exact_targets, metric_names
+
+    config = with_overrides(RunConfig(), {"data.name": "gaussians", "data.labels": False, "net.mlp.width": 16,
+                                          "net.mlp.depth": 1, "train.batch_size": 32, "train.steps": 5,
+                                          "train.device": "cpu", "sample.num_points": 50, "eval.num_samples": 200,
+                                          "eval.fm_steps": ""})
+    result = train(config, tmp_path / "run", progress=False, evaluator=evaluator_for(config))
+    assert result.ema.num_classes == 0
+    assert set(result.metrics) == set(metric_names(config)) and "labelprec_1nfe" not in result.metrics
+    unconditional = exact_targets("gaussians", 200, 0, conditional=False)
+    conditional = exact_targets("gaussians", 200, 0)
+    assert unconditional["labels"] is None and conditional["labels"] is not None
+    assert not torch.allclose(unconditional["map"], conditional["map"])

@@ -105,3 +105,28 @@ def test_a_store_without_study_file_says_how_to_add_it(store, tmp_path):
     client.set_terminated(parent)
     result = CliRunner().invoke(app, ["report", "old", "--tracking-uri", uri, "--out", str(tmp_path)])
     assert result.exit_code == 2 and "no study.toml" in result.output and "wb ablate old" in result.output
+
+
+def test_quality_section_shows_the_runs_scores_beside_the_exact_references(tmp_path):
+    """A checkerboard study: per setting the mean of the runs' precision and transport, then the reference rows."""
+    (tmp_path / "board.toml").write_text(tiny_study(30, 'values = [0.0, 0.5]\nlabels = ["FM", "half"]',
+                                                    data="checkerboard", name="board"))
+    stores = default_stores(f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    stores = type(stores)(stores.storage, stores.tracking_uri, (tmp_path / "mlartifacts").as_uri())
+    run_study(load_study(tmp_path / "board.toml"), stores, workers=1, progress=lambda line: None)
+    text = render("board", stores.tracking_uri, tmp_path / "out").read_text()
+    section = text[text.index("## Quality against exact references"):]
+    rows = table_rows(section)
+    header = [c.strip().strip("`") for c in section.splitlines()[[l.startswith("| setting") for l in section.splitlines()].index(True)].split("|")[1:-1]]
+    mlflow.set_tracking_uri(stores.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["board"])
+    runs = runs[runs["tags.wb.role"] != "study"]
+    for label in ("FM", "half"):
+        row = next(v for k, v in rows.items() if k.replace("**", "").startswith(label))
+        mine = runs[runs["tags.wb.axis.ratio"] == label]
+        for metric in ("precision_1nfe", "transport_1nfe", "uerr"):
+            assert math.isclose(float(row[header.index(metric)]), mine[f"metrics.{metric}"].mean(), rel_tol=2e-3)
+    exact = rows["_reference: exact map_"]
+    assert float(exact[header.index("precision_1nfe")]) == 1.0 and float(exact[header.index("transport_1nfe")]) == 0.0
+    assert "Bar for a model that has learned the data: precision_1nfe >= 0.9" in section
+    assert "0 of 2 settings meet it" in section  # 30 steps learn nothing

@@ -31,6 +31,7 @@ class DataConfig(_Frozen):
     path: str = F("", ".npz file or image folder, for name = npz / folder / latents")
     data_dir: str = F("data", "where torchvision sets live (MNIST/raw, cifar-10-batches-py)")
     download: bool = F(False, "let torchvision download a missing set (needs internet)")
+    labels: bool = F(True, "use the set's class labels (class-conditional model, guidance); false: unconditional")
 
 
 class MLPConfig(_Frozen):

@@ -214,10 +214,13 @@ DATASETS = {
 }
 
 
-def load_data(name: str, split: str = "train", *, path: str = "", data_dir: str = "data", download: bool = False) -> Dataset:
-    """Loads a registered data set; split is 'train' or 'test' (user npz/folder: one split)."""
+def load_data(name: str, split: str = "train", *, path: str = "", data_dir: str = "data", download: bool = False,
+              labels: bool = True) -> Dataset:
+    """Loads a registered data set; split is 'train' or 'test' (user npz/folder: one split).
+    labels=False drops the class labels (an unconditional model of a labelled set)."""
     if name not in DATASETS:
         raise DataError(f"data.name={name!r}: not one of {', '.join(DATASETS)}")
-    return DATASETS[name](split, path=path, data_dir=data_dir, download=download)
+    data = DATASETS[name](split, path=path, data_dir=data_dir, download=download)
+    return data if labels else Dataset(data.x, None, 0, data.kind)
 
 

@@ -98,14 +98,15 @@ def point_scores(x: torch.Tensor, reference: torch.Tensor, data_name: str, label
 
 @functools.lru_cache(maxsize=16)
 def exact_targets(data_name: str, num_samples: int, seed: int, guidance: float = 1.0,
-                  interval: tuple[float, float] = (0.0, 1.0)) -> dict[str, torch.Tensor | None]:
+                  interval: tuple[float, float] = (0.0, 1.0), conditional: bool = True) -> dict[str, torch.Tensor | None]:
     """What the exact flow gives for an evaluation (cached: every evaluation of a cell uses the same):
     'map' the exact 1-step map Phi_{1->0} of the evaluation noise (sample i: noise (seed, i), label
     i mod classes), and a fixed set of u-error pairs (z_t, t, r, label) with their exact u*(z, r, t).
     The pairs are drawn like the default training pairs (t, r = max, min of two lognorm(-0.4, 1.0)
-    draws, all r != t), from held-out points and their own noise, identical for every cell."""
+    draws, all r != t), from held-out points and their own noise, identical for every cell.
+    conditional=False: no labels (an unconditional model of a labelled set)."""
     flow = exact_flow(data_name, guidance, interval)
-    classes = flow.data.num_classes
+    classes = flow.data.num_classes if conditional else 0
     index = torch.arange(num_samples)
     labels = index % classes if classes else None
     noise = index_noise(seed, range(num_samples), (2,)).double()
@@ -129,7 +130,8 @@ def toy_metrics(net: nn.Module, data_name: str, nfe: tuple[int, ...] = (1, 2), f
     see point_scores) and, for sets with an exact reference, 'uerr': the mean squared error (summed over
     the 2 dimensions) of u_theta against the exact u* on a fixed set of training-like pairs."""
     reference = load_data(data_name, "test").x[:num_samples]
-    exact = exact_targets(data_name, len(reference), seed, guidance, interval) if data_name in EXACT_REFERENCES else None
+    exact = exact_targets(data_name, len(reference), seed, guidance, interval, bool(net.num_classes)) \
+        if data_name in EXACT_REFERENCES else None
     labels = torch.arange(len(reference)) % net.num_classes if net.num_classes else None
     metrics = {}
     for name, x in generate(net, tuple(reference.shape[1:]), nfe, fm_steps, len(reference), seed).items():
@@ -144,14 +146,14 @@ def toy_metrics(net: nn.Module, data_name: str, nfe: tuple[int, ...] = (1, 2), f
     return metrics
 
 
-def toy_references(data_name: str, num_samples: int, seed: int = 0) -> dict[str, dict[str, float]]:
+def toy_references(data_name: str, num_samples: int, seed: int = 0, conditional: bool = True) -> dict[str, dict[str, float]]:
     """The 2D scores of reference samplers, to read a model's scores against (same sample count and
     noise as toy_metrics): 'data' (training points: the floor of sampling error), 'exact map' (the
     exact 1-step map of the evaluation noise), 'uniform box' (uniform on the data's bounding box) and
     'prior (u = 0)' (the noise itself: what an untrained one-step model near zero gives)."""
     reference = load_data(data_name, "test").x[:num_samples]
-    train = load_data(data_name, "train")
-    exact = exact_targets(data_name, len(reference), seed)
+    train = load_data(data_name, "train", labels=conditional)
+    exact = exact_targets(data_name, len(reference), seed, conditional=conditional)
     classes = train.num_classes
     labels = torch.arange(len(reference)) % classes if classes else None
     low, high = train.x.min(0).values, train.x.max(0).values
@@ -201,7 +203,7 @@ def metric_names(config: RunConfig) -> list[str]:
     if name in TOY_SETS:
         families = ["energy", "swd"]
         if name in EXACT_REFERENCES:
-            families += ["precision", "tv", "modes", "transport"] + (["labelprec"] if load_data(name, "test").num_classes else [])
+            families += ["precision", "tv", "modes", "transport"] + (["labelprec"] if config.data.labels and load_data(name, "test").num_classes else [])
         return [f"{family}_{s}" for s in samplers for family in families] + (["uerr"] if name in EXACT_REFERENCES else [])
     if name == "latents":
         return [f"fdlatent_{s}" for s in samplers]

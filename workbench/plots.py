@@ -89,16 +89,21 @@ def curves(history, metric: str, title: str, path: Path, log_y: bool = False) ->
 
 
 def picture_grid(pictures: dict, path: Path, title: str) -> None:
-    """Saved sample pictures (label -> PNG path) side by side, two per row."""
-    columns = min(2, len(pictures))
-    rows = math.ceil(len(pictures) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 2.4 * rows), squeeze=False)
+    """Saved sample pictures (label -> PNG path) stacked at their own resolution: one per row when they
+    are wide (2D scatters beside the data and the exact map), else two per row."""
+    images = {label: plt.imread(file) for label, file in pictures.items()}
+    height, width = next(iter(images.values())).shape[:2]
+    columns = 1 if width > 2 * height else min(2, len(images))
+    rows = math.ceil(len(images) / columns)
+    scale = 1 / 100  # inches per pixel of the saved pictures (they are drawn at 100 dpi)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * scale * columns, (height * scale + 0.35) * rows),
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (label, file) in zip(axes.flat, pictures.items()):
-        ax.imshow(plt.imread(file))
-        ax.set_title(label, fontsize=9)
-    fig.suptitle(title, fontsize=10)
+    for ax, (label, image) in zip(axes.flat, images.items()):
+        ax.imshow(image)
+        ax.set_title(label, fontsize=11)
+    fig.suptitle(title, fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=60)
+    fig.savefig(path, dpi=100)
     plt.close(fig)

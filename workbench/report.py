@@ -20,10 +20,20 @@ from mlflow import MlflowClient
 from scipy import stats
 
 from workbench import plots
+from workbench.data import EXACT_REFERENCES
 from workbench.studies import Study, parse_study
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per picture otherwise
 SUITE = ("table1a", "table1b", "table1c", "table1d", "table1e", "table1f")
+
+
+# Columns of Record.cells that are not settings: the rest (axes, seed) identify a cell.
+RECORD_COLUMNS = ("key", "status", "run_id", "metric", "metric_2nfe", "wall", "end", "commit", "metrics")
+# The 2D quality scores shown beside the exact references (workbench/evaluate.py point_scores).
+QUALITY = ("precision_1nfe", "tv_1nfe", "modes_1nfe", "labelprec_1nfe", "transport_1nfe", "uerr", "energy_1nfe",
+           "precision_2nfe", "transport_2nfe", "precision_fm50", "transport_fm50")
+BARS = {"checkerboard": "precision_1nfe >= 0.9 (share of 1-NFE samples on the 8 squares)",
+        "gaussians": "precision_1nfe >= 0.9 (share within 3 std of a mode) and modes_1nfe = 8"}
 
 
 class ReportError(ValueError):
@@ -79,11 +89,11 @@ def load_record(name: str, tracking_uri: str) -> Record:
             row |= {"status": "finished", "run_id": run.info.run_id, "metric": metrics.get(study.metric, math.nan),
                     "metric_2nfe": metrics.get(study.metric.replace("_1nfe", "_2nfe"), math.nan),
                     "wall": metrics.get("wb_wall_seconds", math.nan), "end": run.info.end_time or 0,
-                    "commit": run.data.tags.get("wb.git_commit", "unknown")}
+                    "commit": run.data.tags.get("wb.git_commit", "unknown"), "metrics": dict(metrics)}
         else:
             status = "running" if any(r.info.status == "RUNNING" for r in attempts) else "failed" if attempts else "missing"
             row |= {"status": status, "run_id": None, "metric": math.nan, "metric_2nfe": math.nan, "wall": math.nan,
-                    "end": 0, "commit": None}
+                    "end": 0, "commit": None, "metrics": {}}
         rows.append(row)
     return Record(study, pd.DataFrame(rows), client)
 
@@ -141,8 +151,7 @@ def paired_test(done: pd.DataFrame, axis_name: str, best: str, label: str) -> tu
     would otherwise swamp the test), and on how many of the pairs `label` is worse ("3/3")."""
     if label == best:
         return math.nan, ""
-    others = [c for c in done.columns if c not in {axis_name, "key", "status", "run_id", "metric", "metric_2nfe",
-                                                   "wall", "end", "commit"}]
+    others = [c for c in done.columns if c not in {axis_name, *RECORD_COLUMNS}]
     a = done[done[axis_name] == best].set_index(others)["metric"]
     b = done[done[axis_name] == label].set_index(others)["metric"]
     pairs = pd.concat([a, b], axis=1, join="inner").dropna()
@@ -217,6 +226,62 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
     return "\n".join(lines)
 
 
+def meets_bar(data_name: str, scores: dict) -> bool:
+    precision = scores.get("precision_1nfe", math.nan)
+    if data_name == "gaussians":
+        return precision >= 0.9 and scores.get("modes_1nfe", 0) == 8
+    return precision >= 0.9
+
+
+def quality_section(record: Record, config) -> list[str]:
+    """Markdown: the 2D quality scores per setting (mean over seeds) above the same scores of reference
+    samplers (data floor, exact map, uniform box, the prior), and whether the best setting meets the bar."""
+    from workbench.evaluate import toy_references  # evaluation code only for 2D studies
+
+    data_name = config.data.name
+    done = record.cells[record.cells["status"] == "finished"]
+    if not len(done):
+        return []
+    settings = [axis.name for axis in record.study.axes]
+    label = done[settings].astype(str).agg(", ".join, axis=1)
+    scores = pd.DataFrame(list(done["metrics"]), index=done.index)
+    columns = [c for c in QUALITY if c in scores.columns]
+    means = scores[columns].groupby(label, sort=False).mean()
+    means[record.study.metric] = done.groupby(label, sort=False)["metric"].mean()
+    means["wall s"] = done.groupby(label, sort=False)["wall"].mean()
+    columns = list(dict.fromkeys([record.study.metric, *columns, "wall s"]))
+    best = means[record.study.metric].idxmin()
+    header = ["setting (mean over seeds)", *[f"`{c}`" for c in columns]]
+    lines = ["## Quality against exact references", "",
+             "Higher is better for precision (share on the support), modes (squares/modes holding at least a quarter "
+             "of their share), labelprec (share in the own class's mode); lower for the rest: tv (total variation of "
+             "the per-square/per-mode histogram from the data's), transport (mean squared distance of each sample from "
+             "the exact flow map's image of the same noise), uerr (mean squared error of u against the exact average "
+             "velocity on fixed training-like (z, r, t)), energy (energy distance to held-out points). _fm50: Euler "
+             "with 50 steps on the same network.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for setting, row in means.iterrows():
+        name = f"**{setting}** (our best)" if setting == best else setting
+        lines.append("| " + " | ".join([name, *[fmt(row[c], 3) for c in columns]]) + " |")
+    references = toy_references(data_name, config.eval.num_samples, config.eval.seed, config.data.labels)
+    for name, ref in references.items():
+        values = [ref.get(c.removesuffix("_1nfe").removesuffix("_2nfe").removesuffix("_fm50"), math.nan)
+                  if not c.endswith(("_2nfe", "_fm50")) else math.nan for c in columns]
+        lines.append("| " + " | ".join([f"_reference: {name}_", *[fmt(v, 3) for v in values]]) + " |")
+    lines += ["", "References (same sample count and noise): data = training points (the sampling floor); exact map = "
+              "the exact one-step map of the evaluation noise" + (" (unguided)" if config.meanflow.cfg_omega != 1 else "")
+              + "; uniform box = uniform on the data's bounding box; prior (u = 0) = the noise itself, what a "
+              "one-step model that outputs zero gives.", ""]
+    if data_name in BARS:
+        passed = [s for s, row in means.iterrows() if meets_bar(data_name, row)]
+        verdict_text = (f"{len(passed)} of {len(means)} settings meet it" + (f" ({', '.join(passed)})" if passed else "")
+                        + f"; our best by `{record.study.metric}` ({best}) "
+                        + ("meets it." if best in passed else "does not: this ranking is among models that have not "
+                           "learned the data, so read it as a statement about early training, not about MeanFlow."))
+        lines += [f"Bar for a model that has learned the data: {BARS[data_name]}. {verdict_text}", ""]
+    return lines
+
+
 # Curves -------------------------------------------------------------------------------------------
 
 def histories(record: Record, metric: str) -> pd.DataFrame:
@@ -232,14 +297,17 @@ def histories(record: Record, metric: str) -> pd.DataFrame:
 
 
 def sample_pictures(record: Record, folder: Path, name: str = "samples.png") -> dict[str, Path]:
-    """A sample picture (by artifact name) of the first finished seed per setting that has it."""
+    """A sample picture (by artifact name) of the lowest finished seed per setting that has it, labelled
+    'setting (seed N)'."""
     pictures = {}
     done = record.cells[record.cells["status"] == "finished"].sort_values("seed", kind="stable")
     settings = [axis.name for axis in record.study.axes]
     for cell in done.itertuples(index=False):
         label = ", ".join(getattr(cell, s) for s in settings)
-        if label not in pictures and name in {a.path for a in record.client.list_artifacts(cell.run_id)}:
-            pictures[label] = Path(record.client.download_artifacts(cell.run_id, name, str(folder / cell.key)))
+        if label not in {key.rsplit(" (seed", 1)[0] for key in pictures} and \
+                name in {a.path for a in record.client.list_artifacts(cell.run_id)}:
+            pictures[f"{label} (seed {cell.seed})"] = Path(
+                record.client.download_artifacts(cell.run_id, name, str(folder / cell.key)))
     return pictures
 
 
@@ -285,6 +353,8 @@ def render(name: str, tracking_uri: str, out_root: Path = Path("reports")) -> Pa
         figure = f"{slug(axis.name)}.png"
         plots.axis_errorbars(table, study.metric, axis.name, out / figure)
         lines += [f"![{study.metric} per {axis.name}]({figure})", ""]
+    if config.data.name in EXACT_REFERENCES:
+        lines += quality_section(record, config)
     curves = [(study.metric, "evaluation", "eval.png"), ("mse", "training MSE (unweighted)", "loss.png")]
     for metric, title, figure in curves:
         history = histories(record, metric)
@@ -297,7 +367,7 @@ def render(name: str, tracking_uri: str, out_root: Path = Path("reports")) -> Pa
         for i, (name, nfe) in enumerate(pictures):
             found = sample_pictures(record, Path(folder) / str(i), name)
             if found:
-                plots.picture_grid(found, out / name, f"{nfe} samples (first finished seed)")
+                plots.picture_grid(found, out / name, f"{nfe} samples, lowest finished seed per setting")
                 lines += [f"## {nfe} samples", "", f"![{nfe} samples per setting]({name})", ""]
     lines += ["---", f"Generated by `wb report {study.name}` from the MLflow store. p vs best: two-sided paired "
               "t-test of log(metric) over seeds against our best setting (blank: the best itself, or too few pairs); worse than "

@@ -140,7 +140,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Track
         raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume or pick another --run-dir")
     device = resolve_device(config.train.device)
     data = load_data(config.data.name, "train", path=config.data.path, data_dir=config.data.data_dir,
-                     download=config.data.download)
+                     download=config.data.download, labels=config.data.labels)
     torch.manual_seed(config.train.seed)
     net = build_net(config, data).to(device)
     ema = ema_model(net, config.train.ema_decay)
@@ -208,7 +208,8 @@ def load_ema(run_dir: Path, config: RunConfig) -> nn.Module:
     checkpoint = run_dir / CHECKPOINT
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no checkpoint in this run folder")
-    data = load_data(config.data.name, "train", path=config.data.path, data_dir=config.data.data_dir)
+    data = load_data(config.data.name, "train", path=config.data.path, data_dir=config.data.data_dir,
+                     labels=config.data.labels)
     ema = ema_model(build_net(config, data), config.train.ema_decay)
     ema.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["ema"])
     return ema.module
