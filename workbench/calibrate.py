@@ -32,7 +32,8 @@ from mlflow import MlflowClient
 
 from workbench.ablate import Stores, run_study
 from workbench.config import flatten
-from workbench.report import Record, axis_table, fmt, kendall_tau, load_record, require_store, study_runs
+from workbench.report import (BARS, Record, axis_table, fmt, kendall_tau, load_record, meets_bar, require_store,
+                              study_runs)
 from workbench.studies import Study, StudyError, load_study, parse_study_text, resolve_path
 
 PLAN_KEYS = {"description", "studies", "chosen", "budgets"}
@@ -215,11 +216,25 @@ def noise(record: Record) -> dict:
     others = table[(table["value"] != best) & (table["n"] > 0)]
     ordered = means.sort_values()
     gap = (ordered.iloc[1] - ordered.iloc[0]) / seed_sd if len(ordered) > 1 and seed_sd else math.nan
+    quality = best_quality(record, axis.name, best)
     return {"seed_sd": seed_sd, "spread": spread, "ratio": seed_sd / spread if spread else math.nan, "gap": gap,
+            **quality,
             "separated": int((others["p_vs_best"] < 0.05).sum()), "others": len(others),
             "best": best, "paper_best": paper_best, "match": best is not None and best == paper_best,
             "tau": kendall_tau(table)[0], "finished": len(record.cells[record.cells["status"] == "finished"]),
             "cells": len(record.cells)}
+
+
+def best_quality(record: Record, axis_name: str, best: str | None) -> dict:
+    """The best setting's mean 1-NFE precision and transport error over seeds, and whether it meets the
+    bar of a model that has learned the data (workbench.report.BARS); NaN / None for other data."""
+    data_name = record.study.cells()[0].config.data.name
+    done = record.cells[(record.cells["status"] == "finished") & (record.cells[axis_name] == best)]
+    if best is None or data_name not in BARS or not len(done):
+        return {"best_precision": math.nan, "best_transport": math.nan, "bar": None}
+    scores = pd.DataFrame(list(done["metrics"])).mean()
+    return {"best_precision": scores.get("precision_1nfe", math.nan),
+            "best_transport": scores.get("transport_1nfe", math.nan), "bar": meets_bar(data_name, scores)}
 
 
 def elapsed_minutes(client: MlflowClient, name: str) -> float:
@@ -287,7 +302,9 @@ def render_calibration(plan: Plan, tracking_uri: str, out_root: Path = Path("rep
              "mean) / seed SD: below about 2 the best setting is not resolved from the runner-up, however large "
              "the spread. **separated** = settings a paired "
              "t-test over seeds puts behind our best at p < 0.05, of all others. **tau** = Kendall tau between our "
-             "means and the paper's FIDs. Minutes: wall time of the study (`wb ablate`, 2 workers on 2 cores).", "",
+             "means and the paper's FIDs. **learned (bar)**: whether our best setting's 1-NFE samples meet the bar of a "
+             "model that has learned the data (" + "; ".join(f"{k}: {v}" for k, v in BARS.items()) + "), mean over seeds. "
+             "Minutes: wall time of the study (`wb ablate`, 2 workers on 2 cores).", "",
              "## Budgets", "", "| budget | [base] settings | chosen for | description |", "|---|---|---|---|"]
     for budget in plan.budgets:
         settings = ", ".join(f"`{k}={v}`" for k, v in budget.overrides.items()) or "none (as in the study files)"
@@ -301,14 +318,17 @@ def render_calibration(plan: Plan, tracking_uri: str, out_root: Path = Path("rep
     lines += [summary_row(name, group) for name, group in table.groupby("budget", sort=False)]
     lines += ["", *comparisons(table), "", "## Per study", "",
               "The chosen budget of each study in bold; its row links to the study's report.", "",
-              "| study | budget | cells | seed SD | spread | noise | gap | separated | our best | paper's best | tau | wall min |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| study | budget | cells | seed SD | spread | noise | gap | separated | our best | best's precision_1nfe "
+              "| best's transport_1nfe | learned (bar) | paper's best | tau | wall min |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in table.sort_values(["study"], kind="stable").itertuples():
         budget = f"**{row.budget}**" if row.chosen else row.budget
         study = f"[{row.study}](../{row.name}/README.md)" if row.chosen else row.study
         best = row.best if isinstance(row.best, str) else "–"
+        bar = "–" if row.bar is None or (isinstance(row.bar, float) and math.isnan(row.bar)) else "yes" if row.bar else "**no**"
         lines.append(f"| {study} | {budget} | {row.finished}/{row.cells} | {fmt(row.seed_sd, 2)} | {fmt(row.spread, 2)} "
-                     f"| {fmt(row.ratio, 2)} | {fmt(row.gap, 2)} | {row.separated}/{row.others} | {best} | {row.paper_best} "
+                     f"| {fmt(row.ratio, 2)} | {fmt(row.gap, 2)} | {row.separated}/{row.others} | {best} "
+                     f"| {fmt(row.best_precision, 3)} | {fmt(row.best_transport, 3)} | {bar} | {row.paper_best} "
                      f"| {fmt(row.tau, 2)} | {fmt(row.elapsed_min, 3)} |")
     lines += ["", "## Where the CPU proxy disagrees with the paper (chosen budgets)", ""]
     chosen = table[table["chosen"]].sort_values("study", kind="stable")

@@ -107,3 +107,23 @@ def picture_grid(pictures: dict, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def against_steps(points, metrics: list[str], path: Path, title: str) -> None:
+    """One panel per metric: value against training steps (log x), one line per series. `points` has
+    columns series, steps, and the metrics (means over seeds)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for i, (series, rows) in enumerate(points.groupby("series", sort=False)):
+            rows = rows.sort_values("steps")
+            ax.plot(rows["steps"], rows[metric], "o-", color=f"C{i}", label=series)
+        ax.set_xscale("log")
+        ax.set_xlabel("training steps (one run each)")
+        ax.set_ylabel(metric)
+        if metric.startswith(("transport", "uerr", "energy", "tv")):
+            ax.set_yscale("log")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
