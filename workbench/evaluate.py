@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from workbench.config import ConfigError, RunConfig
-from workbench.data import EXACT_REFERENCES, SUPPORT_SIZES, TOY_SETS, exact_flow, load_data, support_cells
+from workbench.data import (EXACT_REFERENCES, GAUSSIAN_MEANS, SUPPORT_SIZES, TOY_SETS, exact_flow, load_data,
+                            support_cells)
 from workbench.fid import ImageScorer, fid_kid, image_scorer
 from workbench.meanflow import index_noise, sample_euler, sample_meanflow
 from workbench.tracking import write_eval
@@ -150,7 +151,8 @@ def toy_references(data_name: str, num_samples: int, seed: int = 0, conditional:
     """The 2D scores of reference samplers, to read a model's scores against (same sample count and
     noise as toy_metrics): 'data' (training points: the floor of sampling error), 'exact map' (the
     exact 1-step map of the evaluation noise), 'uniform box' (uniform on the data's bounding box) and
-    'prior (u = 0)' (the noise itself: what an untrained one-step model near zero gives)."""
+    'prior (u = 0)' (the noise itself: what an untrained one-step model near zero gives) and, for the
+    labelled Gaussians, 'class means' (each sample on its class's mean: a collapse precision cannot see)."""
     reference = load_data(data_name, "test").x[:num_samples]
     train = load_data(data_name, "train", labels=conditional)
     exact = exact_targets(data_name, len(reference), seed, conditional=conditional)
@@ -161,6 +163,8 @@ def toy_references(data_name: str, num_samples: int, seed: int = 0, conditional:
     noise = index_noise(seed, range(len(reference)), (2,))
     samplers = {"data": (train.x[:len(reference)], None if labels is None else train.labels[:len(reference)]),
                 "exact map": (exact["map"], labels), "uniform box": (box, None), "prior (u = 0)": (noise, None)}
+    if data_name == "gaussians" and labels is not None:  # every sample on its class's mean: right modes, no spread
+        samplers["class means"] = (GAUSSIAN_MEANS[labels].float(), labels)
     out = {}
     for name, (x, x_labels) in samplers.items():
         scores = point_scores(x, reference, data_name, x_labels, exact["map"], seed)
