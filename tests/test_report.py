@@ -76,8 +76,10 @@ def test_rerendering_gives_the_same_markdown(store, tmp_path):
 
 def test_suite_page_links_each_study(store, tmp_path):
     _, uri = store
-    text = render_suite(("tiny",), uri, tmp_path).read_text()
+    text = render_suite(("tiny", "notrun"), uri, tmp_path).read_text()
     assert "[tiny](../tiny/README.md)" in text and "failed (0/2)" in text
+    assert "| notrun | not run yet (`wb ablate notrun`)" in text
+    assert re.search(r"Agreement: [01] of 1 sub-tables have the paper's best setting as ours", text)
 
 
 def test_wb_report_unknown_study_exits_2(store, tmp_path):

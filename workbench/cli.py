@@ -163,8 +163,13 @@ def report(
         _fail("name at least one study (e.g. wb report table1a) or pass --suite")
     try:
         uri = default_stores(None, tracking_uri).tracking_uri
-        for name in studies or (SUITE if suite else ()):
+        for name in studies or ():
             typer.echo(f"{name}: {render(name, uri, out)}")
+        for name in SUITE if suite and not studies else ():
+            try:
+                typer.echo(f"{name}: {render(name, uri, out)}")
+            except ReportError as err:  # the suite page lists it as not run
+                typer.echo(f"{name}: skipped ({err})")
         if suite:
             typer.echo(f"suite: {render_suite(SUITE, uri, out)}")
     except (ReportError, StudyError, StoreError) as err:

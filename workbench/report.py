@@ -414,7 +414,11 @@ def render_suite(names: tuple[str, ...], tracking_uri: str, out_root: Path = Pat
                "| Kendall tau |", "|---|---|---|---|---|---|---|---|---|"]
     sections, matches, taus, learned = [], [], [], []
     for name in names:
-        record = load_record(name, tracking_uri)
+        try:
+            record = load_record(name, tracking_uri)
+        except ReportError:
+            summary.append(f"| {name} | not run yet (`wb ablate {name}`) | | | | | | | |")
+            continue
         link = f"[{name}](../{name}/README.md)"
         data_name = record.study.cells()[0].config.data.name
         for i, axis in enumerate(record.study.axes):
