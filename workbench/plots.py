@@ -105,9 +105,9 @@ def picture_grid(pictures: dict, path: Path, title: str) -> None:
         ax.set_title(label, fontsize=11)
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
-    # at most about 3 megapixels (a page of many settings stays a few MB): a lower dpi for large grids
+    # at most about 2 megapixels (a page of many settings stays under 2 MB): a lower dpi for large grids
     pixels = fig.get_figwidth() * fig.get_figheight() * 100 ** 2
-    fig.savefig(path, dpi=min(100, int(100 * math.sqrt(3e6 / pixels))))
+    fig.savefig(path, dpi=min(100, int(100 * math.sqrt(2e6 / pixels))))
     plt.close(fig)
 
 
