@@ -388,7 +388,7 @@ def render(name: str, tracking_uri: str, out_root: Path = Path("reports")) -> Pa
     curves = [(study.metric, "evaluation", "eval.png"), ("mse", "training MSE (unweighted)", "loss.png")]
     for metric, title, figure in curves:
         history = histories(record, metric)
-        if len(history):
+        if history.groupby(["setting", "seed"]).size().gt(1).any():  # a curve needs more than the final point
             plots.curves(history, metric, title, out / figure, log_y=True)
             lines += [f"![{title}]({figure})", ""]
     pictures = [("samples.png", f"{config.sample.steps}-NFE")] + \
