@@ -21,7 +21,8 @@ import torch
 
 from workbench.config import RunConfig, with_overrides
 from workbench.data import load_data
-from workbench.meanflow import index_noise, meanflow_loss, sample_euler, sample_meanflow
+from workbench.data import index_noise
+from workbench.meanflow import JVP_MODES, meanflow_loss, sample
 from workbench.train import build_net, draw_batch, make_optimizer
 
 CASES = {  # name: overrides (the shapes of the shipped CPU studies and of the README's image runs)
@@ -46,7 +47,7 @@ def step_times(variants: dict[str, tuple[RunConfig, str]], steps: int) -> dict[s
             batch = draw_batch(data, config, generator)
             start = time.perf_counter()
             loss, _ = meanflow_loss(net, batch["x"], batch["t"], batch["r"], batch["noise"], config.meanflow,
-                                    labels=batch["labels"], dropped=batch["dropped"], jvp_mode=jvp_mode)
+                                    labels=batch["labels"], dropped=batch["dropped"], dudt=JVP_MODES[jvp_mode])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -78,8 +79,8 @@ def sampling_times(config: RunConfig, repeats: int) -> dict[str, float]:
     n = 4 * config.train.batch_size
     noise = index_noise(0, range(n), data.shape)
     ones = torch.ones(n)
-    jobs = {"forward": lambda: net(noise, ones, 0 * ones, None), "1nfe": lambda: sample_meanflow(net, noise, 1),
-            "euler10": lambda: sample_euler(net, noise, 10), "euler50": lambda: sample_euler(net, noise, 50)}
+    jobs = {"forward": lambda: net(noise, ones, 0 * ones, None), "1nfe": lambda: sample(net, noise, 1),
+            "euler10": lambda: sample(net, noise, 10, euler=True), "euler50": lambda: sample(net, noise, 50, euler=True)}
     out = {}
     for name, job in jobs.items():
         times = []

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from workbench.config import MeanFlowConfig
+from workbench.config import MeanFlowConfig, NetConfig
 from workbench.meanflow import NETWORKS
 
 
@@ -15,10 +15,11 @@ def mf(**overrides) -> MeanFlowConfig:
     return MeanFlowConfig(**overrides)
 
 
-def small_net(arch: str = "mlp", time_cond: str = "(t,t-r)", num_classes: int = 0, shape=(2,), dtype=torch.float64):
-    options = {"mlp": {"width": 32, "depth": 2}, "unet": {"channels": 8, "channel_mult": (1, 2)},
-               "dit": {"hidden": 16, "depth": 1, "heads": 2, "patch_size": 2}}[arch]
-    return NETWORKS[arch](shape, num_classes, time_cond, **options).to(dtype)
+def small_net(arch: str = "mlp", time_cond: str = "(t,t-r)", num_classes: int = 0, shape=(2,), dtype=torch.float64,
+              **options):
+    """NETWORKS[arch] with the config's default options (net.<arch>), and `options` over them."""
+    defaults = getattr(NetConfig(), arch).model_dump()
+    return NETWORKS[arch](shape, num_classes, time_cond, **(defaults | options)).to(dtype)
 
 
 def tiny_study(steps: int, axis: str, extra_base: str = "", data: str = "moons", name: str = "tiny") -> str:

@@ -6,9 +6,10 @@ u(z_t, r, t) = (z_t - z_r) / (t - r), and the marginal velocity is v(z, t) = d/d
 """
 import torch
 
-from conftest import mf
+from conftest import mf, small_net
 from workbench.config import RunConfig, with_overrides
-from workbench.meanflow import NETWORKS, index_noise, meanflow_loss, sample_meanflow, sample_t_r
+from workbench.data import index_noise
+from workbench.meanflow import meanflow_loss, sample, sample_t_r
 
 MU, S = torch.tensor([1.5, -0.5], dtype=torch.float64), 0.5
 
@@ -63,7 +64,7 @@ def test_trained_mlp_matches_closed_form():
     torch.manual_seed(0)
     config = with_overrides(RunConfig(), {"meanflow.ratio": 0.5, "meanflow.t_dist": "uniform(0,1)",
                                           "meanflow.adaptive_p": 0.0})
-    net = NETWORKS["mlp"]((2,), 0, "(t,t-r)", width=64, depth=2)
+    net = small_net("mlp", dtype=torch.float32, width=64, depth=2)
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 1000)
     g = torch.Generator().manual_seed(0)
@@ -75,7 +76,7 @@ def test_trained_mlp_matches_closed_form():
         loss.backward()
         optimizer.step()
         schedule.step()
-    samples = sample_meanflow(net, index_noise(0, range(4000), (2,)), 1).double()
+    samples = sample(net, index_noise(0, range(4000), (2,)), 1).double()
     # Tolerance: 0.1 on the mean and std (data scale 0.5 to 1.5); the untrained net is off by about 1.
     assert torch.allclose(samples.mean(0), MU, atol=0.1), samples.mean(0)
     assert torch.allclose(samples.std(0), torch.full((2,), S, dtype=torch.float64), atol=0.1), samples.std(0)

@@ -1,5 +1,6 @@
 """Config: dotted overrides and errors that name the key, value and what is allowed."""
 import pytest
+from pydantic import ValidationError
 
 from workbench.config import ConfigError, RunConfig, describe, flatten, with_overrides
 
@@ -32,7 +33,7 @@ def test_bad_overrides_name_the_problem(override, message):
 
 
 def test_config_is_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         RunConfig().meanflow.ratio = 0.3
 
 

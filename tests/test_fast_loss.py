@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from conftest import mf, small_net
-from workbench.meanflow import NETWORKS, TANGENTS, TIME_CONDITIONINGS, meanflow_loss
+from workbench.meanflow import JVP_MODES, NETWORKS, TANGENTS, TIME_CONDITIONINGS, meanflow_loss
 from workbench.meanflow.jvp import _SCALAR_ARITHMETIC, recorded_layer_outputs, time_derivative
-from workbench.meanflow.loss import JVP_MODES
 
 B = 24
 
@@ -30,7 +29,7 @@ def inputs(fraction_r_neq_t: float, shape=(2,), classes=0):
 def loss_and_grads(net, config, batch, mode):
     net.zero_grad()
     x, t, r, noise, labels, dropped = batch
-    loss, metrics = meanflow_loss(net, x, t, r, noise, config, labels=labels, dropped=dropped, jvp_mode=mode)
+    loss, metrics = meanflow_loss(net, x, t, r, noise, config, labels=labels, dropped=dropped, dudt=JVP_MODES[mode])
     loss.backward()
     return loss.detach(), metrics, [p.grad.clone() for p in net.parameters()]
 
@@ -65,6 +64,13 @@ def test_guidance(omega, kappa, interval):
     assert_same(small_net(num_classes=3), config, inputs(0.25, classes=3))
 
 
+def assert_close_to_scale(got, expected):
+    """float64 agreement up to rounding: default-size networks with redrawn weights reach values of
+    1e3 and more, where summation order alone moves the last ~8 digits."""
+    scale = float(expected.detach().abs().max())
+    torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-12 * scale)
+
+
 def randomized(net):
     """Every parameter redrawn: the DiT starts with zero output layers, whose d/dt u is 0 in any mode."""
     g = torch.Generator().manual_seed(2)
@@ -86,13 +92,13 @@ def test_time_derivative_equals_torch_func_jvp(arch, shape, tangent):
     """The gradient-free JVP (plain weights in linear and conv layers) against torch.func.jvp."""
     net = randomized(small_net(arch, time_cond="(t,r)", num_classes=3, shape=shape))
     x, t, r, noise, labels, _ = inputs(1.0, shape=shape, classes=3)
-    _, dr, dt = TANGENTS[tangent]
+    dr, dt = TANGENTS[tangent]
     _, expected = torch.func.jvp(lambda z_, t_, r_: net(z_, t_, r_, labels), (noise, t, r),
                                  (x, torch.full_like(t, dt), torch.full_like(r, dr)))
     assert expected.abs().max() > 1e-3  # a derivative worth comparing
     for _ in range(2):  # the second JVP skips the scalar-arithmetic mode if the first saw no such op (MLP)
         got = time_derivative(net, noise, t, r, x, labels, dr, dt)
-        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
+        assert_close_to_scale(got, expected)
     assert _SCALAR_ARITHMETIC[net] == (arch != "mlp")  # 1 + scale (U-Net, DiT), attention scale (DiT)
 
 
@@ -111,7 +117,7 @@ def test_time_derivative_reuses_the_forward_layer_outputs(arch, shape):
     _, expected = torch.func.jvp(lambda z_, t_, r_: net(z_, t_, r_, labels[k]), (noise[k], t[k], r[k]),
                                  (x[k], torch.ones_like(t[k]), torch.zeros_like(r[k])))
     got = time_derivative(net, noise[k], t[k], r[k], x[k], labels[k], 0.0, 1.0, outputs, rows=k)
-    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
+    assert_close_to_scale(got, expected)
     assert not any(outputs.values())  # every recorded output was used
     with recorded_layer_outputs(net) as outputs:
         net(noise, t, r, labels)
@@ -149,19 +155,13 @@ def test_time_derivative_under_bf16_autocast_stays_fp32():
 
 def test_dropout_takes_one_pass_for_u_and_its_derivative():
     """With active dropout, two passes would draw two masks: "auto" must take the "subset" pass."""
-    net = NETWORKS["unet"]((1, 8, 8), 0, "(t,t-r)", channels=8, channel_mult=(1, 2), dropout=0.5).double().train()
+    net = small_net("unet", shape=(1, 8, 8), dropout=0.5).train()
     x, t, r, noise, _, _ = inputs(0.25, shape=(1, 8, 8))
     losses = {}
     for mode in ("auto", "subset", "tangent"):
         torch.manual_seed(0)
-        losses[mode], _ = meanflow_loss(net, x, t, r, noise, mf(), jvp_mode=mode)
+        losses[mode], _ = meanflow_loss(net, x, t, r, noise, mf(), dudt=JVP_MODES[mode])
     assert losses["auto"] == losses["subset"] and losses["auto"] != losses["tangent"]
     torch.manual_seed(0)
     eval_loss, _ = meanflow_loss(net.eval(), x, t, r, noise, mf())  # no dropout at eval: "tangent" is exact
-    torch.testing.assert_close(eval_loss, meanflow_loss(net, x, t, r, noise, mf(), jvp_mode="whole")[0])
-
-
-def test_unknown_jvp_mode_is_refused():
-    with pytest.raises(ValueError, match="jvp_mode 'fast' not in"):
-        meanflow_loss(small_net(), *inputs(0.25)[:4], mf(), jvp_mode="fast")
-    assert "tangent" in JVP_MODES
+    torch.testing.assert_close(eval_loss, meanflow_loss(net, x, t, r, noise, mf(), dudt=JVP_MODES["whole"])[0])

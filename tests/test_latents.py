@@ -8,6 +8,7 @@ import torch
 from workbench.config import ConfigError, with_overrides
 from workbench.evaluate import evaluator_for, latent_metrics
 from workbench.studies import load_study
+from workbench.pictures import save_run_pictures
 from workbench.train import train
 
 
@@ -54,6 +55,7 @@ def test_imagenet_study_smoke_runs_at_full_network_size(tmp_path):
                                           "train.batch_size": 2, "train.device": "cpu", "eval.num_samples": 16,
                                           "eval.nfe": "1", "eval.every": 0, "sample.num_images": 4})
     result = train(config, tmp_path / "run", progress=False, evaluator=evaluator_for(config))
+    save_run_pictures(result.ema, result.data, config, tmp_path / "run", scored=True)
     assert math.isfinite(result.metrics[study.metric]) and (tmp_path / "run" / "samples.png").is_file()
 
 
@@ -78,4 +80,5 @@ def test_cifar10_study_smoke_runs_at_full_network_size(tmp_path):
                                           "eval.num_samples": 16, "eval.nfe": "1", "eval.fm_steps": "",
                                           "eval.every": 0, "sample.num_images": 4})
     result = train(config, tmp_path / "run", progress=False, evaluator=evaluator_for(config))
+    save_run_pictures(result.ema, result.data, config, tmp_path / "run", scored=True)
     assert math.isfinite(result.metrics["fid_1nfe"]) and (tmp_path / "run" / "samples.png").is_file()

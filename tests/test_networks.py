@@ -37,6 +37,6 @@ def test_time_conditioning_sees_only_its_inputs(time_cond):
 
 def test_image_net_rejects_indivisible_shapes():
     with pytest.raises(ValueError, match="divisible"):
-        NETWORKS["unet"]((1, 6, 6), 0, "(t,t-r)", channels=8, channel_mult=(1, 2, 2))
+        small_net("unet", shape=(1, 6, 6), channel_mult=(1, 2, 2))
     with pytest.raises(ValueError, match="divisible"):
-        NETWORKS["dit"]((1, 7, 7), 0, "(t,t-r)", patch_size=2)
+        small_net("dit", shape=(1, 7, 7), patch_size=2)

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from workbench.meanflow import index_noise, sample_euler, sample_meanflow, time_schedule
+from workbench.data import index_noise
+from workbench.meanflow import sample, time_schedule
 
 
 class Recorder(torch.nn.Module):
@@ -26,7 +27,7 @@ def test_index_noise_depends_only_on_seed_and_index():
 def test_one_nfe_is_e_minus_u_at_r0_t1():
     e = torch.randn(5, 2)
     net = Recorder(torch.tensor([0.5, -1.0]))
-    x = sample_meanflow(net, e, 1)
+    x = sample(net, e, 1)
     assert torch.allclose(x, e - torch.tensor([0.5, -1.0]))
     (t, r), = net.calls
     assert bool((t == 1).all()) and bool((r == 0).all())
@@ -35,7 +36,7 @@ def test_one_nfe_is_e_minus_u_at_r0_t1():
 def test_k_nfe_follows_the_schedule():
     e = torch.randn(5, 2)
     net = Recorder(torch.tensor([1.0, 2.0]))
-    x = sample_meanflow(net, e, [1.0, 0.6, 0.0])
+    x = sample(net, e, [1.0, 0.6, 0.0])
     # Steps of length 0.4 and 0.6 with constant u: total displacement = u.
     assert torch.allclose(x, e - torch.tensor([1.0, 2.0]))
     assert [float(v[0]) for call in net.calls for v in call] == pytest.approx([1.0, 0.6, 0.6, 0.0])
@@ -43,7 +44,7 @@ def test_k_nfe_follows_the_schedule():
 
 def test_euler_uses_instantaneous_velocity():
     net = Recorder(torch.tensor([1.0, 0.0]))
-    sample_euler(net, torch.randn(3, 2), 4)
+    sample(net, torch.randn(3, 2), 4, euler=True)
     assert len(net.calls) == 4
     assert all(torch.equal(t, r) for t, r in net.calls)
     assert [float(t[0]) for t, _ in net.calls] == pytest.approx([1.0, 0.75, 0.5, 0.25])

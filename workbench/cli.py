@@ -39,6 +39,7 @@ def train(
     """Train one MeanFlow model; writes config.json, checkpoint.pt, metrics.jsonl and samples.png."""
     from workbench.evaluate import evaluator_for
     from workbench.fid import FeatureError
+    from workbench.pictures import save_run_pictures
     from workbench.train import train as run_training
 
     shortcuts = {"data.name": data, "net.arch": net, "train.steps": steps, "train.seed": seed}
@@ -58,6 +59,7 @@ def train(
             typer.echo(config.model_dump_json(indent=2))
             return
         result = run_training(config, folder, resume=resume is not None, evaluator=evaluator_for(config))
+        save_run_pictures(result.ema, result.data, config, result.run_dir, scored=True)
     except (ConfigError, DataError, FileNotFoundError, FileExistsError, FeatureError) as err:
         _fail(str(err))
     typer.echo(f"run folder: {result.run_dir}  (final loss {result.final_loss:.4f}, {result.steps_per_s:.1f} steps/s)")
@@ -71,8 +73,10 @@ def eval_(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="eval.* override KEY=VALUE; repeatable.")] = None,
 ) -> None:
     """Re-evaluate a saved run's EMA checkpoint (2D: energy distance, sliced W2; images: FID, KID); writes eval.json."""
-    from workbench.evaluate import evaluate_checkpoint
+    from workbench.evaluate import evaluator_for
     from workbench.fid import FeatureError
+    from workbench.tracking import write_eval
+    from workbench.train import load_ema
 
     if not (run / "config.json").is_file():
         _fail(f"{run}: no config.json there (is it a run folder?)")
@@ -81,7 +85,9 @@ def eval_(
         _fail("wb eval only takes eval.* overrides (the model is fixed by the run's config)")
     try:
         config = with_overrides(RunConfig.model_validate_json((run / "config.json").read_text()), overrides)
-        metrics = evaluate_checkpoint(run, config)
+        evaluator = evaluator_for(config)
+        metrics = evaluator(load_ema(run, config), config.eval.num_samples)
+        write_eval(run, evaluator.info, config.eval.num_samples, metrics)
     except (ValueError, FileNotFoundError, FeatureError) as err:  # ConfigError and DataError are ValueErrors
         _fail(str(err))
     _print_metrics(metrics)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -16,6 +17,16 @@ from workbench.meanflow.exact import ExactFlow, GaussianMixture, UniformSquares
 
 TOY_SIZES = {"train": 50_000, "test": 10_000}  # fixed so held-out metrics are comparable
 TOY_SEEDS = {"train": 0, "test": 1}
+
+
+def index_noise(seed: int, indices: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """(len(indices), *shape) float32 Gaussian noise where row i depends only on (seed, indices[i]).
+
+    Sample i of an evaluation or a picture is then the same across cells, batch sizes and workers.
+    numpy's SeedSequence hashes the pair (torch.manual_seed would keep only 32 bits of a combined seed).
+    """
+    rows = [np.random.default_rng([seed, int(i)]).standard_normal(shape, dtype=np.float32) for i in indices]
+    return torch.from_numpy(np.stack(rows)) if rows else torch.empty(0, *shape)
 
 
 class DataError(ValueError):

@@ -19,12 +19,10 @@ import torch
 from torch import nn
 
 from workbench.config import ConfigError, RunConfig
-from workbench.data import (EXACT_REFERENCES, GAUSSIAN_MEANS, SUPPORT_SIZES, TOY_SETS, exact_flow, load_data,
-                            support_cells)
+from workbench.data import (EXACT_REFERENCES, GAUSSIAN_MEANS, SUPPORT_SIZES, TOY_SETS, exact_flow, index_noise,
+                            load_data, support_cells)
 from workbench.fid import ImageScorer, fid_kid, image_scorer
-from workbench.meanflow import index_noise, sample_euler, sample_meanflow
-from workbench.tracking import write_eval
-from workbench.train import load_ema  # one-way: train.py never imports evaluation code
+from workbench.meanflow import sample
 
 
 def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -52,14 +50,14 @@ def generate(net: nn.Module, shape: tuple[int, ...], nfe: tuple[int, ...], fm_st
     """{'1nfe': (N, *shape), ..., 'fm50': ...} on the CPU. Sample i uses noise (seed, i) and, for a
     class-conditional net, label i mod num_classes, so every cell scores the same noise."""
     device = next(net.parameters()).device
-    samplers = {f"{k}nfe": (sample_meanflow, k) for k in nfe} | {f"fm{k}": (sample_euler, k) for k in fm_steps}
+    samplers = {f"{k}nfe": (False, k) for k in nfe} | {f"fm{k}": (True, k) for k in fm_steps}  # name: (euler, steps)
     out = {name: [] for name in samplers}
     for start in range(0, num_samples, chunk):
         index = range(start, min(start + chunk, num_samples))
         noise = index_noise(seed, index, shape).to(device)
         labels = torch.tensor(index, device=device) % net.num_classes if net.num_classes else None
-        for name, (sampler, steps) in samplers.items():
-            out[name].append(sampler(net, noise, steps, labels).float().cpu())
+        for name, (euler, steps) in samplers.items():
+            out[name].append(sample(net, noise, steps, labels, euler=euler).float().cpu())
     return {name: torch.cat(chunks) for name, chunks in out.items()}
 
 
@@ -248,11 +246,3 @@ def evaluator_for(config: RunConfig) -> Evaluator:
     scorer = image_scorer(config.data, kind, Path(ev.cache_dir), ev.seed)
     return Evaluator(lambda net, n: image_metrics(net, scorer, data.shape, ev.nfe, ev.fm_steps, n, ev.seed),
                      {"features": scorer.name, "seed": ev.seed, **scorer.info})
-
-
-def evaluate_checkpoint(run_dir: Path, config: RunConfig) -> dict[str, float]:
-    """Re-scores a saved run's EMA weights with `config.eval` (final sample count); writes eval.json."""
-    evaluator = evaluator_for(config)
-    metrics = evaluator(load_ema(run_dir, config), config.eval.num_samples)
-    write_eval(run_dir, evaluator.info, config.eval.num_samples, metrics)
-    return metrics

@@ -16,6 +16,7 @@ from workbench.config import flatten
 from workbench.evaluate import evaluator_for
 from workbench.studies import Cell, Study
 from workbench.tracking import MlflowTracker
+from workbench.pictures import save_run_pictures
 from workbench.train import train
 
 
@@ -58,6 +59,7 @@ def run_cell(study: Study, cell: Cell, client: MlflowClient, experiment_id: str,
         with tempfile.TemporaryDirectory() as folder:
             run_dir = Path(folder) / "run"
             result = train(cell.config, run_dir, tracker=tracker, progress=False, evaluator=evaluator_for(cell.config))
+            save_run_pictures(result.ema, result.data, cell.config, run_dir, scored=True)
             uploads = time.perf_counter()
             tracker.flush()
             torch.save(result.ema.state_dict(), run_dir / "ema.pt")

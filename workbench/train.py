@@ -6,25 +6,20 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from workbench import plots
 from workbench.config import ConfigError, RunConfig
-from workbench.data import EXACT_REFERENCES, Dataset, exact_flow, load_data
-from workbench.meanflow import NETWORKS, index_noise, meanflow_loss, sample_meanflow, sample_t_r
+from workbench.data import Dataset, load_data
+from workbench.meanflow import NETWORKS, meanflow_loss, sample_t_r
 from workbench.tracking import JsonlTracker, Tracker, write_eval
 
-
-
-class Evaluator(Protocol):
-    info: dict  # what the scores are measured with (feature set, seed), written beside them
-
-    def __call__(self, net: nn.Module, num_samples: int) -> dict[str, float]: ...
+if TYPE_CHECKING:
+    from workbench.evaluate import Evaluator
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -36,6 +31,7 @@ class TrainResult:
     steps_per_s: float
     final_loss: float
     metrics: dict[str, float]  # final evaluation (empty without an evaluator)
+    data: Dataset  # the training set, on the run's device
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,44 +94,11 @@ def save_checkpoint(path: Path, step: int, net, ema, optimizer, generator: torch
     os.replace(tmp, path)  # atomic: an interrupted save never leaves a broken checkpoint
 
 
-def save_samples(ema: nn.Module, data: Dataset, config: RunConfig, paths: dict[int, Path], device: torch.device) -> None:
-    """Pictures of samples from the EMA weights, one per NFE ({steps: path}; noise fixed per index).
-
-    Labelled data: sample i has class i mod classes, the class the metrics score it with. 2D points are
-    drawn beside the data, the exact one-step map of the same noise (toy sets with an exact reference),
-    and, where the null class is trained (class dropout), the unconditional samples."""
-    n = config.sample.num_points if data.kind == "points" else config.sample.num_images
-    noise = index_noise(config.sample.seed, range(n), data.shape).to(device)
-    labels = (torch.arange(n) % data.num_classes).to(device) if data.num_classes else None
-    exact = None
-    if data.kind == "points" and config.data.name in EXACT_REFERENCES:
-        mf = config.meanflow
-        flow = exact_flow(config.data.name, mf.cfg_omega / (1 - mf.cfg_kappa), (mf.cfg_t_lo, mf.cfg_t_hi))
-        exact = flow.flow(noise.double().cpu(), 1.0, 0.0, None if labels is None else labels.cpu()).float()
-    for steps, path in paths.items():
-        x = sample_meanflow(ema, noise, steps, labels).float().cpu()
-        title = f"{steps}-NFE samples" + (" by class" if labels is not None else "")
-        if data.kind == "points":
-            shown = None if labels is None else labels.cpu()
-            panels = [("data", data.x[:n].cpu(), None if data.labels is None else data.labels[:n].cpu())]
-            if exact is not None:
-                panels.append(("exact 1-step map" + (" (guided)" if config.meanflow.cfg_omega != 1 and labels is not None
-                                                      else ""), exact, shown))
-            panels.append((title, x, shown))
-            if labels is not None and config.meanflow.class_drop > 0:
-                unconditional = sample_meanflow(ema, noise, steps, torch.full_like(labels, data.num_classes)).float()
-                panels.append((f"{steps}-NFE, null class", unconditional.cpu(), None))
-            plots.scatter(panels, path)
-        elif data.kind == "latents":  # no decoder here: the first 3 channels, 3 data stds mapped to [-1, 1]
-            plots.image_grid(x[:, :3] / (3 * data.x.std()), path, f"{title} (latent channels, not decoded)")
-        else:
-            plots.image_grid(x, path, title)
-
-
 def train(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tracker | None = None,
           progress: bool = True, evaluator: Evaluator | None = None) -> TrainResult:
-    """Trains one model per `config` into run_dir (config.json, checkpoint.pt, metrics.jsonl, samples.png,
-    and eval.json when an evaluator scores the EMA weights every eval.every steps and at the end)."""
+    """Trains one model per `config` into run_dir (config.json, checkpoint.pt, metrics.jsonl, and eval.json
+    when an evaluator scores the EMA weights every eval.every steps and at the end). Sample pictures:
+    workbench.pictures.save_run_pictures on the result."""
     if not resume and (run_dir / "config.json").exists():
         raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume or pick another --run-dir")
     device = resolve_device(config.train.device)
@@ -192,15 +155,12 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Track
             save_checkpoint(checkpoint_path, step + 1, net, ema, optimizer, generator)
     bar.close()
 
-    pictures = {config.sample.steps: run_dir / "samples.png"}
-    if evaluator:  # a picture at every other scored NFE too: samples_2nfe.png, ...
-        pictures |= {steps: run_dir / f"samples_{steps}nfe.png" for steps in sorted(set(config.eval.nfe) - {config.sample.steps})}
-    save_samples(ema.module, data, config, pictures, device)
     final = evaluator(ema.module, config.eval.num_samples) if evaluator else {}
     if final:
         tracker.log_metrics(final, config.train.steps)
         write_eval(run_dir, evaluator.info, config.eval.num_samples, final)
-    return TrainResult(run_dir, ema.module, last_row.get("steps_per_s", math.nan), last_row.get("loss", math.nan), final)
+    return TrainResult(run_dir, ema.module, last_row.get("steps_per_s", math.nan), last_row.get("loss", math.nan), final,
+                       data)
 
 
 def load_ema(run_dir: Path, config: RunConfig) -> nn.Module:

@@ -39,7 +39,7 @@ class ScalarEmbedder(nn.Module):
     """Embeds one time scalar: sinusoidal features -> Linear -> SiLU -> Linear (DiT's TimestepEmbedder).
 
     The frequencies are a (non-saved) buffer, so they follow .to(device, dtype) and the JVP can
-    give them a tangent (see meanflow.loss.time_derivative)."""
+    give them a tangent (see meanflow.jvp.time_derivative)."""
 
     def __init__(self, dim: int, freq_dim: int = 128):
         super().__init__()

@@ -55,10 +55,11 @@ class DiT(nn.Module):
         data_shape: tuple[int, ...],
         num_classes: int,
         time_cond: str,
-        hidden: int = 128,
-        depth: int = 4,
-        heads: int = 4,
-        patch_size: int = 2,
+        *,
+        hidden: int,
+        depth: int,
+        heads: int,
+        patch_size: int,
     ):
         super().__init__()
         c_img, height, width = data_shape

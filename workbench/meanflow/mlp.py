@@ -12,7 +12,7 @@ from .conditioning import Conditioning
 class MLP(nn.Module):
     """u(z, t, r, labels) for z of shape (B, *data_shape); the data is flattened internally."""
 
-    def __init__(self, data_shape: tuple[int, ...], num_classes: int, time_cond: str, width: int = 256, depth: int = 3):
+    def __init__(self, data_shape: tuple[int, ...], num_classes: int, time_cond: str, *, width: int, depth: int):
         super().__init__()
         dim = math.prod(data_shape)
         self.num_classes = num_classes

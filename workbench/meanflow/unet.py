@@ -37,10 +37,11 @@ class UNet(nn.Module):
         data_shape: tuple[int, ...],
         num_classes: int,
         time_cond: str,
-        channels: int = 32,
-        channel_mult: tuple[int, ...] = (1, 2),
-        blocks: int = 1,
-        dropout: float = 0.0,
+        *,
+        channels: int,
+        channel_mult: tuple[int, ...],
+        blocks: int,
+        dropout: float,
     ):
         super().__init__()
         c_img, height, width = data_shape
