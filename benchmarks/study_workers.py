@@ -16,7 +16,8 @@ from pathlib import Path
 
 import mlflow
 
-from workbench.ablate import Stores, run_study
+from workbench.ablate import run_study
+from workbench.tracking import Stores
 from workbench.studies import load_study
 
 STUDY = """

@@ -96,7 +96,8 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path, monkeypatch):
 
 
 def test_cells_enqueued_by_a_launcher_that_died_before_its_workers_still_run(tmp_path, monkeypatch):
-    from workbench.ablate import default_stores, prepare, run_study
+    from workbench.ablate import prepare, run_study
+    from workbench.tracking import default_stores
     from workbench.studies import load_study
 
     monkeypatch.chdir(tmp_path)
@@ -116,13 +117,14 @@ def test_launcher_waits_for_a_cell_another_launcher_still_runs(tmp_path, monkeyp
 
     import optuna
 
-    from workbench.ablate import default_stores, prepare, run_study
+    from workbench.ablate import prepare, run_study
+    from workbench.tracking import default_stores
     from workbench.studies import load_study
 
     monkeypatch.chdir(tmp_path)
     study = load_study(write(tmp_path / "tiny.toml", values="[0.5]"))
     stores = default_stores(None, None)
-    _, _, trials_study, _ = prepare(study, stores)
+    _, _, trials_study = prepare(study, stores)
     elsewhere = trials_study.ask()  # the other machine's worker takes one cell
     trials_study._storage.record_heartbeat(elsewhere._trial_id)
     told = []
@@ -149,13 +151,13 @@ def test_cell_whose_run_finished_before_its_trial_was_recorded_is_not_run_again(
     from mlflow import MlflowClient
 
     from workbench.runs import run_cell
+    from workbench.tracking import default_stores
     from workbench.studies import load_study
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(ablate, "GRACE_S", 1)
     study = load_study(write(tmp_path / "tiny.toml", values="[0.5]"))
-    stores = ablate.default_stores(None, None)
-    experiment_id, parent_id, trials_study, _ = ablate.prepare(study, stores)
+    stores = default_stores(None, None, grace_s=1)
+    experiment_id, parent_id, trials_study = ablate.prepare(study, stores)
     trial = trials_study.ask()  # pops the first enqueued cell, as a worker does
     trials_study._storage.record_heartbeat(trial._trial_id)
     cell = {c.key: c for c in study.cells()}[trial.user_attrs["cell"]]

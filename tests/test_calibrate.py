@@ -10,9 +10,10 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from conftest import tiny_study
-from workbench.calibrate import comparisons, load_plan, noise, write_studies
+from workbench.calibrate import load_plan, write_studies
+from workbench.calibration_report import comparisons, noise
 from workbench.cli import app
-from workbench.report import Record
+from workbench.record import Record
 from workbench.studies import StudyError, parse_study
 
 PLAN = """

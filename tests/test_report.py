@@ -9,9 +9,10 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from conftest import tiny_study
-from workbench.ablate import default_stores, run_study
+from workbench.ablate import run_study
 from workbench.cli import app
 from workbench.report import render, render_suite
+from workbench.tracking import default_stores
 from workbench.studies import load_study
 
 STUDY = tiny_study(40, 'values = [0.0, 0.5, 1.0]\nlabels = ["FM", "half", "all"]\npaper = [328.91, 63.14, 67.32]',

@@ -12,82 +12,33 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-import warnings
-from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 import optuna
-import sqlalchemy
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from workbench.runs import git_commit, run_cell
-from workbench.studies import Cell, Study, load_study
-
-# A RUNNING trial with no heartbeat for GRACE_S seconds is stale (its worker died): the next launch
-# fails it and runs the cell again. The environment can shorten both (tests do).
-HEARTBEAT_S = int(os.environ.get("WB_HEARTBEAT_S", 10))
-GRACE_S = int(os.environ.get("WB_GRACE_S", 30))
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat is "experimental"
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")  # raised inside torch on import
+from workbench import tracking
+from workbench.runs import run_cell
+from workbench.studies import Study, load_study, study_file_text
+from workbench.tracking import Stores
 
 
-@dataclass(frozen=True)
-class Stores:
-    storage: str  # Optuna RDB URL
-    tracking_uri: str  # MLflow tracking URI
-    artifacts: str  # artifact root for a new experiment (file store default: ./mlartifacts)
+def optuna_storage(stores: Stores) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(stores.storage, heartbeat_interval=stores.heartbeat_s,
+                                      grace_period=stores.grace_s)
 
 
-class StoreError(ValueError):
-    """A storage or tracking URL that cannot work here; the message says what to install or change."""
-
-
-def default_stores(storage: str | None, tracking_uri: str | None) -> Stores:
-    # Absolute paths: MLflow caches one store per URI string, so a relative sqlite URI would keep
-    # pointing at the first working directory it was used in.
-    stores = Stores(storage or f"sqlite:///{Path('optuna.db').resolve()}",
-                    tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}", Path("mlartifacts").resolve().as_uri())
-    for option, url in (("--storage", stores.storage), ("--tracking-uri", stores.tracking_uri)):
-        check_driver(option, url)
-    return stores
-
-
-def check_driver(option: str, url: str) -> None:
-    """A database URL whose driver is missing fails here, before anything is created, not deep in a worker.
-    SQLAlchemy names the driver (its default for postgresql:// depends on its version)."""
-    if url.split(":", 1)[0].split("+")[0] not in ("postgresql", "mysql", "mssql"):
-        return  # sqlite (built in), or an MLflow server / file store: no driver
-    try:
-        sqlalchemy.engine.make_url(url).get_dialect().import_dbapi()
-    except ImportError as err:
-        raise StoreError(f"{option} {url}: its database driver {err.name!r} is not installed "
-                         "(for PostgreSQL: pip install -e '.[postgres]')") from None
-
-
-def optuna_storage(url: str) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-
-
-def prepare(study: Study, stores: Stores) -> tuple[str, str, optuna.Study, list[Cell]]:
+def prepare(study: Study, stores: Stores) -> tuple[str, str, optuna.Study]:
     """Creates (or finds) the experiment, parent run and Optuna study; enqueues unfinished cells.
 
-    Returns (experiment id, parent run id, Optuna study, cells enqueued now).
+    Returns (experiment id, parent run id, Optuna study).
     """
     client = MlflowClient(stores.tracking_uri)
-    experiment = client.get_experiment_by_name(study.name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-        study.name, artifact_location=f"{stores.artifacts}/{study.name}")
-    parents = client.search_runs([experiment_id], "tags.`wb.role` = 'study'", max_results=1)
-    if parents:
-        parent_id = parents[0].info.run_id
-    else:
-        parent_id = client.create_run(experiment_id, run_name=study.name, tags={
-            "wb.role": "study", "wb.study": study.name, "wb.git_commit": git_commit(),
-            "mlflow.note.content": study.description}).info.run_id
+    experiment_id = tracking.experiment_id(client, study.name, stores.artifacts)
+    parent_id = tracking.parent_run(client, experiment_id, study.name, study.description, study_file_text(study))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    trials_study = optuna.create_study(study_name=study.name, storage=optuna_storage(stores.storage),
+    trials_study = optuna.create_study(study_name=study.name, storage=optuna_storage(stores),
                                        direction="minimize", load_if_exists=True)
     optuna.storages.fail_stale_trials(trials_study)
     for trial in trials_study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
@@ -104,40 +55,32 @@ def prepare(study: Study, stores: Stores) -> tuple[str, str, optuna.Study, list[
                 state=TrialState.COMPLETE, value=run.data.metrics.get(study.metric, float("inf")),
                 user_attrs={"cell": key, "name": run.info.run_name, "mlflow_run_id": run.info.run_id}))
             taken.add(key)
-    todo = [cell for cell in study.cells() if cell.key not in taken]
-    for cell in todo:
-        trials_study.enqueue_trial({}, user_attrs={"cell": cell.key, "name": cell.run_name})
-    # The study file as run now (axes, labels, paper values) goes with the parent run, so a report
-    # can be rendered from the tracking store alone.
-    client.log_text(parent_id, study.path.read_text(), "study.toml")
+    for cell in study.cells():
+        if cell.key not in taken:
+            trials_study.enqueue_trial({}, user_attrs={"cell": cell.key, "name": cell.run_name})
     client.update_run(parent_id, status="RUNNING")
-    return experiment_id, parent_id, trials_study, todo
+    return experiment_id, parent_id, trials_study
 
 
 def finished_cells(client: MlflowClient, parent_id: str) -> dict:
     """Config hash -> FINISHED MLflow child run of the study's parent run."""
-    runs, token = {}, None
-    while True:
-        page = client.search_runs(
-            [client.get_run(parent_id).info.experiment_id],
-            f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'FINISHED'",
-            max_results=1000, page_token=token)
-        runs.update({run.data.tags["wb.config_hash"]: run for run in page if "wb.config_hash" in run.data.tags})
-        token = page.token
-        if not token:
-            return runs
+    runs = tracking.child_runs(client, parent_id, status="FINISHED")
+    return {run.data.tags[tracking.CONFIG_HASH]: run for run in runs if tracking.CONFIG_HASH in run.data.tags}
 
 
 def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, threads: int) -> None:
     """Pops enqueued cells until none is left (one process; also usable on another machine)."""
+    import warnings
+
     import torch
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat is "experimental"
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(study_path)
     cells = {cell.key: cell for cell in study.cells()}
     client = MlflowClient(stores.tracking_uri)
-    trials_study = optuna.load_study(study_name=study.name, storage=optuna_storage(stores.storage))
+    trials_study = optuna.load_study(study_name=study.name, storage=optuna_storage(stores))
 
     def objective(trial: optuna.Trial) -> float:
         cell = cells.get(trial.user_attrs.get("cell"))
@@ -156,7 +99,7 @@ def run_study(study: Study, stores: Stores, workers: int, progress=print, thread
     """Prepares, starts `workers` local processes (`threads` torch threads each, default: the CPU
     cores split between them), shows progress until no cell is running, here or elsewhere."""
     mlflow.set_tracking_uri(stores.tracking_uri)
-    experiment_id, parent_id, trials_study, _ = prepare(study, stores)
+    experiment_id, parent_id, trials_study = prepare(study, stores)
     total, started = len(study.cells()), time.time()
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")
@@ -167,7 +110,7 @@ def run_study(study: Study, stores: Stores, workers: int, progress=print, thread
         process.start()
     # After the local workers, wait for cells other launchers (machines) still run, so that this
     # launcher's exit status and the parent run's status cover the whole study; the cells of a
-    # launcher that died turn stale after GRACE_S and end the wait as failed.
+    # launcher that died turn stale after stores.grace_s and end the wait as failed.
     while any(p.is_alive() for p in processes) or counts(study, trials_study)["running"]:
         progress(status_line(study, trials_study, total, started))
         time.sleep(2)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,6 +12,11 @@ import typer
 from workbench.config import ConfigError, RunConfig, describe, with_overrides
 from workbench.data import DataError
 
+# Process-wide settings belong here, at the entry point, not in library modules.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded picture otherwise
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures are files; no display is needed or assumed
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")  # raised inside torch on import
+
 app = typer.Typer(help="MeanFlow Workbench: train, ablate, search and report on one-step MeanFlow models.",
                   no_args_is_help=True, rich_markup_mode=None)
 
@@ -18,6 +24,15 @@ app = typer.Typer(help="MeanFlow Workbench: train, ablate, search and report on 
 def _config_keys() -> str:
     rows = [f"  {key} = {default!s}: {doc}" for key, default, doc in describe()]
     return "\b\nConfig keys for --set KEY=VALUE (default: description):\n" + "\n".join(rows)
+
+
+def _stores(storage: str | None, tracking_uri: str | None):
+    """The stores of a command; WB_HEARTBEAT_S and WB_GRACE_S (seconds) tune how fast a dead worker's
+    cells are found (tests shorten them)."""
+    from workbench.tracking import default_stores
+
+    return default_stores(storage, tracking_uri, int(os.environ.get("WB_HEARTBEAT_S", 10)),
+                          int(os.environ.get("WB_GRACE_S", 30)))
 
 
 def _fail(message: str) -> None:
@@ -133,10 +148,11 @@ def ablate(
         for cell in cells:
             typer.echo(f"  {cell.key}  {cell.run_name}")
         return
-    from workbench.ablate import StoreError, default_stores, run_study
+    from workbench.ablate import run_study
+    from workbench.tracking import StoreError
 
     try:
-        stores = default_stores(storage, tracking_uri)
+        stores = _stores(storage, tracking_uri)
     except StoreError as err:
         _fail(str(err))
     summary = run_study(spec, stores, workers or os.cpu_count() or 1, progress=_live_display(), threads=threads)
@@ -161,14 +177,15 @@ def report(
     out: Annotated[Path, typer.Option(help="Reports folder.")] = Path("reports"),
 ) -> None:
     """Render reports/<study>/README.md (tables beside the paper, curves, samples) from the MLflow store."""
-    from workbench.ablate import StoreError, default_stores
-    from workbench.report import SUITE, ReportError, render, render_suite
+    from workbench.tracking import StoreError
+    from workbench.record import ReportError
+    from workbench.report import SUITE, render, render_suite
     from workbench.studies import StudyError
 
     if not studies and not suite:
         _fail("name at least one study (e.g. wb report table1a) or pass --suite")
     try:
-        uri = default_stores(None, tracking_uri).tracking_uri
+        uri = _stores(None, tracking_uri).tracking_uri
         for name in studies or ():
             typer.echo(f"{name}: {render(name, uri, out)}")
         for name in SUITE if suite and not studies else ():
@@ -195,13 +212,14 @@ def calibrate(
 ) -> None:
     """Run the Table 1 studies under each candidate budget of the plan (resumably) and write
     reports/calibration/README.md: seed noise against the spread between settings, agreement with the paper."""
-    from workbench.ablate import StoreError, default_stores
-    from workbench.calibrate import load_plan, render_calibration, run_plan
-    from workbench.report import ReportError
+    from workbench.tracking import StoreError
+    from workbench.calibrate import load_plan, run_plan
+    from workbench.calibration_report import render_calibration
+    from workbench.record import ReportError
     from workbench.studies import StudyError
 
     try:
-        stores = default_stores(storage, tracking_uri)
+        stores = _stores(storage, tracking_uri)
         spec = load_plan(plan)
         if not report_only:
             summaries = run_plan(spec, stores, workers or os.cpu_count() or 1, budget, study, progress=_live_display())

@@ -4,11 +4,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
 
 def scatter(panels: list[tuple[str, torch.Tensor, torch.Tensor | None]], path: Path) -> None:

@@ -95,6 +95,11 @@ class Study:
         return cells
 
 
+def study_file_text(study: Study) -> str:
+    """The study file as run, logged with the study's parent run so a report renders from the store alone."""
+    return study.path.read_text()
+
+
 def config_hash(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(flatten(config), sort_keys=True, default=str).encode()).hexdigest()[:12]
 

@@ -1,11 +1,180 @@
-"""Trackers: where a training run sends its metric rows. Training calls a tracker, never MLflow."""
+"""Where runs are recorded: metric trackers for a training run, and every access to the MLflow tracking
+store (with the Optuna storage URL) for studies. Training calls a Tracker, never MLflow.
+
+Layout of a study in MLflow: an experiment named after the study; one parent run tagged
+wb.role = study (its description as the run note, the study file as run as the artifact study.toml);
+one child run per cell (tag mlflow.parentRunId), tagged with the cell's config hash, seed, axis labels,
+commit and worker, holding params, metric curves, final scores and artifacts (config.json, eval.json,
+ema.pt, samples*.png). ablate, runs, report and calibrate go through the functions here.
+"""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run
+
+# Tag names.
+PARENT = "mlflow.parentRunId"
+NOTE = "mlflow.note.content"
+ROLE = "wb.role"  # "study" on the parent run
+STUDY = "wb.study"
+CONFIG_HASH = "wb.config_hash"  # a cell's identity (studies.config_hash)
+SEED = "wb.seed"
+COMMIT = "wb.git_commit"
+WORKER = "wb.worker"  # host:pid that trained the cell
+AXIS = "wb.axis"  # comma-joined axis names; wb.axis.<name> = the cell's label on that axis
+VALUE = "wb.value"  # comma-joined labels
+STUDY_FILE = "study.toml"  # the parent run's artifact: the study file as run
+
+
+class StoreError(ValueError):
+    """A storage or tracking URL that cannot work here; the message says what to install or change."""
+
+
+@dataclass(frozen=True)
+class Stores:
+    storage: str  # Optuna RDB URL
+    tracking_uri: str  # MLflow tracking URI
+    artifacts: str  # artifact root for a new experiment (file store default: ./mlartifacts)
+    # A RUNNING trial with no heartbeat for grace_s seconds is stale (its worker died): the next launch
+    # fails it and runs the cell again.
+    heartbeat_s: int = 10
+    grace_s: int = 30
+
+
+def default_stores(storage: str | None = None, tracking_uri: str | None = None, heartbeat_s: int = 10,
+                   grace_s: int = 30) -> Stores:
+    """The given URLs, or SQLite files in the working directory; a missing database driver fails here."""
+    # Absolute paths: MLflow caches one store per URI string, so a relative sqlite URI would keep
+    # pointing at the first working directory it was used in.
+    stores = Stores(storage or f"sqlite:///{Path('optuna.db').resolve()}",
+                    tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}", Path("mlartifacts").resolve().as_uri(),
+                    heartbeat_s, grace_s)
+    for option, url in (("--storage", stores.storage), ("--tracking-uri", stores.tracking_uri)):
+        check_driver(option, url)
+    return stores
+
+
+def check_driver(option: str, url: str) -> None:
+    """A database URL whose driver is missing fails here, before anything is created, not deep in a worker.
+    SQLAlchemy names the driver (its default for postgresql:// depends on its version)."""
+    if url.split(":", 1)[0].split("+")[0] not in ("postgresql", "mysql", "mssql"):
+        return  # sqlite (built in), or an MLflow server / file store: no driver
+    import sqlalchemy
+
+    try:
+        sqlalchemy.engine.make_url(url).get_dialect().import_dbapi()
+    except ImportError as err:
+        raise StoreError(f"{option} {url}: its database driver {err.name!r} is not installed "
+                         "(for PostgreSQL: pip install -e '.[postgres]')") from None
+
+
+def require_store(tracking_uri: str) -> None:
+    """Reading from a SQLite store that is not there would create an empty one; say so instead."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+        if not path.exists():
+            raise StoreError(f"no MLflow store at {path} (tracking URI {tracking_uri}); run the study first, "
+                             "or pass --tracking-uri")
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def experiment_id(client: MlflowClient, name: str, artifacts: str) -> str:
+    """The experiment of study `name`, created with its artifacts under `artifacts`/<name> if new."""
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(
+        name, artifact_location=f"{artifacts}/{name}")
+
+
+def find_parent(client: MlflowClient, name: str) -> Run | None:
+    """The parent run `wb ablate` recorded for study `name`, or None."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return None
+    parents = client.search_runs([experiment.experiment_id], f"tags.`{ROLE}` = 'study'", max_results=1)
+    return parents[0] if parents else None
+
+
+def parent_run(client: MlflowClient, experiment: str, name: str, description: str, study_text: str) -> str:
+    """The study's parent run id (created if new); the study file as run now is (re)logged with it, so
+    a report can be rendered from the tracking store alone."""
+    parent = find_parent(client, name)
+    run_id = parent.info.run_id if parent else client.create_run(experiment, run_name=name, tags={
+        ROLE: "study", STUDY: name, COMMIT: git_commit(), NOTE: description}).info.run_id
+    client.log_text(run_id, study_text, STUDY_FILE)
+    return run_id
+
+
+def study_text(client: MlflowClient, parent: Run) -> str | None:
+    """The study file logged with a parent run, or None (recorded by an older wb ablate)."""
+    if STUDY_FILE not in {a.path for a in client.list_artifacts(parent.info.run_id)}:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        return Path(client.download_artifacts(parent.info.run_id, STUDY_FILE, folder)).read_text()
+
+
+def child_runs(client: MlflowClient, parent_id: str, status: str | None = None) -> list[Run]:
+    """Every child run of a parent run (optionally only those with `status`), all pages."""
+    experiment = client.get_run(parent_id).info.experiment_id
+    query = f"tags.`{PARENT}` = '{parent_id}'" + (f" and attributes.status = '{status}'" if status else "")
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment], query, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def cell_tags(study: str, settings: tuple[tuple[str, str], ...], seed: int, key: str, parent_id: str) -> dict[str, str]:
+    """The tags of a cell's child run."""
+    tags = {PARENT: parent_id, STUDY: study, SEED: str(seed), CONFIG_HASH: key, COMMIT: git_commit(),
+            WORKER: f"{socket.gethostname()}:{os.getpid()}"}
+    tags |= {f"{AXIS}.{name}": label for name, label in settings}
+    return tags | {AXIS: ",".join(name for name, _ in settings), VALUE: ",".join(label for _, label in settings)}
+
+
+def axis_label(run: Run, axis_name: str) -> str | None:
+    return run.data.tags.get(f"{AXIS}.{axis_name}")
+
+
+CELL_ARTIFACTS = ("config.json", "eval.json", "ema.pt")  # and every samples*.png
+
+
+def log_cell(client: MlflowClient, run_id: str, params: dict, run_dir: Path | None = None,
+             finals: dict[str, float] | None = None) -> None:
+    """A cell's params (values cut to MLflow's 500 characters), or its artifacts from run_dir and its
+    final bookkeeping metrics (step 0)."""
+    if params:
+        client.log_batch(run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
+    if run_dir is not None:
+        for name in CELL_ARTIFACTS:
+            client.log_artifact(run_id, str(run_dir / name))
+        for picture in sorted(run_dir.glob("samples*.png")):  # samples.png, samples_2nfe.png, ...
+            client.log_artifact(run_id, str(picture))
+    if finals:
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in finals.items()])
+
+
+# Trackers ----------------------------------------------------------------------------------------
 
 class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
@@ -52,8 +221,6 @@ class MlflowTracker:
         self.seconds = 0.0
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
         start = time.perf_counter()
         now = int(time.time() * 1000)
         self.buffer += [Metric(key, float(value), now, step) for key, value in metrics.items()]

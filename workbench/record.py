@@ -1,0 +1,118 @@
+"""A study as recorded in the tracking store: its study file and one row per cell, and the per-axis table.
+
+Everything comes from the tracking store (the parent run's study.toml, the child runs' tags and
+metrics), never from the process that ran the study, so a report renders later and on another machine.
+"""
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from mlflow import MlflowClient
+
+from workbench import stats, tracking
+from workbench.studies import Study, parse_study
+
+# Columns of Record.cells that are not settings: the rest (axes, seed) identify a cell.
+RECORD_COLUMNS = ("key", "status", "run_id", "metric", "metric_2nfe", "wall", "end", "commit", "metrics")
+
+
+class ReportError(ValueError):
+    """A study the tracking store does not hold; the message names the store and the study."""
+
+
+@dataclass
+class Record:
+    """A study as recorded: the study file of its parent run and one row per cell (config x seed)."""
+
+    study: Study
+    cells: pd.DataFrame  # one row per cell: settings columns, seed, then RECORD_COLUMNS
+    client: MlflowClient
+
+    def finished(self) -> pd.DataFrame:
+        return self.cells[self.cells["status"] == "finished"]
+
+
+def load_record(name: str, tracking_uri: str) -> Record:
+    """Reads the study's parent run and children; a cell without a FINISHED run is 'failed' or 'missing'."""
+    tracking.require_store(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    parent = tracking.find_parent(client, name)
+    if parent is None:
+        raise ReportError(f"study {name!r}: no runs in the tracking store {tracking_uri} (run `wb ablate {name}` first, "
+                          "or pass --tracking-uri)")
+    text = tracking.study_text(client, parent)
+    if text is None:
+        raise ReportError(f"study {name!r}: its parent run in {tracking_uri} has no study.toml (recorded by an older "
+                          f"wb ablate); run `wb ablate {name}` once more: finished cells are skipped, the file is added")
+    study = parse_study(tomllib.loads(text), Path(f"studies/{name}.toml"))
+    by_cell: dict[str, list] = {}
+    by_settings: dict[tuple, list] = {}
+    for run in tracking.child_runs(client, parent.info.run_id):
+        by_cell.setdefault(run.data.tags.get(tracking.CONFIG_HASH), []).append(run)
+        settings = tuple((axis.name, tracking.axis_label(run, axis.name)) for axis in study.axes)
+        by_settings.setdefault((settings, run.data.tags.get(tracking.SEED)), []).append(run)
+    rows = []
+    for cell in study.cells():
+        # Runs recorded before a config field was added carry another config hash; the study file of the
+        # parent run is the one they ran, so within it the settings and seed identify the cell.
+        attempts = by_cell.get(cell.key) or by_settings.get((cell.settings, str(cell.seed)), [])
+        rows.append(dict(cell.settings) | {"seed": cell.seed, "key": cell.key} | _outcome(attempts, study.metric))
+    return Record(study, pd.DataFrame(rows), client)
+
+
+def _outcome(attempts: list, metric: str) -> dict:
+    finished = [run for run in attempts if run.info.status == "FINISHED"]
+    if not finished:
+        status = "running" if any(r.info.status == "RUNNING" for r in attempts) else "failed" if attempts else "missing"
+        return {"status": status, "run_id": None, "metric": math.nan, "metric_2nfe": math.nan, "wall": math.nan,
+                "end": 0, "commit": None, "metrics": {}}
+    run = max(finished, key=lambda run: run.info.end_time or 0)
+    metrics = run.data.metrics
+    return {"status": "finished", "run_id": run.info.run_id, "metric": metrics.get(metric, math.nan),
+            "metric_2nfe": metrics.get(metric.replace("_1nfe", "_2nfe"), math.nan),
+            "wall": metrics.get("wb_wall_seconds", math.nan), "end": run.info.end_time or 0,
+            "commit": run.data.tags.get(tracking.COMMIT, "unknown"), "metrics": dict(metrics)}
+
+
+def axis_table(record: Record, axis_index: int) -> pd.DataFrame:
+    """Per setting of one axis (over seeds, and over the other axes' settings): n, mean, std, paper,
+    ranks, and a paired t-test against our best setting across matching cells."""
+    axis = record.study.axes[axis_index]
+    cells, done = record.cells, record.finished()
+    rows = []
+    for label, paper in zip(axis.labels, axis.paper):
+        values = done.loc[done[axis.name] == label, "metric"].dropna()
+        mine = cells[cells[axis.name] == label]
+        rows.append({"value": label, "n": len(values), "cells": len(mine),
+                     "mean": values.mean() if len(values) else math.nan,
+                     "std": values.std(ddof=1) if len(values) > 1 else math.nan,
+                     "mean_2nfe": done.loc[done[axis.name] == label, "metric_2nfe"].mean(),
+                     "paper": math.nan if paper is None else float(paper),
+                     "failed": int((mine["status"] == "failed").sum()), "missing": int((mine["status"] == "missing").sum()),
+                     "running": int((mine["status"] == "running").sum())})
+    table = pd.DataFrame(rows)
+    table["rank"] = table["mean"].rank(method="min")
+    table["paper_rank"] = table["paper"].rank(method="min")
+    table["p_vs_best"], table["worse_on"] = math.nan, ""
+    ours = best_value(table)
+    if ours is not None:
+        keys = [c for c in done.columns if c not in {axis.name, *RECORD_COLUMNS}]  # the seed and the other axes
+        tests = [stats.paired_test(done, axis.name, ours, label, keys) for label in table["value"]]
+        table["p_vs_best"] = [p for p, _ in tests]
+        table["worse_on"] = [worse for _, worse in tests]
+    return table
+
+
+def best_value(table: pd.DataFrame, column: str = "mean") -> str | None:
+    """The setting (value) with the lowest `column` of an axis table: ours ("mean") or the paper's ("paper")."""
+    index = stats.best(table[column])
+    return None if index is None else table.loc[index, "value"]
+
+
+def fmt(x: float, digits: int = 4) -> str:
+    """A number as tables print it: `digits` significant digits, blank for None / NaN."""
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"

@@ -1,0 +1,55 @@
+"""The statistics reports and calibration share: best setting, paired test over seeds, Kendall tau,
+seed noise against the spread between settings. Pure functions of pandas tables."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def best(values: pd.Series):
+    """The index of the lowest value (every study metric is lower-is-better), None if all are NaN."""
+    return values.idxmin() if values.notna().any() else None
+
+
+def paired_test(done: pd.DataFrame, axis_name: str, best_label: str, label: str, keys: list[str]) -> tuple[float, str]:
+    """Against `best_label`, over cells that share every column in `keys` (the seed, the other axes): the
+    two-sided paired t-test's p-value on the log of the metric (distances vary by factors across seeds,
+    and a diverged seed would otherwise swamp the test), and on how many of the pairs `label` is worse ("3/3")."""
+    if label == best_label:
+        return math.nan, ""
+    a = done[done[axis_name] == best_label].set_index(keys)["metric"]
+    b = done[done[axis_name] == label].set_index(keys)["metric"]
+    pairs = pd.concat([a, b], axis=1, join="inner").dropna()
+    worse = f"{int((pairs.iloc[:, 1] > pairs.iloc[:, 0]).sum())}/{len(pairs)}" if len(pairs) else ""
+    if len(pairs) < 2 or np.allclose(pairs.iloc[:, 0], pairs.iloc[:, 1]):
+        return math.nan, worse
+    if (pairs > 0).all().all():
+        pairs = np.log(pairs)
+    return float(stats.ttest_rel(pairs.iloc[:, 0], pairs.iloc[:, 1]).pvalue), worse
+
+
+def kendall_tau(table: pd.DataFrame) -> tuple[float, int]:
+    """Kendall tau between our means and the paper's values over the settings that have both, and their count."""
+    both = table.dropna(subset=["mean", "paper"])
+    if len(both) < 2:
+        return math.nan, len(both)
+    return float(stats.kendalltau(both["mean"], both["paper"]).statistic), len(both)
+
+
+def log_noise(done: pd.DataFrame, axis_name: str) -> dict[str, float]:
+    """On log(metric) of finished cells grouped by one axis's settings:
+    seed_sd  pooled within-setting standard deviation over seeds;
+    spread   standard deviation of the per-setting means;
+    ratio    seed_sd / spread (below about 0.5 the settings' order stands out of the seed noise);
+    gap      (runner-up's mean - best's mean) / seed_sd (whether the best itself is resolved)."""
+    done = done[done["metric"] > 0]
+    logs = done.assign(log=np.log(done["metric"])).groupby(axis_name)["log"]
+    variances, means = logs.var(ddof=1).dropna(), logs.mean()
+    seed_sd = math.sqrt(variances.mean()) if len(variances) else math.nan
+    spread = float(means.std(ddof=1)) if len(means) > 1 else math.nan
+    ordered = means.sort_values()
+    gap = (ordered.iloc[1] - ordered.iloc[0]) / seed_sd if len(ordered) > 1 and seed_sd else math.nan
+    return {"seed_sd": seed_sd, "spread": spread, "ratio": seed_sd / spread if spread else math.nan, "gap": gap}
