@@ -17,8 +17,8 @@ from pathlib import Path
 import mlflow
 
 from workbench.ablate import run_study
-from workbench.tracking import Stores
 from workbench.studies import load_study
+from workbench.tracking import Stores
 
 STUDY = """
 name = "bench"

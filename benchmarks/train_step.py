@@ -20,8 +20,7 @@ import time
 import torch
 
 from workbench.config import RunConfig, with_overrides
-from workbench.data import load_data
-from workbench.data import index_noise
+from workbench.data import index_noise, load_data
 from workbench.meanflow import JVP_MODES, meanflow_loss, sample
 from workbench.train import build_net, draw_batch, make_optimizer
 

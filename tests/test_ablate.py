@@ -6,11 +6,11 @@ import sys
 import time
 
 import mlflow
-import pytest
 from typer.testing import CliRunner
 
-from conftest import tiny_study
 from workbench.cli import app
+
+from conftest import tiny_study
 
 
 def write(path, values="[0.0, 0.5]", steps=30):
@@ -30,7 +30,8 @@ def test_two_workers_one_finished_child_per_cell_then_only_new_cells(tmp_path, m
     result = CliRunner().invoke(app, ["ablate", str(study), "--workers", "2"])
     assert result.exit_code == 0, result.output
     assert "4/4 cells finished" in result.output and "wb ui" in result.output
-    assert "Report: reports/tiny/README.md" in result.output and "4/4 finished" in (tmp_path / "reports/tiny/README.md").read_text()
+    report = (tmp_path / "reports/tiny/README.md").read_text()
+    assert "Report: reports/tiny/README.md" in result.output and "4/4 finished" in report
     runs, parents = children()
     assert len(parents) == 1 and len(runs) == 4
     assert set(runs["status"]) == {"FINISHED"}
@@ -82,7 +83,8 @@ def test_killed_launcher_resumes_with_every_cell_exactly_once(tmp_path):
 
 
 def test_bad_study_exits_2(tmp_path):
-    (tmp_path / "bad.toml").write_text('name = "bad"\nmetric = "x"\nseeds = [0]\n[[axes]]\nkey = "meanflow.ratio"\nvalues = [3.0]\n')
+    (tmp_path / "bad.toml").write_text(
+        'name = "bad"\nmetric = "x"\nseeds = [0]\n[[axes]]\nkey = "meanflow.ratio"\nvalues = [3.0]\n')
     result = CliRunner().invoke(app, ["ablate", str(tmp_path / "bad.toml")])
     assert result.exit_code == 2 and "bad.toml" in result.output and "meanflow.ratio=3.0" in result.output
     assert not (tmp_path / "mlflow.db").exists()
@@ -97,8 +99,8 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path, monkeypatch):
 
 def test_cells_enqueued_by_a_launcher_that_died_before_its_workers_still_run(tmp_path, monkeypatch):
     from workbench.ablate import prepare, run_study
-    from workbench.tracking import default_stores
     from workbench.studies import load_study
+    from workbench.tracking import default_stores
 
     monkeypatch.chdir(tmp_path)
     study = load_study(write(tmp_path / "tiny.toml", values="[0.5]"))
@@ -118,8 +120,8 @@ def test_launcher_waits_for_a_cell_another_launcher_still_runs(tmp_path, monkeyp
     import optuna
 
     from workbench.ablate import prepare, run_study
-    from workbench.tracking import default_stores
     from workbench.studies import load_study
+    from workbench.tracking import default_stores
 
     monkeypatch.chdir(tmp_path)
     study = load_study(write(tmp_path / "tiny.toml", values="[0.5]"))
@@ -147,12 +149,12 @@ def test_launcher_waits_for_a_cell_another_launcher_still_runs(tmp_path, monkeyp
 
 def test_cell_whose_run_finished_before_its_trial_was_recorded_is_not_run_again(tmp_path, monkeypatch):
     """The kill can land between the MLflow run's FINISHED and Optuna's tell(): the cell is done."""
-    import workbench.ablate as ablate
     from mlflow import MlflowClient
 
+    import workbench.ablate as ablate
     from workbench.runs import run_cell
-    from workbench.tracking import default_stores
     from workbench.studies import load_study
+    from workbench.tracking import default_stores
 
     monkeypatch.chdir(tmp_path)
     study = load_study(write(tmp_path / "tiny.toml", values="[0.5]"))

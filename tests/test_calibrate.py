@@ -9,12 +9,13 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
-from conftest import tiny_study
 from workbench.calibrate import load_plan, write_studies
 from workbench.calibration_report import comparisons, noise
 from workbench.cli import app
 from workbench.record import Record
 from workbench.studies import StudyError, parse_study
+
+from conftest import tiny_study
 
 PLAN = """
 description = "test plan"
@@ -33,7 +34,8 @@ description = "half the steps"
 
 def setup(folder, short_steps=3):
     (folder / "studies").mkdir()
-    (folder / "studies" / "tiny.toml").write_text(tiny_study(6, 'values = [0.0, 0.5]\nlabels = ["FM", "half"]\npaper = [300.0, 60.0]'))
+    axis = 'values = [0.0, 0.5]\nlabels = ["FM", "half"]\npaper = [300.0, 60.0]'
+    (folder / "studies" / "tiny.toml").write_text(tiny_study(6, axis))
     (folder / "studies" / "calibration.toml").write_text(PLAN.format(short_steps=short_steps))
     return folder / "studies" / "calibration.toml"
 

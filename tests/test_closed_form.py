@@ -6,10 +6,11 @@ u(z_t, r, t) = (z_t - z_r) / (t - r), and the marginal velocity is v(z, t) = d/d
 """
 import torch
 
-from conftest import mf, small_net
 from workbench.config import RunConfig, with_overrides
 from workbench.data import index_noise
 from workbench.meanflow import meanflow_loss, sample, sample_t_r
+
+from conftest import mf, small_net
 
 MU, S = torch.tensor([1.5, -0.5], dtype=torch.float64), 0.5
 

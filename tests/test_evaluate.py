@@ -64,6 +64,7 @@ def test_evaluation_during_and_after_training(tmp_path):
 
 def test_wb_eval_rescores_a_saved_run(tmp_path):
     import json
+
     from typer.testing import CliRunner
 
     from workbench.cli import app
@@ -106,7 +107,8 @@ def test_support_scores_count_squares_and_modes():
     assert scores["modes"] == 2  # a square counts once it holds a quarter of its share, 10 / 8 / 4 points
     # Gaussians: a point at its own mode, one at another class's mode, one 0.31 away (beyond 3 std)
     labels = torch.tensor([0, 1, 2])
-    points = torch.stack([GAUSSIAN_MEANS[0], GAUSSIAN_MEANS[3], GAUSSIAN_MEANS[2] + torch.tensor([0.31, 0.0], dtype=torch.float64)])
+    off_mode = GAUSSIAN_MEANS[2] + torch.tensor([0.31, 0.0], dtype=torch.float64)
+    points = torch.stack([GAUSSIAN_MEANS[0], GAUSSIAN_MEANS[3], off_mode])
     scores = support_scores(points.float(), "gaussians", labels)
     assert math.isclose(scores["precision"], 2 / 3) and math.isclose(scores["labelprec"], 1 / 3)
 
@@ -115,7 +117,8 @@ def test_reference_samplers_bracket_a_learned_model():
     """The exact map scores at the data's floor, the uniform box and the prior far from it."""
     from workbench.evaluate import toy_references
 
-    refs = toy_references("checkerboard", 2000)  # energy distance needs the points: at 500 data vs data scores above the uniform box
+    # energy distance needs the points: at 500, data vs data scores above the uniform box
+    refs = toy_references("checkerboard", 2000)
     assert refs["exact map"]["precision"] == 1.0 and refs["data"]["precision"] == 1.0
     assert refs["exact map"]["transport"] == 0.0 and refs["exact map"]["uerr"] == 0.0
     assert 0.4 < refs["uniform box"]["precision"] < 0.6  # half the box is black squares

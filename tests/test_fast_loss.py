@@ -7,9 +7,10 @@ from collections import deque
 import pytest
 import torch
 
-from conftest import mf, small_net
-from workbench.meanflow import JVP_MODES, NETWORKS, TANGENTS, TIME_CONDITIONINGS, meanflow_loss
+from workbench.meanflow import JVP_MODES, TANGENTS, TIME_CONDITIONINGS, meanflow_loss
 from workbench.meanflow.jvp import _SCALAR_ARITHMETIC, recorded_layer_outputs, time_derivative
+
+from conftest import mf, small_net
 
 B = 24
 

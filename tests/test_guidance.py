@@ -1,8 +1,9 @@
 """Classifier-free guidance in training (Eq. 13 / 19) and class dropout."""
 import torch
 
-from conftest import mf, small_net
 from workbench.meanflow import guided_velocity, meanflow_loss
+
+from conftest import mf, small_net
 
 B, K = 12, 3
 
@@ -77,7 +78,8 @@ def test_dropped_samples_use_null_class_and_v():
     loss_drop, _ = meanflow_loss(net, x, t, r, noise, config, labels=labels, dropped=dropped)
     # Independent: dropped rows computed as unconditional, unguided; kept rows with guidance.
     null = torch.full_like(labels, K)
-    loss_null, _ = meanflow_loss(net, x[dropped], t[dropped], r[dropped], noise[dropped], mf(adaptive_p=0.0), labels=null[dropped])
+    loss_null, _ = meanflow_loss(net, x[dropped], t[dropped], r[dropped], noise[dropped], mf(adaptive_p=0.0),
+                                 labels=null[dropped])
     loss_kept, _ = meanflow_loss(net, x[~dropped], t[~dropped], r[~dropped], noise[~dropped], config, labels=labels[~dropped])
     n = int(dropped.sum())
     assert torch.allclose(loss_drop, (n * loss_null + (B - n) * loss_kept) / B, rtol=1e-10)

@@ -7,8 +7,8 @@ import torch
 
 from workbench.config import ConfigError, with_overrides
 from workbench.evaluate import evaluator_for, latent_metrics
-from workbench.studies import load_study
 from workbench.pictures import save_run_pictures
+from workbench.studies import load_study
 from workbench.train import train
 
 

@@ -3,8 +3,9 @@ import pytest
 import torch
 from torch.func import jvp
 
-from conftest import small_net
 from workbench.meanflow import NETWORKS, TIME_CONDITIONINGS
+
+from conftest import small_net
 
 SHAPES = {"mlp": (2,), "unet": (1, 8, 8), "dit": (3, 8, 8)}
 

@@ -8,12 +8,13 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from conftest import tiny_study
 from workbench.ablate import run_study
 from workbench.cli import app
 from workbench.report import render, render_suite
-from workbench.tracking import default_stores
 from workbench.studies import load_study
+from workbench.tracking import default_stores
+
+from conftest import tiny_study
 
 STUDY = tiny_study(40, 'values = [0.0, 0.5, 1.0]\nlabels = ["FM", "half", "all"]\npaper = [328.91, 63.14, 67.32]',
                    '"eval.every" = 20\n"eval.num_samples_during" = 100')
@@ -120,7 +121,8 @@ def test_quality_section_shows_the_runs_scores_beside_the_exact_references(tmp_p
     text = render("board", stores.tracking_uri, tmp_path / "out").read_text()
     section = text[text.index("## Quality against exact references"):]
     rows = table_rows(section)
-    header = [c.strip().strip("`") for c in section.splitlines()[[l.startswith("| setting") for l in section.splitlines()].index(True)].split("|")[1:-1]]
+    header_line = next(line for line in section.splitlines() if line.startswith("| setting"))
+    header = [c.strip().strip("`") for c in header_line.split("|")[1:-1]]
     mlflow.set_tracking_uri(stores.tracking_uri)
     runs = mlflow.search_runs(experiment_names=["board"])
     runs = runs[runs["tags.wb.role"] != "study"]

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.studies import StudyError, load_study, parse_study
+from workbench.studies import StudyError, load_study, parse_study, parse_study_text, study_file_text
 
 SHIPPED = sorted(p for p in Path(__file__).parent.parent.joinpath("studies").glob("*.toml") if p.stem != "calibration")
 
@@ -85,3 +85,43 @@ def test_shipped_calibration_plan_and_every_budgets_studies_validate(tmp_path):
         path, text = derived_study(plan, budget, name, tmp_path)
         assert (text is None) == plan.is_chosen(budget, name)
     assert not list(tmp_path.iterdir())
+
+
+def test_extends_puts_the_files_base_under_the_studys_own(tmp_path):
+    (tmp_path / "bases").mkdir()
+    (tmp_path / "bases" / "shared.toml").write_text('[base]\n"data.name" = "moons"\n"train.steps" = 7\n"train.batch_size" = 16\n')
+    (tmp_path / "s.toml").write_text('name = "s"\nmetric = "energy_1nfe"\nseeds = [0]\nextends = "bases/shared.toml"\n'
+                                     '[base]\n"train.steps" = 9\n[[axes]]\nkey = "meanflow.ratio"\nvalues = [0.0, 1.0]\n')
+    study = load_study(tmp_path / "s.toml")
+    config = study.cells()[0].config
+    assert (config.data.name, config.train.steps, config.train.batch_size) == ("moons", 9, 16)
+    # the file logged with the parent run is the resolved study: it gives the same cells on its own
+    again = parse_study_text(study_file_text(study), tmp_path / "elsewhere" / "s.toml")
+    assert [c.key for c in again.cells()] == [c.key for c in study.cells()]
+
+
+@pytest.mark.parametrize("extended, message", [
+    (None, "extends: 'bases/shared.toml' not found"),
+    ('name = "x"\n[base]\n"train.steps" = 7\n', "holds one [base] table, found keys ['base', 'name']"),
+])
+def test_a_bad_extends_names_the_file(tmp_path, extended, message):
+    if extended is not None:
+        (tmp_path / "bases").mkdir()
+        (tmp_path / "bases" / "shared.toml").write_text(extended)
+    (tmp_path / "s.toml").write_text('name = "s"\nmetric = "energy_1nfe"\nseeds = [0]\nextends = "bases/shared.toml"\n'
+                                     '[[axes]]\nkey = "meanflow.ratio"\nvalues = [0.0]\n')
+    with pytest.raises(StudyError) as err:
+        load_study(tmp_path / "s.toml")
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seeds": "0,1"}, "seeds: Input should be a valid list (got '0,1')"),
+    ({"budget_minutes": -1}, "budget_minutes: Input should be greater than or equal to 0 (got -1)"),
+    ({"axes": [{"values": [0.1]}]}, "axes[0].key: missing (required: key, values)"),
+    ({"axes": [{"key": "meanflow.ratio", "values": [0.1], "name": "a b"}]}, "axes[0].name: String should match"),
+])
+def test_schema_errors_name_key_value_and_rule(change, message):
+    with pytest.raises(StudyError) as err:
+        parse_study(raw(**change), Path("studies/x.toml"))
+    assert str(err.value).startswith("studies/x.toml: ") and message in str(err.value)

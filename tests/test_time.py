@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import mf
 from workbench.meanflow import parse_time_dist, sample_t_r, sample_time
+
+from conftest import mf
 
 N = 200_000
 

@@ -8,8 +8,8 @@ import torch
 from workbench.config import ConfigError, RunConfig, with_overrides
 from workbench.data import load_data
 from workbench.pictures import save_run_pictures
-from workbench.train import build_net, learning_rate, train
 from workbench.tracking import JsonlTracker
+from workbench.train import build_net, learning_rate, train
 
 TINY = {"net.mlp.width": 16, "net.mlp.depth": 1, "train.batch_size": 32, "train.steps": 20, "train.log_every": 5,
         "train.checkpoint_every": 10, "sample.num_points": 50, "train.device": "cpu"}

@@ -11,19 +11,19 @@ is computed from that store alone.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import tomli_w
+from pydantic import Field, field_validator, model_validator
 
 from workbench.ablate import run_study
 from workbench.config import flatten
-from workbench.studies import Study, StudyError, load_study, parse_study_text, resolve_path
+from workbench.schema import FileModel, StudyError, validated
+from workbench.studies import Study, load_study, parse_study_text, read_toml, resolve_path
 from workbench.tracking import Stores
 
-PLAN_KEYS = {"description", "studies", "chosen", "budgets"}
-BUDGET_KEYS = {"name", "description", "set", "studies"}
 SHIPPED = "shipped"  # the report's label for the shipped studies, each under its chosen budget
 
 
@@ -62,60 +62,60 @@ class Plan:
         return study if self.is_chosen(budget, study) else f"{study}-{budget.name}"
 
 
+class BudgetModel(FileModel):
+    name: str
+    description: str = ""
+    set: dict[str, Any] = {}  # dotted config key -> value, over each study's [base]
+    studies: list[str] | None = None  # None: every study of the plan
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not re.fullmatch(r"[a-z0-9_]+", name) or name == SHIPPED:
+            raise ValueError(f"{name!r} must match [a-z0-9_]+ (the study runs as <study>-<name>) "
+                             f"and not be {SHIPPED!r} (the report's label for the shipped studies)")
+        return name
+
+
+class PlanModel(FileModel):
+    description: str = ""
+    studies: list[str] = Field(min_length=1)
+    chosen: str | dict[str, str]  # one budget for every study, or study -> budget
+    budgets: list[BudgetModel]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PlanModel:
+        names = [b.name for b in self.budgets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"budgets: budget names must be unique, got {names}")
+        for i, budget in enumerate(self.budgets):
+            if budget.studies is not None and set(budget.studies) - set(self.studies):
+                raise ValueError(f"budgets[{i}].studies: must list studies of the plan ({', '.join(self.studies)}), "
+                                 f"got {budget.studies!r}")
+        chosen = dict.fromkeys(self.studies, self.chosen) if isinstance(self.chosen, str) else self.chosen
+        if set(chosen) != set(self.studies):
+            raise ValueError(f"chosen: must be a budget name or a table giving each study of the plan "
+                             f"({', '.join(self.studies)}) its budget, got {self.chosen!r}")
+        for study, name in chosen.items():
+            if name not in names:
+                raise ValueError(f"chosen.{study}: {name!r} is not a budget ({', '.join(names)})")
+            budget = self.budgets[names.index(name)]
+            if budget.studies is not None and study not in budget.studies:
+                raise ValueError(f"chosen.{study}: budget {name!r} does not run {study!r} (its studies: "
+                                 f"{budget.studies})")
+        return self
+
+
 def load_plan(path: str | Path = "studies/calibration.toml") -> Plan:
     """Reads and validates a calibration plan; raises StudyError naming the file, key and problem."""
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"calibration plan {str(path)!r} not found")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise StudyError(f"{path}: not valid TOML ({err})") from None
-
-    def fail(key: str, message: str) -> StudyError:
-        return StudyError(f"{path}: {key}: {message}")
-
-    unknown = set(raw) - PLAN_KEYS
-    if unknown:
-        raise fail(sorted(unknown)[0], f"unknown key; allowed: {', '.join(sorted(PLAN_KEYS))}")
-    for key in ("studies", "chosen", "budgets"):
-        if key not in raw:
-            raise fail(key, "missing (required: studies, chosen, budgets)")
-    studies = raw["studies"]
-    if not isinstance(studies, list) or not studies or not all(isinstance(s, str) for s in studies):
-        raise fail("studies", f"must be a non-empty list of study names, got {studies!r}")
-    budgets = []
-    for i, entry in enumerate(raw["budgets"]):
-        where = f"budgets[{i}]"
-        if not isinstance(entry, dict) or "name" not in entry:
-            raise fail(where, "needs a name")
-        if set(entry) - BUDGET_KEYS:
-            raise fail(f"{where}.{sorted(set(entry) - BUDGET_KEYS)[0]}", f"unknown key; allowed: {', '.join(sorted(BUDGET_KEYS))}")
-        name = entry["name"]
-        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_]+", name) or name == SHIPPED:
-            raise fail(f"{where}.name", f"{name!r} must match [a-z0-9_]+ (the study runs as <study>-<name>) "
-                                        f"and not be {SHIPPED!r} (the report's label for the shipped studies)")
-        only = entry.get("studies")
-        if only is not None and (not isinstance(only, list) or set(only) - set(studies)):
-            raise fail(f"{where}.studies", f"must list studies of the plan ({', '.join(studies)}), got {only!r}")
-        budgets.append(Budget(name, str(entry.get("description", "")), dict(entry.get("set", {})),
-                              None if only is None else tuple(only)))
-    names = [b.name for b in budgets]
-    if len(set(names)) != len(names):
-        raise fail("budgets", f"budget names must be unique, got {names}")
-    chosen = raw["chosen"]
-    if isinstance(chosen, str):  # one budget for every study
-        chosen = dict.fromkeys(studies, chosen)
-    if not isinstance(chosen, dict) or set(chosen) != set(studies):
-        raise fail("chosen", f"must be a budget name or a table giving each study of the plan ({', '.join(studies)}) "
-                             f"its budget, got {chosen!r}")
-    for study, name in chosen.items():
-        if name not in names:
-            raise fail(f"chosen.{study}", f"{name!r} is not a budget ({', '.join(names)})")
-        budget = budgets[names.index(name)]
-        if budget.studies is not None and study not in budget.studies:
-            raise fail(f"chosen.{study}", f"budget {name!r} does not run {study!r} (its studies: {list(budget.studies)})")
-    return Plan(str(raw.get("description", "")), tuple(studies), {s: chosen[s] for s in studies}, tuple(budgets), path)
+    spec = validated(PlanModel, read_toml(path.read_text(), path), path)
+    chosen = dict.fromkeys(spec.studies, spec.chosen) if isinstance(spec.chosen, str) else spec.chosen
+    budgets = tuple(Budget(b.name, b.description, dict(b.set), None if b.studies is None else tuple(b.studies))
+                    for b in spec.budgets)
+    return Plan(spec.description, tuple(spec.studies), {s: chosen[s] for s in spec.studies}, budgets, path)
 
 
 def derived_study(plan: Plan, budget: Budget, study: str, folder: Path) -> tuple[Path, str | None]:
@@ -125,7 +125,7 @@ def derived_study(plan: Plan, budget: Budget, study: str, folder: Path) -> tuple
     budget's settings over its [base]."""
     source = resolve_path(study)
     shipped = load_study(source)
-    raw = tomllib.loads(source.read_text())
+    raw = {**shipped.raw, "base": dict(shipped.raw.get("base", {}))}  # `extends` resolved
     raw["name"] = plan.run_name(budget, study)
     raw["base"] = {**raw.get("base", {}), **budget.overrides}
     settings = ", ".join(f"{k} = {v}" for k, v in budget.overrides.items()) or "none"

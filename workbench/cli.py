@@ -177,10 +177,10 @@ def report(
     out: Annotated[Path, typer.Option(help="Reports folder.")] = Path("reports"),
 ) -> None:
     """Render reports/<study>/README.md (tables beside the paper, curves, samples) from the MLflow store."""
-    from workbench.tracking import StoreError
     from workbench.record import ReportError
     from workbench.report import SUITE, render, render_suite
     from workbench.studies import StudyError
+    from workbench.tracking import StoreError
 
     if not studies and not suite:
         _fail("name at least one study (e.g. wb report table1a) or pass --suite")
@@ -201,7 +201,8 @@ def report(
 
 @app.command()
 def calibrate(
-    plan: Annotated[Path, typer.Option(help="Calibration plan: studies and candidate budgets.")] = Path("studies/calibration.toml"),
+    plan: Annotated[Path, typer.Option(help="Calibration plan: studies and candidate budgets.")] = Path(
+        "studies/calibration.toml"),
     budget: Annotated[Optional[list[str]], typer.Option(help="Run only this budget (repeatable) [default: all].")] = None,
     study: Annotated[Optional[list[str]], typer.Option(help="Run only this study (repeatable) [default: all].")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Local worker processes [default: one per CPU core].")] = None,
@@ -212,11 +213,11 @@ def calibrate(
 ) -> None:
     """Run the Table 1 studies under each candidate budget of the plan (resumably) and write
     reports/calibration/README.md: seed noise against the spread between settings, agreement with the paper."""
-    from workbench.tracking import StoreError
     from workbench.calibrate import load_plan, run_plan
     from workbench.calibration_report import render_calibration
     from workbench.record import ReportError
     from workbench.studies import StudyError
+    from workbench.tracking import StoreError
 
     try:
         stores = _stores(storage, tracking_uri)

@@ -6,9 +6,9 @@ Nothing downloads unless `download=True` is asked for explicitly.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -170,7 +170,7 @@ def npz(split: str, path: str = "", **_) -> Dataset:
     with np.load(file) as archive:
         if "images" not in archive:
             raise DataError(f"{file}: needs an array 'images' (uint8, N x H x W [x C]); has {sorted(archive)}")
-        labels = archive["labels"] if "labels" in archive else None
+        labels = archive.get("labels")
         return _images(archive["images"], labels, 0 if labels is None else int(labels.max()) + 1)
 
 

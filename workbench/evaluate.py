@@ -4,23 +4,32 @@
 and the Gaussian mixture also support scores (does a sample land on a square / near a mode), the
 transport error against the exact one-step map and the u-error against the exact average velocity
 (workbench/meanflow/exact.py). Images: FID and
-KID through clean-fid (workbench/fid.py). Latents: Frechet distance of the latents themselves. Fixed sample counts and per-index noise seeds make
+KID through clean-fid (workbench/fid.py). Latents: Frechet distance of the latents themselves. Fixed
+sample counts and per-index noise seeds make
 scores comparable across cells.
 """
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from workbench.config import ConfigError, RunConfig
-from workbench.data import (EXACT_REFERENCES, GAUSSIAN_MEANS, SUPPORT_SIZES, TOY_SETS, exact_flow, index_noise,
-                            load_data, support_cells)
+from workbench.data import (
+    EXACT_REFERENCES,
+    GAUSSIAN_MEANS,
+    SUPPORT_SIZES,
+    TOY_SETS,
+    exact_flow,
+    index_noise,
+    load_data,
+    support_cells,
+)
 from workbench.fid import ImageScorer, fid_kid, image_scorer
 from workbench.meanflow import sample
 
@@ -205,7 +214,8 @@ def metric_names(config: RunConfig) -> list[str]:
     if name in TOY_SETS:
         families = ["energy", "swd"]
         if name in EXACT_REFERENCES:
-            families += ["precision", "tv", "modes", "transport"] + (["labelprec"] if config.data.labels and load_data(name, "test").num_classes else [])
+            labelled = config.data.labels and load_data(name, "test").num_classes
+            families += ["precision", "tv", "modes", "transport"] + (["labelprec"] if labelled else [])
         return [f"{family}_{s}" for s in samplers for family in families] + (["uerr"] if name in EXACT_REFERENCES else [])
     if name == "latents":
         return [f"fdlatent_{s}" for s in samplers]

@@ -1,4 +1,4 @@
-"""Study files (studies/*.toml) -> validated cells (config x seed). Pure functions, no I/O but reading the file.
+"""Study files (studies/*.toml) -> validated cells (config x seed). Pure functions, no I/O but reading files.
 
 A study:
     name = "table1a"                      # [a-z0-9_-]+
@@ -7,6 +7,7 @@ A study:
                                           # names the evaluator produces for the study's data)
     seeds = [0, 1, 2]
     budget_minutes = 12                   # expected wall time on a 2-core machine (shown before running)
+    extends = "bases/imagenet.toml"       # optional: a file whose [base] this one's [base] goes over
     [base]                                # dotted config keys shared by every cell
     "data.name" = "checkerboard"
     [[axes]]                              # the grid is the product of all axes
@@ -15,6 +16,10 @@ A study:
     labels = ["0% (FM)", "25%", "50%", "100%"]   # optional display labels
     paper = [328.91, 61.06, 63.14, 67.32]         # optional paper reference value per value
     name = "ratio"                                # optional; default: the last part of the first key
+
+The file's shape is checked by pydantic models (FileModel, extra keys forbidden); every cell's config
+by workbench.config (workbench/schema.py turns pydantic's errors into StudyError). Errors name the
+file, the key, the value and what is allowed.
 """
 from __future__ import annotations
 
@@ -27,14 +32,63 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+from pydantic import Field, field_validator, model_validator
+
 from workbench.config import ConfigError, RunConfig, flatten, with_overrides
-
-STUDY_KEYS = {"name", "description", "metric", "seeds", "budget_minutes", "base", "axes"}
-AXIS_KEYS = {"key", "values", "labels", "paper", "name"}
+from workbench.schema import FileModel, StudyError, validated
 
 
-class StudyError(ValueError):
-    """A study file that cannot be run; the message names the file, key, value and what is allowed."""
+class AxisModel(FileModel):
+    key: str | list[str]
+    values: list[Any] = Field(min_length=1)
+    labels: list[str | int | float] | None = None
+    paper: list[float | None] | None = None
+    name: str = Field("", pattern=r"^[A-Za-z0-9_-]*$", description="names a tag and a figure")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> AxisModel:
+        keys = [self.key] if isinstance(self.key, str) else self.key
+        if len(keys) > 1 and not all(isinstance(v, list) and len(v) == len(keys) for v in self.values):
+            raise ValueError(f"values: with {len(keys)} keys every value must be a list of {len(keys)}")
+        for name in ("labels", "paper"):
+            items = getattr(self, name)
+            if items is not None and len(items) != len(self.values):
+                raise ValueError(f"{name}: needs one entry per value ({len(self.values)}), got {items!r}")
+        if self.labels is not None and len({str(label) for label in self.labels}) != len(self.labels):
+            raise ValueError(f"labels: labels must be distinct, got {self.labels}")
+        return self
+
+
+class StudyModel(FileModel):
+    name: str
+    description: str = ""
+    metric: str
+    seeds: list[int]
+    budget_minutes: float = Field(0, ge=0)
+    base: dict[str, Any] = {}
+    axes: list[AxisModel]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not re.fullmatch(r"[a-z0-9_-]+", name):
+            raise ValueError(f"{name!r} must match [a-z0-9_-]+")
+        return name
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+            raise ValueError(f"{seeds!r} must be a non-empty list of distinct integers >= 0")
+        return seeds
+
+    @field_validator("axes")
+    @classmethod
+    def _axes(cls, axes: list[AxisModel]) -> list[AxisModel]:
+        if not axes:
+            raise ValueError("needs at least one [[axes]] table")
+        return axes
 
 
 @dataclass(frozen=True)
@@ -55,7 +109,6 @@ class Cell:
     study: str
     settings: tuple[tuple[str, str], ...]  # (axis name, label) per axis
     seed: int
-    overrides: dict = field(hash=False)  # dotted key -> value, base + axes + train.seed
     config: RunConfig = field(hash=False)
 
     @property
@@ -78,6 +131,7 @@ class Study:
     base: dict
     axes: tuple[Axis, ...]
     path: Path
+    raw: dict = field(default_factory=dict, hash=False)  # the file as parsed, `extends` resolved
 
     def cells(self) -> list[Cell]:
         """Every (setting of every axis) x seed, in file order."""
@@ -86,22 +140,22 @@ class Study:
             axis_overrides = {k: v for axis, i in zip(self.axes, combo) for k, v in zip(axis.keys, axis.values[i])}
             settings = tuple((axis.name, axis.labels[i]) for axis, i in zip(self.axes, combo))
             for seed in self.seeds:
-                overrides = {**self.base, **axis_overrides, "train.seed": seed}
                 try:
-                    config = with_overrides(RunConfig(), overrides)
+                    config = with_overrides(RunConfig(), {**self.base, **axis_overrides, "train.seed": seed})
                 except ConfigError as err:
                     raise StudyError(f"{self.path}: cell {settings} seed {seed}: {err}") from None
-                cells.append(Cell(self.name, settings, seed, overrides, config))
+                cells.append(Cell(self.name, settings, seed, config))
         return cells
-
-
-def study_file_text(study: Study) -> str:
-    """The study file as run, logged with the study's parent run so a report renders from the store alone."""
-    return study.path.read_text()
 
 
 def config_hash(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(flatten(config), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def study_file_text(study: Study) -> str:
+    """The study file as run (`extends` resolved), logged with the study's parent run so that a report
+    renders from the store alone."""
+    return tomli_w.dumps(study.raw, multiline_strings=True)
 
 
 def load_study(path: str | Path) -> Study:
@@ -112,13 +166,53 @@ def load_study(path: str | Path) -> Study:
 
 def parse_study_text(text: str, path: Path) -> Study:
     """A study from the text of a study file (`path` names it in errors); every cell's config validated."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise StudyError(f"{path}: not valid TOML ({err})") from None
-    study = parse_study(raw, path)
+    study = parse_study(read_toml(text, path), path)
     check_metric(study, study.cells())  # every cell's config must validate before anything runs
     return study
+
+
+def read_toml(text: str, path: Path) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise StudyError(f"{path}: not valid TOML ({err})") from None
+
+
+def parse_study(raw: dict, path: Path) -> Study:
+    raw = resolve_extends(raw, path)
+    spec = validated(StudyModel, raw, path)
+    axes = tuple(_axis(axis) for axis in spec.axes)
+    keys = [k for axis in axes for k in axis.keys]
+    if len(set(keys)) != len(keys):
+        raise StudyError(f"{path}: axes: a key appears in two axes: {keys}")
+    names = [axis.name for axis in axes]
+    if len(set(names)) != len(names):
+        raise StudyError(f"{path}: axes: two axes share a name: {names} (set `name` on one)")
+    return Study(spec.name, spec.description, spec.metric, tuple(spec.seeds), float(spec.budget_minutes),
+                 dict(spec.base), axes, path, raw)
+
+
+def resolve_extends(raw: dict, path: Path) -> dict:
+    """A study with `extends = "file.toml"` (relative to the study file): that file's [base] under this one's."""
+    if "extends" not in raw:
+        return raw
+    target = path.parent / str(raw["extends"])
+    if not target.is_file():
+        raise StudyError(f"{path}: extends: {str(raw['extends'])!r} not found (looked at {target})")
+    parent = read_toml(target.read_text(), target)
+    if set(parent) - {"base"} or not isinstance(parent.get("base", {}), dict):
+        raise StudyError(f"{target}: a file a study extends holds one [base] table, found keys {sorted(parent)}")
+    merged = {k: v for k, v in raw.items() if k != "extends"}
+    merged["base"] = {**parent.get("base", {}), **raw.get("base", {})}
+    return merged
+
+
+def _axis(spec: AxisModel) -> Axis:
+    keys = (spec.key,) if isinstance(spec.key, str) else tuple(spec.key)
+    values = tuple(tuple(v) if len(keys) > 1 else (v,) for v in spec.values)
+    labels = spec.labels if spec.labels is not None else [", ".join(map(str, v)) for v in values]
+    paper = spec.paper if spec.paper is not None else [None] * len(values)
+    return Axis(keys, values, tuple(str(label) for label in labels), tuple(paper), spec.name)
 
 
 def check_metric(study: Study, cells: list[Cell]) -> None:
@@ -143,66 +237,3 @@ def resolve_path(path: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     raise StudyError(f"study {str(path)!r} not found (looked at {', '.join(map(str, candidates))})")
-
-
-def parse_study(raw: dict, path: Path) -> Study:
-    def fail(key: str, message: str) -> StudyError:
-        return StudyError(f"{path}: {key}: {message}")
-
-    unknown = set(raw) - STUDY_KEYS
-    if unknown:
-        raise fail(sorted(unknown)[0], f"unknown key; allowed: {', '.join(sorted(STUDY_KEYS))}")
-    for key in ("name", "metric", "seeds", "axes"):
-        if key not in raw:
-            raise fail(key, "missing (required: name, metric, seeds, axes)")
-    name = raw["name"]
-    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_-]+", name):
-        raise fail("name", f"{name!r} must match [a-z0-9_-]+")
-    seeds = raw["seeds"]
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) \
-            or len(set(seeds)) != len(seeds):
-        raise fail("seeds", f"{seeds!r} must be a non-empty list of distinct integers >= 0")
-    base = raw.get("base", {})
-    if not isinstance(base, dict):
-        raise fail("base", "must be a table of dotted config keys")
-    budget = raw.get("budget_minutes", 0)
-    if not isinstance(budget, (int, float)) or budget < 0:
-        raise fail("budget_minutes", f"{budget!r} must be a number >= 0")
-    if not isinstance(raw["axes"], list) or not raw["axes"]:
-        raise fail("axes", "needs at least one [[axes]] table")
-    axes = tuple(parse_axis(axis, f"axes[{i}]", fail) for i, axis in enumerate(raw["axes"]))
-    keys = [k for axis in axes for k in axis.keys]
-    if len(set(keys)) != len(keys):
-        raise fail("axes", f"a key appears in two axes: {keys}")
-    names = [axis.name for axis in axes]
-    if len(set(names)) != len(names):
-        raise fail("axes", f"two axes share a name: {names} (set `name` on one)")
-    return Study(name, str(raw.get("description", "")), str(raw["metric"]), tuple(seeds), float(budget), base, axes, path)
-
-
-def parse_axis(raw: Any, where: str, fail) -> Axis:
-    if not isinstance(raw, dict):
-        raise fail(where, "must be a table")
-    unknown = set(raw) - AXIS_KEYS
-    if unknown:
-        raise fail(f"{where}.{sorted(unknown)[0]}", f"unknown key; allowed: {', '.join(sorted(AXIS_KEYS))}")
-    if "key" not in raw or "values" not in raw:
-        raise fail(where, "needs key and values")
-    keys = (raw["key"],) if isinstance(raw["key"], str) else tuple(raw["key"])
-    values = raw["values"]
-    if not isinstance(values, list) or not values:
-        raise fail(f"{where}.values", "must be a non-empty list")
-    if len(keys) > 1 and not all(isinstance(v, list) and len(v) == len(keys) for v in values):
-        raise fail(f"{where}.values", f"with {len(keys)} keys every value must be a list of {len(keys)}")
-    values = tuple(tuple(v) if len(keys) > 1 else (v,) for v in values)
-    labels = raw.get("labels", [", ".join(map(str, v)) for v in values])
-    paper = raw.get("paper", [None] * len(values))
-    for name, items in (("labels", labels), ("paper", paper)):
-        if not isinstance(items, list) or len(items) != len(values):
-            raise fail(f"{where}.{name}", f"needs one entry per value ({len(values)}), got {items!r}")
-    if len({str(label) for label in labels}) != len(labels):
-        raise fail(f"{where}.labels", f"labels must be distinct, got {labels}")
-    title = raw.get("name", "")
-    if not isinstance(title, str) or (title and not re.fullmatch(r"[A-Za-z0-9_-]+", title)):
-        raise fail(f"{where}.name", f"{title!r} must match [A-Za-z0-9_-]+ (it names a tag and a figure)")
-    return Axis(keys, values, tuple(str(label) for label in labels), tuple(paper), title)

@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import weakref
 from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.autograd.forward_ad as fwAD

@@ -2,7 +2,7 @@
 baseline) as its r = t case. No CFG at sampling time: guidance is trained into the network."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
