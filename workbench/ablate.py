@@ -149,3 +149,18 @@ def status_line(study: Study, trials_study: optuna.Study, total: int, started: f
     return (f"[{study.name}] {c['done']}/{total} cells done, {len(c['running'])} running"
             f"{': ' + '; '.join(c['running']) if c['running'] else ''}, {c['failed']} failed, "
             f"{elapsed / 60:.1f} min elapsed{remaining}")
+
+
+def terminal_progress():
+    """One status line rewritten in place on a terminal; in a log, a new line only when cells change."""
+    import sys
+
+    last = [""]
+
+    def show(line: str) -> None:
+        if sys.stderr.isatty():
+            print("\r" + line.ljust(len(last[0])), end="", file=sys.stderr, flush=True)
+        elif line.split(" min elapsed")[0].rsplit(",", 1)[0] != last[0].split(" min elapsed")[0].rsplit(",", 1)[0]:
+            print(line, file=sys.stderr, flush=True)
+        last[0] = line
+    return show

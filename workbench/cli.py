@@ -148,14 +148,14 @@ def ablate(
         for cell in cells:
             typer.echo(f"  {cell.key}  {cell.run_name}")
         return
-    from workbench.ablate import run_study
+    from workbench.ablate import run_study, terminal_progress
     from workbench.tracking import StoreError
 
     try:
         stores = _stores(storage, tracking_uri)
     except StoreError as err:
         _fail(str(err))
-    summary = run_study(spec, stores, workers or os.cpu_count() or 1, progress=_live_display(), threads=threads)
+    summary = run_study(spec, stores, workers or os.cpu_count() or 1, progress=terminal_progress(), threads=threads)
     typer.echo(f"{summary['done']}/{summary['total']} cells finished, {summary['failed']} failed, "
                f"{summary['seconds'] / 60:.1f} min")
     typer.echo(f"MLflow: {stores.tracking_uri} (experiment {spec.name}, parent run {summary['parent_run_id']})")
@@ -213,6 +213,7 @@ def calibrate(
 ) -> None:
     """Run the Table 1 studies under each candidate budget of the plan (resumably) and write
     reports/calibration/README.md: seed noise against the spread between settings, agreement with the paper."""
+    from workbench.ablate import terminal_progress
     from workbench.calibrate import load_plan, run_plan
     from workbench.calibration_report import render_calibration
     from workbench.record import ReportError
@@ -223,7 +224,7 @@ def calibrate(
         stores = _stores(storage, tracking_uri)
         spec = load_plan(plan)
         if not report_only:
-            summaries = run_plan(spec, stores, workers or os.cpu_count() or 1, budget, study, progress=_live_display())
+            summaries = run_plan(spec, stores, workers or os.cpu_count() or 1, budget, study, progress=terminal_progress())
             for name, summary in summaries:
                 typer.echo(f"{name}: {summary['done']}/{summary['total']} cells finished, "
                            f"{summary['failed']} failed, {summary['seconds'] / 60:.1f} min")
@@ -232,21 +233,6 @@ def calibrate(
         _fail(str(err))
     if not report_only and any(s["done"] < s["total"] for _, s in summaries):
         raise typer.Exit(1)
-
-
-def _live_display():
-    """One status line rewritten in place on a terminal; in a log, a new line only when cells change."""
-    import sys
-
-    last = [""]
-
-    def show(line: str) -> None:
-        if sys.stderr.isatty():
-            typer.echo("\r" + line.ljust(len(last[0])), err=True, nl=False)
-        elif line.split(" min elapsed")[0].rsplit(",", 1)[0] != last[0].split(" min elapsed")[0].rsplit(",", 1)[0]:
-            typer.echo(line, err=True)
-        last[0] = line
-    return show
 
 
 @app.command()

@@ -1,6 +1,6 @@
 """The MeanFlow science in pure torch: time sampler, objective, samplers, networks. No I/O."""
 from .conditioning import TIME_CONDITIONINGS
-from .jvp import JVP_MODES, TANGENTS
+from .dudt import JVP_MODES, TANGENTS
 from .loss import adaptive_weight, guided_velocity, meanflow_loss
 from .networks import NETWORKS
 from .sampling import sample, time_schedule

@@ -5,7 +5,7 @@ velocity u(z_t, r, t) = 1/(t - r) int_r^t v(z_s, s) ds. The MeanFlow identity (E
     u(z_t, r, t) = v(z_t, t) - (t - r) d/dt u(z_t, r, t),   d/dt u = v d_z u + d_t u,
 gives the regression target u_tgt = v - (t - r) JVP(u; tangent (v, 0, 1) over (z, r, t)) (Eq. 10).
 How d/dt u is computed (one JVP over the batch, or cheaper passes with the same result) is a
-strategy from meanflow/jvp.py.
+strategy from meanflow/dudt.py.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .jvp import TANGENTS, DuDt, auto
+from .dudt import TANGENTS, DuDt, auto
 
 if TYPE_CHECKING:
     from workbench.config import MeanFlowConfig
@@ -29,7 +29,7 @@ def meanflow_loss(
     """MeanFlow loss for data x (B, ...), times t >= r (B,), noise e like x; returns (loss, detached metrics).
 
     labels (B,) ints and dropped (B,) bools: class dropout gives those samples the null class
-    net.num_classes and the unguided target. dudt: how (u, d/dt u) are computed (meanflow/jvp.py)."""
+    net.num_classes and the unguided target. dudt: how (u, d/dt u) are computed (meanflow/dudt.py)."""
     if labels is not None and dropped is not None:
         labels = torch.where(dropped, torch.full_like(labels, net.num_classes), labels)
     z = (1 - _expand(t, x)) * x + _expand(t, x) * e                                  # Eq. 1
