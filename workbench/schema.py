@@ -40,7 +40,7 @@ def validated(model: type[FileModel], raw: dict, path: Path) -> FileModel:
 
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel]:
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or part not in model.model_fields:  # a list index or a dict key
             continue
         annotation = model.model_fields[part].annotation
         inner = getattr(annotation, "__args__", (annotation,))

@@ -37,6 +37,7 @@ from pydantic import Field, field_validator, model_validator
 
 from workbench.config import ConfigError, RunConfig, flatten, with_overrides
 from workbench.schema import FileModel, StudyError, validated
+from workbench.search_space import SearchModel, check_space
 
 
 class AxisModel(FileModel):
@@ -67,7 +68,8 @@ class StudyModel(FileModel):
     seeds: list[int]
     budget_minutes: float = Field(0, ge=0)
     base: dict[str, Any] = {}
-    axes: list[AxisModel]
+    axes: list[AxisModel] = []
+    search: SearchModel | None = None  # what `wb search` lets Optuna choose (workbench/search_space.py)
 
     @field_validator("name")
     @classmethod
@@ -83,12 +85,11 @@ class StudyModel(FileModel):
             raise ValueError(f"{seeds!r} must be a non-empty list of distinct integers >= 0")
         return seeds
 
-    @field_validator("axes")
-    @classmethod
-    def _axes(cls, axes: list[AxisModel]) -> list[AxisModel]:
-        if not axes:
-            raise ValueError("needs at least one [[axes]] table")
-        return axes
+    @model_validator(mode="after")
+    def _axes(self) -> StudyModel:
+        if not self.axes and self.search is None:
+            raise ValueError("axes: needs at least one [[axes]] table (or a [search] section for wb search)")
+        return self
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class Study:
     axes: tuple[Axis, ...]
     path: Path
     raw: dict = field(default_factory=dict, hash=False)  # the file as parsed, `extends` resolved
+    search: SearchModel | None = None
 
     def cells(self) -> list[Cell]:
         """Every (setting of every axis) x seed, in file order."""
@@ -188,8 +190,10 @@ def parse_study(raw: dict, path: Path) -> Study:
     names = [axis.name for axis in axes]
     if len(set(names)) != len(names):
         raise StudyError(f"{path}: axes: two axes share a name: {names} (set `name` on one)")
+    if spec.search is not None:
+        check_space(spec.search, dict(spec.base), path)
     return Study(spec.name, spec.description, spec.metric, tuple(spec.seeds), float(spec.budget_minutes),
-                 dict(spec.base), axes, path, raw)
+                 dict(spec.base), axes, path, raw, spec.search)
 
 
 def resolve_extends(raw: dict, path: Path) -> dict:
@@ -220,15 +224,19 @@ def check_metric(study: Study, cells: list[Cell]) -> None:
     (reports and the scheduler rank by it that way)."""
     from workbench.evaluate import HIGHER_IS_BETTER, metric_names  # evaluation code only when a study is checked
 
-    for cell in cells:
-        names = metric_names(cell.config)
-        if study.metric not in names:
-            raise StudyError(f"{study.path}: metric: {study.metric!r} is not produced for cell {cell.run_name!r} "
-                             f"(data.name={cell.config.data.name!r}); it produces: {', '.join(names)}")
-    if study.metric.split("_")[0] in HIGHER_IS_BETTER:
-        lower = [n for n in metric_names(cells[0].config) if n.split("_")[0] not in HIGHER_IS_BETTER]
-        raise StudyError(f"{study.path}: metric: {study.metric!r} is higher-is-better; a study ranks by a "
-                         f"lower-is-better metric, one of: {', '.join(lower)}")
+    metrics = {"metric": study.metric}
+    if study.search is not None and study.search.metric is not None:
+        metrics["search.metric"] = study.search.metric
+    for where, metric in metrics.items():
+        for cell in cells:
+            names = metric_names(cell.config)
+            if metric not in names:
+                raise StudyError(f"{study.path}: {where}: {metric!r} is not produced for cell {cell.run_name!r} "
+                                 f"(data.name={cell.config.data.name!r}); it produces: {', '.join(names)}")
+        if metric.split("_")[0] in HIGHER_IS_BETTER:
+            lower = [n for n in metric_names(cells[0].config) if n.split("_")[0] not in HIGHER_IS_BETTER]
+            raise StudyError(f"{study.path}: {where}: {metric!r} is higher-is-better; a study ranks by a "
+                             f"lower-is-better metric, one of: {', '.join(lower)}")
 
 
 def resolve_path(path: str | Path) -> Path:

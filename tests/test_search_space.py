@@ -1,0 +1,77 @@
+"""The [search] section of a study file: its schema, the checks against the config, and what Optuna suggests."""
+from pathlib import Path
+
+import optuna
+import pytest
+
+from workbench.studies import StudyError, parse_study, parse_study_text
+
+BASE = {"name": "s", "metric": "energy_1nfe", "seeds": [0], "base": {"data.name": "moons", "train.steps": 10}}
+SPACE = {"meanflow.ratio": {"low": 0.1, "high": 1.0}, "optim.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+         "net.mlp.depth": {"low": 1, "high": 4}, "meanflow.t_dist": {"choices": ["uniform(0,1)", "lognorm(-0.4,1.0)"]}}
+
+
+def study(**search):
+    return parse_study(BASE | {"search": {"space": SPACE} | search}, Path("studies/s.toml"))
+
+
+def test_a_search_needs_no_axes_and_its_dimensions_get_their_kinds():
+    spec = study(trials=7).search
+    assert spec.trials == 7 and spec.sampler == "tpe" and spec.pruner == "median"
+    kinds = {key: p.kind for key, p in spec.space.items()}
+    assert kinds == {"meanflow.ratio": "float", "optim.lr": "float", "net.mlp.depth": "int",
+                     "meanflow.t_dist": "categorical"}
+
+
+def test_suggestions_stay_in_their_ranges_and_are_the_trials_params():
+    from workbench.search_space import suggest
+
+    spec = study().search
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trials = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        trial = trials.ask()
+        values = suggest(trial, spec)
+        assert values == trial.params
+        assert 0.1 <= values["meanflow.ratio"] <= 1.0 and 1e-4 <= values["optim.lr"] <= 1e-2
+        assert values["net.mlp.depth"] in (1, 2, 3, 4) and values["meanflow.t_dist"] in SPACE["meanflow.t_dist"]["choices"]
+        trials.tell(trial, 0.0)
+    depths = {t.params["net.mlp.depth"] for t in trials.trials}
+    assert depths == {1, 2, 3, 4}  # 30 random draws of 4 values cover all of them (fixed seed)
+
+
+def test_grid_values_enumerate_choices_and_steps():
+    from workbench.search_space import ParamModel, grid_values
+
+    assert grid_values(ParamModel(low=0.0, high=1.0, step=0.25)) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert grid_values(ParamModel(low=2, high=8, step=3, type="int")) == [2, 5, 8]
+    assert grid_values(ParamModel(choices=["a", "b"])) == ["a", "b"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"space": {"meanflow.ratoi": {"low": 0.1, "high": 0.5}}},
+     "search.space.meanflow.ratoi: 0.1 is not a value this key takes (unknown key"),
+    ({"space": {"meanflow.ratio": {"low": 0.1, "high": 2.0}}}, "search.space.meanflow.ratio: 2.0 is not a value this key takes"),
+    ({"space": {"meanflow.ratio": {"low": 0.5, "high": 0.1}}}, "high: must be above low, got low=0.5, high=0.1"),
+    ({"space": {"optim.lr": {"low": 0.0, "high": 0.1, "log": True}}}, "low: a log range needs low > 0"),
+    ({"space": {"meanflow.tangent": {"choices": ["(v,0,1)", "(v,2,1)"]}}}, "'(v,2,1)' is not a value this key takes"),
+    ({"space": {"train.steps": {"low": 5, "high": 20}}}, "search.space.train.steps: also set in [base]"),
+    ({"space": {"meanflow.ratio": {"low": 0.1}}}, "a float dimension needs low and high"),
+    ({"space": {"meanflow.ratio": {"low": 0.1, "high": 0.5, "colour": 1}}}, "search.space.meanflow.ratio.colour: unknown key"),
+    ({"space": {}}, "search.space: Dictionary should have at least 1 item"),
+    ({"sampler": "annealing"}, "search.sampler: Input should be 'tpe', 'gp', 'cmaes', 'random', 'qmc' or 'grid'"),
+    ({"pruner": "wait"}, "search.pruner: Input should be"),
+    ({"trials": 0}, "search.trials: Input should be greater than or equal to 1 (got 0)"),
+    ({"sampler": "grid"}, "search.sampler: grid needs choices or a step on every dimension"),
+])
+def test_bad_search_sections_name_the_field(change, message):
+    with pytest.raises(StudyError) as err:
+        study(**change)
+    assert str(err.value).startswith("studies/s.toml: ") and message in str(err.value), str(err.value)
+
+
+def test_the_search_metric_is_checked_like_the_studys():
+    text = ('name = "s"\nmetric = "energy_1nfe"\nseeds = [0]\n[base]\n"data.name" = "moons"\n'
+            '[search]\nmetric = "fid_1nfe"\n[search.space]\n"meanflow.ratio" = {low = 0.1, high = 1.0}\n')
+    with pytest.raises(StudyError, match="search.metric: 'fid_1nfe' is not produced"):
+        parse_study_text(text, Path("studies/s.toml"))
