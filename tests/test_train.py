@@ -7,6 +7,7 @@ import torch
 
 from workbench.config import ConfigError, RunConfig, with_overrides
 from workbench.data import load_data
+from workbench.evaluate import metric_names
 from workbench.pictures import save_run_pictures
 from workbench.tracking import JsonlTracker
 from workbench.train import build_net, learning_rate, train
@@ -110,3 +111,25 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
     train(config, tmp_path / "clip", progress=False)
     rows = [json.loads(line) for line in (tmp_path / "clip" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["grad_norm"] > 1e-3  # the pre-clip norm is logged; clipping happened
+
+
+def test_on_eval_sees_every_intermediate_evaluation_and_can_stop_the_run(tmp_path):
+    from workbench.evaluate import evaluator_for
+
+    config = with_overrides(RunConfig(), {**TINY, "eval.every": 5, "eval.num_samples": 100, "eval.num_samples_during": 50,
+                                          "eval.fm_steps": ""})
+    seen = []
+    train(config, tmp_path / "all", progress=False, evaluator=evaluator_for(config),
+          on_eval=lambda step, scores: seen.append((step, sorted(scores) == sorted(metric_names(config)))))
+    assert seen == [(5, True), (10, True), (15, True)]  # not at the last step: that is the final evaluation
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_10(step, scores):
+        if step == 10:
+            raise Stop
+    with pytest.raises(Stop):
+        train(config, tmp_path / "stopped", progress=False, evaluator=evaluator_for(config), on_eval=stop_at_10)
+    rows = [json.loads(line) for line in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in rows) == 10 and not (tmp_path / "stopped" / "eval.json").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -95,7 +96,8 @@ def save_checkpoint(path: Path, step: int, net, ema, optimizer, generator: torch
 
 
 def train(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tracker | None = None,
-          progress: bool = True, evaluator: Evaluator | None = None) -> TrainResult:
+          progress: bool = True, evaluator: Evaluator | None = None,
+          on_eval: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
     """Trains one model per `config` into run_dir (config.json, checkpoint.pt, metrics.jsonl, and eval.json
     when an evaluator scores the EMA weights every eval.every steps and at the end). Sample pictures:
     workbench.pictures.save_run_pictures on the result."""
@@ -149,7 +151,10 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Track
             clock, loss_sum, loss_count = time.perf_counter(), 0.0, 0
         # Evaluate (EMA weights, fewer samples than the final score).
         if evaluator and config.eval.every and (step + 1) % config.eval.every == 0 and step + 1 < config.train.steps:
-            tracker.log_metrics(evaluator(ema.module, config.eval.num_samples_during), step + 1)
+            scores = evaluator(ema.module, config.eval.num_samples_during)
+            tracker.log_metrics(scores, step + 1)
+            if on_eval:  # e.g. a search's pruner: it may stop the run by raising
+                on_eval(step + 1, scores)
         # Save checkpoint.
         if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == config.train.steps:
             save_checkpoint(checkpoint_path, step + 1, net, ema, optimizer, generator)
