@@ -16,6 +16,8 @@ from workbench.data import DataError
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded picture otherwise
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures are files; no display is needed or assumed
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")  # raised inside torch on import
+# Optuna marks its trial heartbeat (how a dead worker's cells are found) "experimental"
+warnings.filterwarnings("ignore", message=r".* is experimental \(supported from")
 
 app = typer.Typer(help="MeanFlow Workbench: train, ablate, search and report on one-step MeanFlow models.",
                   no_args_is_help=True, rich_markup_mode=None)
