@@ -41,7 +41,8 @@ def best_quality(record: Record, axis_name: str, best: str | None) -> dict:
     """The best setting's mean 1-NFE precision and transport error over seeds, and whether it meets the
     bar of a model that has learned the data (workbench.quality.BARS); NaN / None for other data."""
     data_name = record.study.cells()[0].config.data.name
-    done = record.finished()[record.finished()[axis_name] == best]
+    finished = record.finished()
+    done = finished[finished[axis_name] == best]
     if best is None or data_name not in BARS or not len(done):
         return {"best_precision": math.nan, "best_transport": math.nan, "bar": None}
     scores = pd.DataFrame(list(done["metrics"])).mean()

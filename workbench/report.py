@@ -191,7 +191,8 @@ def render_suite(names: tuple[str, ...], tracking_uri: str, out_root: Path = Pat
             table = axis_table(record, i)
             tau, _ = kendall_tau(table)
             ours, papers = best_value(table) or "–", best_value(table, "paper") or "–"
-            done = record.finished()[record.finished()[axis.name] == ours]
+            finished = record.finished()
+            done = finished[finished[axis.name] == ours]
             scores = pd.DataFrame(list(done["metrics"])).mean() if len(done) else pd.Series(dtype=float)
             bar = meets_bar(data_name, scores) if data_name in BARS and len(done) else None
             matches.append(ours == papers)
