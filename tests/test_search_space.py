@@ -6,7 +6,8 @@ import pytest
 
 from workbench.studies import StudyError, parse_study, parse_study_text
 
-BASE = {"name": "s", "metric": "energy_1nfe", "seeds": [0], "base": {"data.name": "moons", "train.steps": 10}}
+BASE = {"name": "s", "metric": "energy_1nfe", "seeds": [0], "base": {"data.name": "moons", "train.steps": 10,
+                                                                                   "eval.every": 5}}
 SPACE = {"meanflow.ratio": {"low": 0.1, "high": 1.0}, "optim.lr": {"low": 1e-4, "high": 1e-2, "log": True},
          "net.mlp.depth": {"low": 1, "high": 4}, "meanflow.t_dist": {"choices": ["uniform(0,1)", "lognorm(-0.4,1.0)"]}}
 
@@ -17,7 +18,7 @@ def study(**search):
 
 def test_a_search_needs_no_axes_and_its_dimensions_get_their_kinds():
     spec = study(trials=7).search
-    assert spec.trials == 7 and spec.sampler == "tpe" and spec.pruner == "median"
+    assert spec.trials == 7 and spec.sampler == "tpe" and spec.prune == "median"
     kinds = {key: p.kind for key, p in spec.space.items()}
     assert kinds == {"meanflow.ratio": "float", "optim.lr": "float", "net.mlp.depth": "int",
                      "meanflow.t_dist": "categorical"}
@@ -72,6 +73,6 @@ def test_bad_search_sections_name_the_field(change, message):
 
 def test_the_search_metric_is_checked_like_the_studys():
     text = ('name = "s"\nmetric = "energy_1nfe"\nseeds = [0]\n[base]\n"data.name" = "moons"\n'
-            '[search]\nmetric = "fid_1nfe"\n[search.space]\n"meanflow.ratio" = {low = 0.1, high = 1.0}\n')
+            '[search]\nmetric = "fid_1nfe"\npruner = "none"\n[search.space]\n"meanflow.ratio" = {low = 0.1, high = 1.0}\n')
     with pytest.raises(StudyError, match="search.metric: 'fid_1nfe' is not produced"):
         parse_study_text(text, Path("studies/s.toml"))

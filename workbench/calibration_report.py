@@ -63,7 +63,7 @@ def measure(plan: Plan, tracking_uri: str) -> pd.DataFrame:
     rows, client = [], MlflowClient(tracking_uri)
     for budget, study in plan.pairs():
         name = plan.run_name(budget, study)
-        if client.get_experiment_by_name(name) is None:
+        if tracking.find_parent(client, name) is None:
             continue
         record = load_record(name, tracking_uri)
         rows.append({"budget": budget.name, "study": study, "name": name, "chosen": plan.is_chosen(budget, study),

@@ -172,6 +172,72 @@ def ablate(
 
 
 @app.command()
+def search(
+    study: Annotated[str, typer.Argument(help="Study name in studies/ (one with a [search] section) or a .toml path.")],
+    trials: Annotated[Optional[int], typer.Option(
+        min=1, help="Trials in all [default: the study's search.trials]; a rerun adds the missing ones.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Local worker processes [default: one per CPU core].")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        min=1, help="Torch threads per worker [default: the CPU cores split between the workers].")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL [default: sqlite:///optuna.db].")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the search space and exit.")] = False,
+    no_report: Annotated[bool, typer.Option(help="Skip rendering reports/<study>/search.md at the end.")] = False,
+    reports: Annotated[str, typer.Option(help="Where the report goes.")] = "reports",
+) -> None:
+    """Optuna search over a study's [search] space: a trial per sampled config (one run per seed), pruned on
+    the eval.every scores, resumable, as MLflow child runs under one parent run; writes the best config as
+    a confirmation study (<study>-confirm.toml: best against the base config on fresh seeds)."""
+    from workbench.search_space import dimensions, objectives
+    from workbench.studies import StudyError, load_study
+
+    try:
+        spec = load_study(study)
+    except StudyError as err:
+        _fail(str(err))
+    if spec.search is None:
+        _fail(f"{spec.path}: no [search] section; wb search needs one (see workbench/search_space.py), "
+              f"or run its axes with wb ablate {spec.name}")
+    from workbench.search import seeds, target
+
+    goals = ", ".join(f"{direction} {metric}" for metric, direction in objectives(spec.search, spec.metric))
+    typer.echo(f"search {spec.name}: {target(spec, trials)} trials x {len(seeds(spec))} seeds {seeds(spec)}, {goals}, "
+               f"sampler {spec.search.sampler}, pruner {spec.search.prune}")
+    for name, param in dimensions(spec.search).items():
+        span = param.choices if param.kind == "categorical" else f"{param.low:g} .. {param.high:g}" + (
+            " (log)" if param.log else "") + (f" step {param.step:g}" if param.step else "")
+        typer.echo(f"  {name}: {param.kind} {span}")
+    if dry_run:
+        return
+    from workbench.search import run_search
+    from workbench.tracking import StoreError
+
+    try:
+        stores = _stores(storage, tracking_uri)
+    except StoreError as err:
+        _fail(str(err))
+    from workbench.ablate import terminal_progress
+
+    summary = run_search(spec, stores, workers or os.cpu_count() or 1, trials, progress=terminal_progress(),
+                         threads=threads)
+    typer.echo(f"{summary['complete']} complete, {summary['pruned']} pruned, {summary['failed']} failed of "
+               f"{summary['target']} trials, {summary['seconds'] / 60:.1f} min")
+    best = summary["best"]
+    if best is not None:
+        typer.echo(f"best: trial {best.number}, {', '.join(f'{v:.5g}' for v in best.values)}: {best.params}")
+    if summary["confirmation"] is not None:
+        typer.echo(f"Confirm: wb ablate {summary['confirmation']}  (best against the base config on fresh seeds)")
+    typer.echo(f"MLflow: {stores.tracking_uri} (experiment {spec.name}, parent run {summary['parent_run_id']})")
+    typer.echo(f"Optuna: {stores.storage} (study {spec.name}.search); dashboard: optuna-dashboard {stores.storage}")
+    if not no_report:
+        from workbench.search_report import render_search
+
+        typer.echo(f"Report: {render_search(spec.name, stores.tracking_uri, stores.storage, Path(reports))}")
+    if summary["complete"] + summary["pruned"] + summary["failed"] < summary["target"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def report(
     studies: Annotated[Optional[list[str]], typer.Argument(help="Study names as recorded (e.g. table1a).")] = None,
     suite: Annotated[bool, typer.Option(help="Also write reports/table1/README.md over table1a-f.")] = False,

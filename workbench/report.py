@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench import plots
+from workbench import plots, tracking
 from workbench.data import EXACT_REFERENCES
 from workbench.quality import BARS, meets_bar, quality_section, steps_figure
 from workbench.record import Record, ReportError, axis_table, best_value, fmt, load_record
@@ -84,9 +84,9 @@ def histories(record: Record, metric: str) -> pd.DataFrame:
     done = record.finished()
     settings = [axis.name for axis in record.study.axes]
     for cell in done.itertuples(index=False):
-        for m in record.client.get_metric_history(cell.run_id, metric):
+        for step, value in tracking.metric_history(record.client, cell.run_id, metric):
             rows.append({"setting": ", ".join(getattr(cell, s) for s in settings), "seed": cell.seed,
-                         "step": m.step, "value": m.value})
+                         "step": step, "value": value})
     return pd.DataFrame(rows, columns=["setting", "seed", "step", "value"])
 
 
@@ -98,10 +98,11 @@ def sample_pictures(record: Record, folder: Path, name: str = "samples.png") -> 
     settings = [axis.name for axis in record.study.axes]
     for cell in done.itertuples(index=False):
         label = ", ".join(getattr(cell, s) for s in settings)
-        if label not in {key.rsplit(" (seed", 1)[0] for key in pictures} and \
-                name in {a.path for a in record.client.list_artifacts(cell.run_id)}:
-            pictures[f"{label} (seed {cell.seed})"] = Path(
-                record.client.download_artifacts(cell.run_id, name, str(folder / cell.key)))
+        if label in {key.rsplit(" (seed", 1)[0] for key in pictures}:
+            continue
+        picture = tracking.download(record.client, cell.run_id, name, folder / cell.key)
+        if picture is not None:
+            pictures[f"{label} (seed {cell.seed})"] = picture
     return pictures
 
 

@@ -226,13 +226,17 @@ def check_metric(study: Study, cells: list[Cell]) -> None:
 
     metrics = {"metric": study.metric}
     if study.search is not None and study.search.metric is not None:
-        metrics["search.metric"] = study.search.metric
+        names = study.search.metric if isinstance(study.search.metric, list) else [study.search.metric]
+        metrics |= {f"search.metric {name!r}": name for name in names}
     for where, metric in metrics.items():
         for cell in cells:
             names = metric_names(cell.config)
             if metric not in names:
-                raise StudyError(f"{study.path}: {where}: {metric!r} is not produced for cell {cell.run_name!r} "
-                                 f"(data.name={cell.config.data.name!r}); it produces: {', '.join(names)}")
+                raise StudyError(f"{study.path}: {where.split(' ')[0]}: {metric!r} is not produced for cell "
+                                 f"{cell.run_name!r} (data.name={cell.config.data.name!r}); it produces: "
+                                 f"{', '.join(names)}")
+        if where.startswith("search."):  # a search states its direction; a study ranks lower-is-better
+            continue
         if metric.split("_")[0] in HIGHER_IS_BETTER:
             lower = [n for n in metric_names(cells[0].config) if n.split("_")[0] not in HIGHER_IS_BETTER]
             raise StudyError(f"{study.path}: {where}: {metric!r} is higher-is-better; a study ranks by a "

@@ -5,7 +5,10 @@ Layout of a study in MLflow: an experiment named after the study; one parent run
 wb.role = study (its description as the run note, the study file as run as the artifact study.toml);
 one child run per cell (tag mlflow.parentRunId), tagged with the cell's config hash, seed, axis labels,
 commit and worker, holding params, metric curves, final scores and artifacts (config.json, eval.json,
-ema.pt, samples*.png). ablate, runs, report and calibrate go through the functions here.
+ema.pt, samples*.png). A search (`wb search`) has its own parent run in the same experiment, tagged
+wb.role = search, and one child run per (trial, seed), tagged wb.trial and wb.trial_state (complete,
+pruned, failed; a failed one also wb.fail_reason). ablate, search, runs, report and calibrate go through
+the functions here.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from mlflow.entities import Metric, Param, Run
 # Tag names.
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"
-ROLE = "wb.role"  # "study" on the parent run
+ROLE = "wb.role"  # "study" on an ablation's parent run, "search" on a search's
 STUDY = "wb.study"
 CONFIG_HASH = "wb.config_hash"  # a cell's identity (studies.config_hash)
 SEED = "wb.seed"
@@ -33,6 +36,9 @@ COMMIT = "wb.git_commit"
 WORKER = "wb.worker"  # host:pid that trained the cell
 AXIS = "wb.axis"  # comma-joined axis names; wb.axis.<name> = the cell's label on that axis
 VALUE = "wb.value"  # comma-joined labels
+TRIAL = "wb.trial"  # a search's child run: its Optuna trial number
+TRIAL_STATE = "wb.trial_state"  # complete | pruned | failed (the Optuna state; MLflow: FINISHED, KILLED, FAILED)
+FAIL_REASON = "wb.fail_reason"  # why a run failed: the exception, one line
 STUDY_FILE = "study.toml"  # the parent run's artifact: the study file as run
 
 
@@ -103,23 +109,44 @@ def experiment_id(client: MlflowClient, name: str, artifacts: str) -> str:
         name, artifact_location=f"{artifacts}/{name}")
 
 
-def find_parent(client: MlflowClient, name: str) -> Run | None:
-    """The parent run `wb ablate` recorded for study `name`, or None."""
+def find_parent(client: MlflowClient, name: str, role: str = "study") -> Run | None:
+    """The parent run `wb ablate` (role "study") or `wb search` (role "search") recorded for study `name`."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         return None
-    parents = client.search_runs([experiment.experiment_id], f"tags.`{ROLE}` = 'study'", max_results=1)
+    parents = client.search_runs([experiment.experiment_id], f"tags.`{ROLE}` = '{role}'", max_results=1)
     return parents[0] if parents else None
 
 
-def parent_run(client: MlflowClient, experiment: str, name: str, description: str, study_text: str) -> str:
-    """The study's parent run id (created if new); the study file as run now is (re)logged with it, so
-    a report can be rendered from the tracking store alone."""
-    parent = find_parent(client, name)
-    run_id = parent.info.run_id if parent else client.create_run(experiment, run_name=name, tags={
-        ROLE: "study", STUDY: name, COMMIT: git_commit(), NOTE: description}).info.run_id
+def parent_run(client: MlflowClient, experiment: str, name: str, description: str, study_text: str,
+               role: str = "study") -> str:
+    """The study's (or search's) parent run id, created if new; the study file as run now is (re)logged
+    with it, so a report can be rendered from the tracking store alone."""
+    parent = find_parent(client, name, role)
+    run_name = name if role == "study" else f"{name} ({role})"
+    run_id = parent.info.run_id if parent else client.create_run(experiment, run_name=run_name, tags={
+        ROLE: role, STUDY: name, COMMIT: git_commit(), NOTE: description}).info.run_id
     client.log_text(run_id, study_text, STUDY_FILE)
     return run_id
+
+
+def reason(err: BaseException) -> str:
+    """An exception as the one line a failed run's wb.fail_reason tag holds."""
+    text = f"{type(err).__name__}: {err}".splitlines()[0] if str(err) else type(err).__name__
+    return text[:500]
+
+
+def metric_history(client: MlflowClient, run_id: str, metric: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged value of one metric of a run."""
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, metric)]
+
+
+def download(client: MlflowClient, run_id: str, name: str, folder: Path) -> Path | None:
+    """A run's artifact `name` downloaded into folder, or None if the run has none by that name."""
+    if name not in {a.path for a in client.list_artifacts(run_id)}:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(run_id, name, str(folder)))
 
 
 def study_text(client: MlflowClient, parent: Run) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -100,7 +100,24 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Track
           on_eval: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
     """Trains one model per `config` into run_dir (config.json, checkpoint.pt, metrics.jsonl, and eval.json
     when an evaluator scores the EMA weights every eval.every steps and at the end). Sample pictures:
-    workbench.pictures.save_run_pictures on the result."""
+    workbench.pictures.save_run_pictures on the result. on_eval(step, scores) sees every intermediate
+    evaluation and may stop the run by raising."""
+    run = training(config, run_dir, resume, tracker, progress, evaluator)
+    while True:
+        try:
+            step, scores = next(run)
+        except StopIteration as done:
+            return done.value
+        if on_eval:
+            on_eval(step, scores)
+
+
+def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tracker | None = None,
+             progress: bool = True, evaluator: Evaluator | None = None
+             ) -> Generator[tuple[int, dict[str, float]], None, TrainResult]:
+    """train() as a generator: yields (step, scores) at every intermediate evaluation and returns the
+    TrainResult. A search advances the runs of a trial's seeds side by side with it, so that its pruner
+    sees their mean at each step; closing the generator stops the run."""
     if not resume and (run_dir / "config.json").exists():
         raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume or pick another --run-dir")
     device = resolve_device(config.train.device)
@@ -153,8 +170,7 @@ def train(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Track
         if evaluator and config.eval.every and (step + 1) % config.eval.every == 0 and step + 1 < config.train.steps:
             scores = evaluator(ema.module, config.eval.num_samples_during)
             tracker.log_metrics(scores, step + 1)
-            if on_eval:  # e.g. a search's pruner: it may stop the run by raising
-                on_eval(step + 1, scores)
+            yield step + 1, scores
         # Save checkpoint.
         if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == config.train.steps:
             save_checkpoint(checkpoint_path, step + 1, net, ema, optimizer, generator)
