@@ -242,9 +242,12 @@ def report(
     studies: Annotated[Optional[list[str]], typer.Argument(help="Study names as recorded (e.g. table1a).")] = None,
     suite: Annotated[bool, typer.Option(help="Also write reports/table1/README.md over table1a-f.")] = False,
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
+    storage: Annotated[Optional[str], typer.Option(
+        help="Optuna storage URL of a search [default: sqlite:///optuna.db].")] = None,
     out: Annotated[Path, typer.Option(help="Reports folder.")] = Path("reports"),
 ) -> None:
-    """Render reports/<study>/README.md (tables beside the paper, curves, samples) from the MLflow store."""
+    """Render reports/<study>/README.md (an ablation: tables beside the paper, curves, samples) and
+    reports/<study>/search.md (a search: best trials, history, importances, confirmation) from the stores."""
     from workbench.record import ReportError
     from workbench.report import SUITE, render, render_suite
     from workbench.studies import StudyError
@@ -253,9 +256,11 @@ def report(
     if not studies and not suite:
         _fail("name at least one study (e.g. wb report table1a) or pass --suite")
     try:
-        uri = _stores(None, tracking_uri).tracking_uri
+        stores = _stores(storage, tracking_uri)
+        uri = stores.tracking_uri
         for name in studies or ():
-            typer.echo(f"{name}: {render(name, uri, out)}")
+            for page in _render_recorded(name, stores, out):
+                typer.echo(f"{name}: {page}")
         for name in SUITE if suite and not studies else ():
             try:
                 typer.echo(f"{name}: {render(name, uri, out)}")
@@ -265,6 +270,28 @@ def report(
             typer.echo(f"suite: {render_suite(SUITE, uri, out)}")
     except (ReportError, StudyError, StoreError) as err:
         _fail(str(err))
+
+
+def _render_recorded(name: str, stores, out: Path) -> list[Path]:
+    """The pages of what the store holds for `name`: its ablation, its search, or both."""
+    from mlflow import MlflowClient
+
+    from workbench.record import ReportError
+    from workbench.report import render
+    from workbench.search_report import render_search
+    from workbench.tracking import find_parent, require_store
+
+    require_store(stores.tracking_uri)
+    client = MlflowClient(stores.tracking_uri)
+    pages = []
+    if find_parent(client, name, "study") is not None:
+        pages.append(render(name, stores.tracking_uri, out))
+    if find_parent(client, name, "search") is not None:
+        pages.append(render_search(name, stores.tracking_uri, stores.storage, out))
+    if not pages:
+        raise ReportError(f"study {name!r}: no runs in the tracking store {stores.tracking_uri} (run `wb ablate {name}` "
+                          f"or `wb search {name}` first, or pass --tracking-uri)")
+    return pages
 
 
 @app.command()

@@ -11,7 +11,7 @@ A trial trains one run per seed, side by side: at every eval.every step the prun
 seeds' scores, so every trial is compared with the others on the same seeds. Each (trial, seed) is an
 MLflow child run whose status follows the trial's: complete -> FINISHED, pruned -> KILLED, failed ->
 FAILED (tag wb.trial_state, and wb.fail_reason). A worker that dies leaves a trial without heartbeat:
-Optuna fails it and queues a copy with the same params (RetryFailedTrialCallback).
+Optuna fails it and queues a copy with the same params (RetryHeartbeatStaleTrialCallback).
 """
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def storage(stores: Stores) -> optuna.storages.RDBStorage:
     """The Optuna storage with heartbeats; a trial whose worker died is failed and queued again with its params."""
     return optuna.storages.RDBStorage(stores.storage, heartbeat_interval=stores.heartbeat_s,
                                       grace_period=stores.grace_s,
-                                      failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2))
+                                      heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                                          max_retry=2))
 
 
 def sampler(search: SearchModel) -> optuna.samplers.BaseSampler:
@@ -143,7 +144,7 @@ def run_trial(trial: optuna.Trial, study: Study, client: MlflowClient, experimen
             runs.append(CellRun(client, experiment_id, f"trial {trial.number} seed {seed}", tags, config))
             trial.set_user_attr("mlflow_run_ids", [run.run_id for run in runs])
         steps = [run.training() for run in runs]
-        results, step = advance(trial, steps, goals[0][0], prune=len(goals) == 1)
+        results, step = advance(trial, steps, goals[0][0], report=len(goals) == 1)
         if results is None:  # pruned
             for run in runs:
                 run.end("KILLED", {tracking.TRIAL_STATE: "pruned", "wb.pruned_at_step": str(step)})
@@ -164,10 +165,10 @@ def run_trial(trial: optuna.Trial, study: Study, client: MlflowClient, experimen
         raise
 
 
-def advance(trial: optuna.Trial, steps: list, metric: str, prune: bool) -> tuple[list | None, int]:
+def advance(trial: optuna.Trial, steps: list, metric: str, report: bool) -> tuple[list | None, int]:
     """Runs every seed's training generator to the next evaluation in turn; reports the seeds' mean of
-    `metric` there. Returns (the seeds' TrainResults, 0) at the end, or (None, step) once the pruner
-    stops the trial at `step`."""
+    `metric` there (a single-objective search; Optuna takes no intermediate values for several). Returns
+    (the seeds' TrainResults, 0) at the end, or (None, step) once the pruner stops the trial at `step`."""
     while True:
         reached, results = [], []
         for run in steps:
@@ -180,7 +181,7 @@ def advance(trial: optuna.Trial, steps: list, metric: str, prune: bool) -> tuple
                 raise RuntimeError("the seeds of a trial evaluate at different steps")
             return results, 0
         step = reached[0][0]
-        if prune:
+        if report:
             trial.report(sum(scores.get(metric, math.nan) for _, scores in reached) / len(reached), step)
             if trial.should_prune():
                 for run in steps:
@@ -291,9 +292,13 @@ def confirmation(study: Study, best: FrozenTrial) -> dict:
                         f"{best.values[0]:.4g} over seeds {seeds(study)}) against the study's base config, on fresh "
                         f"seeds {fresh}. Written by wb search; command: wb ablate {study.name}-confirm"),
         "metric": rank_by, "seeds": fresh,
-        "budget_minutes": study.budget_minutes,
+        # two workers, each cell about as long as one seed of the best trial took
+        "budget_minutes": round(2 * len(fresh) * best.duration.total_seconds() / len(seeds(study)) / 2 / 60, 1)
+        if best.duration else 0,
         "base": dict(study.base),
-        "axes": [{"key": keys, "values": [[plain(chosen[k]) for k in keys], [plain(base[k]) for k in keys]],
+        "axes": [{"key": keys if len(keys) > 1 else keys[0],
+                  "values": [[plain(chosen[k]) for k in keys] if len(keys) > 1 else plain(chosen[keys[0]]),
+                             [plain(base[k]) for k in keys] if len(keys) > 1 else plain(base[keys[0]])],
                   "labels": [f"best (trial {best.number})", "base"], "name": "setting"}],
     }
 

@@ -1,0 +1,254 @@
+"""wb search end to end: trials as MLflow child runs one to one, pruning on the seeds' mean, resume after
+a kill without running a finished trial again, the confirmation study and the report."""
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from workbench.cli import app
+from workbench.config import RunConfig, with_overrides
+from workbench.studies import load_study
+from workbench.tracking import default_stores
+
+TINY = """
+name = "tiny"
+description = "end-to-end search test"
+metric = "energy_1nfe"
+seeds = [0, 1]
+[base]
+"data.name" = "moons"
+"net.mlp.width" = 32
+"net.mlp.depth" = 1
+"train.steps" = {steps}
+"train.batch_size" = 64
+"train.log_every" = 10
+"train.device" = "cpu"
+"eval.every" = 20
+"eval.num_samples" = 200
+"eval.num_samples_during" = 200
+"eval.fm_steps" = []
+"sample.num_points" = 100
+[search]
+{search}
+"""
+
+# lr 1e-6 leaves the network at its initialization: every such trial is worse than every lr = 1e-2 one.
+GRID = """trials = 8
+sampler = "grid"
+pruner = "median"
+[search.space]
+"optim.lr" = {choices = [1e-2, 1e-6]}
+"meanflow.ratio" = {low = 0.0, high = 0.75, step = 0.25}
+"""
+
+
+def write(path: Path, search: str = GRID, steps: int = 60) -> Path:
+    path.write_text(TINY.format(steps=steps, search=search))
+    return path
+
+
+def recorded(folder: Path):
+    """(Optuna trials of the search, the search's MLflow child runs) in the stores under folder."""
+    stores = default_stores(f"sqlite:///{folder / 'optuna.db'}", f"sqlite:///{folder / 'mlflow.db'}")
+    trials = optuna.load_study(study_name="tiny.search", storage=stores.storage).get_trials()
+    client = MlflowClient(stores.tracking_uri)
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    runs = client.search_runs([experiment], "tags.`wb.trial` != ''", max_results=1000)
+    return trials, runs
+
+
+STATES = {TrialState.COMPLETE: ("FINISHED", "complete"), TrialState.PRUNED: ("KILLED", "pruned"),
+          TrialState.FAIL: ("FAILED", "failed")}
+
+
+def assert_one_to_one(trials, runs, seeds=(0, 1)):
+    """Every trial has one child run per seed, in the MLflow status and tag of its Optuna state."""
+    by_trial = {}
+    for run in runs:
+        by_trial.setdefault(int(run.data.tags["wb.trial"]), []).append(run)
+    assert sorted(by_trial) == sorted(t.number for t in trials)
+    for trial in trials:
+        mine = by_trial[trial.number]
+        assert sorted(int(r.data.tags["wb.seed"]) for r in mine) == list(seeds), trial.number
+        assert {(r.info.status, r.data.tags["wb.trial_state"]) for r in mine} == {STATES[trial.state]}, trial.number
+        assert sorted(r.info.run_id for r in mine) == sorted(trial.user_attrs["mlflow_run_ids"])
+
+
+def test_grid_search_finds_the_learning_rate_that_learns_prunes_the_others_and_records_one_to_one(tmp_path,
+                                                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    study = write(tmp_path / "tiny.toml", GRID)
+    result = CliRunner().invoke(app, ["search", str(study), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    trials, runs = recorded(tmp_path)
+    assert len(trials) == 8 and len(runs) == 16
+    assert_one_to_one(trials, runs)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = min(complete, key=lambda t: t.value)
+    assert best.params["optim.lr"] == 1e-2
+    # The grid runs the four lr = 1e-2 points first (they start the median pruner: 4 startup trials);
+    # each lr = 1e-6 point is worse than all of them at the first evaluation, so the pruner stops it there.
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert {t.params["optim.lr"] for t in pruned} == {1e-6} and len(pruned) == 4
+    assert all(list(t.intermediate_values) == [20] for t in pruned)
+    for trial in complete:  # the value is the mean over the seeds' final scores
+        finals = [r.data.metrics["energy_1nfe"] for r in runs if r.data.tags["wb.trial"] == str(trial.number)]
+        assert trial.value == pytest.approx(sum(finals) / 2)
+        assert sorted(trial.user_attrs["seed_values"]) == pytest.approx(sorted(finals))
+    # The pruner saw the seeds' mean at each evaluation step, not one seed.
+    for trial in trials:
+        steps = {}
+        for run in (r for r in runs if r.data.tags["wb.trial"] == str(trial.number)):
+            for m in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(run.info.run_id,
+                                                                                            "energy_1nfe"):
+                steps.setdefault(m.step, []).append(m.value)
+        for step, value in trial.intermediate_values.items():
+            assert value == pytest.approx(sum(steps[step]) / 2)
+
+    confirm = load_study(tmp_path / "tiny-confirm.toml")  # best against base, fresh seeds
+    assert confirm.seeds == (2, 3, 4) and confirm.metric == "energy_1nfe"
+    (axis,) = confirm.axes
+    base = with_overrides(RunConfig(), confirm.base)
+    assert axis.keys == ("optim.lr", "meanflow.ratio")
+    assert axis.values == ((1e-2, best.params["meanflow.ratio"]), (base.optim.lr, base.meanflow.ratio))
+    assert "Confirm: wb ablate" in result.output
+
+    page = (tmp_path / "reports/tiny/search.md").read_text()
+    assert "8 (4 complete, 4 pruned, 0 failed, 0 running or queued) of 8" in page
+    assert "pruning: 4 trials stopped early" in page and "Not run yet" in page
+    for figure in ("history.png", "importances.png", "slice.png", "intermediate.png", "best_samples.png"):
+        assert (tmp_path / "reports/tiny/search" / figure).is_file(), figure
+
+    again = CliRunner().invoke(app, ["search", str(study), "--workers", "1", "--no-report"])  # all done
+    assert again.exit_code == 0 and len(recorded(tmp_path)[0]) == 8
+
+
+def test_a_rerun_adds_trials_up_to_the_new_count_and_confirmation_reports(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    study = write(tmp_path / "tiny.toml", 'trials = 2\nsampler = "random"\npruner = "none"\n[search.space]\n'
+                                          '"meanflow.ratio" = {low = 0.0, high = 1.0}\n', steps=30)
+    assert CliRunner().invoke(app, ["search", str(study), "--workers", "2", "--no-report"]).exit_code == 0
+    more = CliRunner().invoke(app, ["search", str(study), "--workers", "2", "--trials", "3", "--no-report"])
+    assert more.exit_code == 0, more.output
+    trials, runs = recorded(tmp_path)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 and len(runs) == 6
+    assert_one_to_one(trials, runs)
+    assert all(list(t.intermediate_values) == [20] for t in trials)  # reported for the plots, never pruned
+
+    confirm = CliRunner().invoke(app, ["ablate", str(tmp_path / "tiny-confirm.toml"), "--workers", "2", "--no-report"])
+    assert confirm.exit_code == 0, confirm.output
+    report = CliRunner().invoke(app, ["report", "tiny"])
+    assert report.exit_code == 0, report.output
+    page = (tmp_path / "reports/tiny/search.md").read_text()
+    assert "## Confirmation on fresh seeds" in page and "| base |" in page and "(3) |" in page
+
+
+def test_a_trial_whose_seed_diverges_fails_with_its_reason_in_both_stores(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    study = write(tmp_path / "tiny.toml", 'trials = 1\nsampler = "random"\npruner = "none"\n[search.space]\n'
+                                          '"optim.lr" = {choices = [1e12]}\n', steps=30)
+    result = CliRunner().invoke(app, ["search", str(study), "--workers", "1", "--no-report"])
+    assert result.exit_code == 0, result.output  # a failed trial is a result of the search
+    trials, runs = recorded(tmp_path)
+    assert [t.state for t in trials] == [TrialState.FAIL]
+    assert_one_to_one(trials, runs)
+    assert "diverged" in trials[0].user_attrs["fail_reason"]
+    assert all("diverged" in r.data.tags["wb.fail_reason"] for r in runs)
+
+
+def test_killed_search_restarts_to_n_trials_without_running_a_finished_one_again(tmp_path):
+    study = write(tmp_path / "tiny.toml", 'trials = 4\nsampler = "random"\npruner = "none"\n[search.space]\n'
+                                          '"meanflow.ratio" = {low = 0.0, high = 1.0}\n', steps=200)
+    env = {**os.environ, "WB_HEARTBEAT_S": "1", "WB_GRACE_S": "2"}
+    command = [sys.executable, "-m", "workbench.cli", "search", str(study), "--workers", "1", "--no-report"]
+    log = (tmp_path / "launcher.log").open("w")
+    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stdout=log, stderr=log)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if "[tiny search]" in (tmp_path / "launcher.log").read_text():  # the stores exist
+            trials, _ = recorded(tmp_path)
+            states = [t.state for t in trials]
+            if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+                break
+    os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and its worker, mid-trial
+    launcher.wait()
+    before, _ = recorded(tmp_path)
+    finished_before = {t.number: t.params for t in before if t.state == TrialState.COMPLETE}
+    killed = [t for t in before if t.state == TrialState.RUNNING]
+    assert 1 <= len(finished_before) < 4 and len(killed) == 1, "the kill did not land mid-search"
+    time.sleep(3)  # past the heartbeat grace period: the killed trial is stale
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    trials, runs = recorded(tmp_path)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4  # N trials in all: the killed one failed and ran again with its params
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert [t.number for t in failed] == [killed[0].number]
+    assert killed[0].params in [t.params for t in complete if t.number not in finished_before]
+    assert {t.number: t.params for t in complete if t.number in finished_before} == finished_before
+    finished_runs = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished_runs) == 8  # each complete trial's two seeds, trained once
+    assert_one_to_one(trials, runs)
+    assert all("worker stopped" in r.data.tags["wb.fail_reason"] for r in runs if r.info.status == "FAILED")
+
+
+def test_seeds_advanced_side_by_side_train_exactly_as_one_after_the_other(tmp_path):
+    from workbench.evaluate import evaluator_for
+    from workbench.train import train, training
+
+    configs = [with_overrides(RunConfig(), {"data.name": "moons", "net.mlp.width": 16, "train.steps": 30,
+                                            "train.batch_size": 32, "eval.every": 10, "eval.num_samples": 100,
+                                            "eval.num_samples_during": 100, "eval.fm_steps": [],
+                                            "train.seed": seed}) for seed in (0, 1)]
+    alone = [train(c, tmp_path / f"alone{i}", progress=False, evaluator=evaluator_for(c)).metrics
+             for i, c in enumerate(configs)]
+    runs = [training(c, tmp_path / f"together{i}", progress=False, evaluator=evaluator_for(c))
+            for i, c in enumerate(configs)]
+    results = [None, None]
+    while None in results:
+        for i, run in enumerate(runs):
+            try:
+                next(run)
+            except StopIteration as done:
+                results[i] = done.value.metrics
+    assert results == alone
+
+
+def test_search_cli_errors_exit_2_and_dry_run_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plain = tmp_path / "plain.toml"
+    plain.write_text('name = "plain"\nmetric = "energy_1nfe"\nseeds = [0]\n[base]\n"data.name" = "moons"\n'
+                     '[[axes]]\nkey = "meanflow.ratio"\nvalues = [0.0]\n')
+    result = CliRunner().invoke(app, ["search", str(plain)])
+    assert result.exit_code == 2 and "no [search] section" in result.output
+    bad = write(tmp_path / "tiny.toml", '[search.space]\n"meanflow.ratio" = {low = 0.0, high = 2.0}\n')
+    result = CliRunner().invoke(app, ["search", str(bad)])
+    assert result.exit_code == 2 and "search.space.meanflow.ratio: 2.0 is not a value" in result.output
+    good = write(tmp_path / "tiny.toml")
+    result = CliRunner().invoke(app, ["search", str(good), "--dry-run"])
+    assert result.exit_code == 0 and "8 trials x 2 seeds" in result.output and "optim.lr: categorical" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.toml", "tiny.toml"]
+    result = CliRunner().invoke(app, ["report", "tiny"])
+    assert result.exit_code == 2 and "no MLflow store" in result.output
+
+
+def test_multi_objective_search_keeps_its_pareto_front(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    study = write(tmp_path / "tiny.toml", 'trials = 3\nsampler = "random"\nmetric = ["energy_1nfe", "swd_1nfe"]\n'
+                                          '[search.space]\n"meanflow.ratio" = {low = 0.0, high = 1.0}\n', steps=20)
+    result = CliRunner().invoke(app, ["search", str(study), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    trials, runs = recorded(tmp_path)
+    assert all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in trials)
+    assert all(not math.isnan(v) for t in trials for v in t.values)
+    assert "Pareto front over energy_1nfe, swd_1nfe" in (tmp_path / "reports/tiny/search.md").read_text()
