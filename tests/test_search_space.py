@@ -76,3 +76,49 @@ def test_the_search_metric_is_checked_like_the_studys():
             '[search]\nmetric = "fid_1nfe"\npruner = "none"\n[search.space]\n"meanflow.ratio" = {low = 0.1, high = 1.0}\n')
     with pytest.raises(StudyError, match="search.metric: 'fid_1nfe' is not produced"):
         parse_study_text(text, Path("studies/s.toml"))
+
+
+def test_a_template_fills_a_string_key_from_its_own_dimensions():
+    from workbench.search_space import dimensions, suggest
+
+    template = {"template": "lognorm({mu:.2f},{sigma:.2f})",
+                "params": {"mu": {"low": -1.0, "high": 0.5}, "sigma": {"low": 0.6, "high": 1.6}}}
+    spec = study(space={"meanflow.t_dist": template}).search
+    assert list(dimensions(spec)) == ["meanflow.t_dist.mu", "meanflow.t_dist.sigma"]
+    assert spec.space["meanflow.t_dist"].extremes() == ["lognorm(-1.00,0.60)", "lognorm(0.50,1.60)"]
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1)).ask()
+    values = suggest(trial, spec)
+    assert values == {"meanflow.t_dist": f"lognorm({trial.params['meanflow.t_dist.mu']:.2f},"
+                                         f"{trial.params['meanflow.t_dist.sigma']:.2f})"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"space": {"meanflow.t_dist": {"template": "lognorm({mu},{sigma})", "params": {"mu": {"low": -1.0, "high": 0.0}}}}},
+     "search.space.meanflow.t_dist.template: 'lognorm({mu},{sigma})' does not format with params ['mu']"),
+    ({"space": {"meanflow.t_dist": {"template": "lognorm({mu},1.0)", "params": {"mu": {"low": -1.0, "high": 9.0}},
+                                    "low": 0.0}}}, "a template dimension has a template and params"),
+    ({"space": {"meanflow.t_dist": {"template": "uniform({a},1)", "params": {"a": {"low": -1.0, "high": 0.5}}}}},
+     "search.space.meanflow.t_dist: 'uniform(-1.0,1)' is not a value this key takes"),
+    ({"metric": ["energy_1nfe", "swd_1nfe"], "pruner": "median"}, "search.pruner: Optuna prunes single-objective"),
+    ({"metric": ["energy_1nfe", "swd_1nfe"], "sampler": "cmaes"}, "search.sampler: 'cmaes' is single-objective"),
+    ({"metric": ["energy_1nfe", "swd_1nfe"], "direction": ["minimize"]}, "search.direction: one per metric (2)"),
+    ({"metric": ["energy_1nfe", "energy_1nfe"]}, "search.metric: a list of distinct metric names"),
+    ({"direction": "upwards"}, "search.direction"),
+])
+def test_bad_templates_objectives_and_pruners_name_the_field(change, message):
+    with pytest.raises(StudyError) as err:
+        study(**change)
+    assert message in str(err.value), str(err.value)
+
+
+def test_directions_default_to_each_metrics_own_sense_and_a_pruner_needs_evaluations():
+    from workbench.search_space import objectives
+
+    spec = study(metric=["energy_1nfe", "precision_1nfe"]).search
+    assert objectives(spec, "energy_1nfe") == [("energy_1nfe", "minimize"), ("precision_1nfe", "maximize")]
+    assert spec.prune == "none"  # several metrics: Optuna does not prune
+    assert objectives(study().search, "energy_1nfe") == [("energy_1nfe", "minimize")]
+    raw = BASE | {"base": {"data.name": "moons"}, "search": {"space": SPACE}}
+    with pytest.raises(StudyError, match="search.pruner: 'median' prunes on the evaluations every eval.every steps"):
+        parse_study(raw, Path("studies/s.toml"))
+    parse_study(raw | {"search": {"space": SPACE, "pruner": "none"}}, Path("studies/s.toml"))  # no pruner: fine

@@ -43,8 +43,8 @@ def prepare(study: Study, stores: Stores) -> tuple[str, str, optuna.Study]:
     optuna.storages.fail_stale_trials(trials_study)
     for trial in trials_study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id and client.get_run(run_id).info.status == "RUNNING":
-            client.set_terminated(run_id, "KILLED")  # its worker died; the cell is enqueued again below
+        if run_id and tracking.is_running(client, run_id):
+            tracking.end_run(client, run_id, "KILLED")  # its worker died; the cell is enqueued again below
     taken = {t.user_attrs.get("cell") for t in trials_study.get_trials(
         deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING))}
     # A worker killed after its MLflow run finished but before Optuna recorded the trial left a
@@ -58,7 +58,7 @@ def prepare(study: Study, stores: Stores) -> tuple[str, str, optuna.Study]:
     for cell in study.cells():
         if cell.key not in taken:
             trials_study.enqueue_trial({}, user_attrs={"cell": cell.key, "name": cell.run_name})
-    client.update_run(parent_id, status="RUNNING")
+    tracking.reopen(client, parent_id)
     return experiment_id, parent_id, trials_study
 
 
@@ -119,10 +119,7 @@ def run_study(study: Study, stores: Stores, workers: int, progress=print, thread
     client = MlflowClient(stores.tracking_uri)
     summary = counts(study, trials_study)
     status = "FINISHED" if summary["done"] == total else "FAILED"
-    if processes:
-        client.set_terminated(parent_id, status)
-    else:  # nothing ran: keep the end time, so the parent run still spans the study's wall time
-        client.update_run(parent_id, status=status)
+    tracking.end_run(client, parent_id, status, keep_end_time=not processes)  # nothing ran: keep the end time
     return {"experiment_id": experiment_id, "parent_run_id": parent_id, **summary, "total": total,
             "seconds": time.time() - started}
 

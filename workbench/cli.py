@@ -18,6 +18,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # figures are files; no display is n
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")  # raised inside torch on import
 # Optuna marks its trial heartbeat (how a dead worker's cells are found) "experimental"
 warnings.filterwarnings("ignore", message=r".* is experimental \(supported from")
+warnings.filterwarnings("ignore", message=r"Argument ``heartbeat_interval`` is an experimental feature")
 
 app = typer.Typer(help="MeanFlow Workbench: train, ablate, search and report on one-step MeanFlow models.",
                   no_args_is_help=True, rich_markup_mode=None)

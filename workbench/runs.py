@@ -27,7 +27,7 @@ class CellRun:
                  config: RunConfig):
         self.started = time.perf_counter()
         self.client, self.config = client, config
-        self.run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        self.run_id = tracking.start_run(client, experiment_id, run_name, tags)
         tracking.log_cell(client, self.run_id, flatten(config))
         self.tracker = tracking.MlflowTracker(client, self.run_id)
         self.tracker.seconds = time.perf_counter() - self.started  # run creation and params count as tracking
@@ -58,10 +58,8 @@ class CellRun:
         self.ended = True
         try:
             self.tracker.flush()
-            for key, value in (tags or {}).items():
-                self.client.set_tag(self.run_id, key, value)
         finally:
-            self.client.set_terminated(self.run_id, status)
+            tracking.end_run(self.client, self.run_id, status, tags)
             self._folder.cleanup()
 
 

@@ -112,7 +112,7 @@ def prepare(study: Study, stores: Stores, trials: int | None = None) -> tuple[st
     else:
         for _ in range(max(0, missing)):
             trials_study.enqueue_trial({}, user_attrs={QUEUED: True})  # the sampler fills the params at start
-    client.update_run(parent_id, status="RUNNING")
+    tracking.reopen(client, parent_id)
     return experiment_id, parent_id, trials_study
 
 
@@ -120,11 +120,9 @@ def close_orphans(client: MlflowClient, trials_study: optuna.Study) -> None:
     """The MLflow runs of trials failed by a lost heartbeat (their worker died) still say RUNNING: fail them."""
     for trial in trials_study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         for run_id in trial.user_attrs.get("mlflow_run_ids", []):
-            if client.get_run(run_id).info.status == "RUNNING":
-                client.set_tag(run_id, tracking.TRIAL_STATE, "failed")
-                client.set_tag(run_id, tracking.FAIL_REASON, "its worker stopped (no heartbeat); the trial is queued "
-                                                             "again with the same params")
-                client.set_terminated(run_id, "FAILED")
+            if tracking.is_running(client, run_id):
+                tracking.end_run(client, run_id, "FAILED", {tracking.TRIAL_STATE: "failed", tracking.FAIL_REASON: (
+                    "its worker stopped (no heartbeat); the trial is queued again with the same params")})
 
 
 def run_trial(trial: optuna.Trial, study: Study, client: MlflowClient, experiment_id: str,
@@ -137,10 +135,8 @@ def run_trial(trial: optuna.Trial, study: Study, client: MlflowClient, experimen
     try:
         for seed in seeds(study):
             config = with_overrides(RunConfig(), {**study.base, **settings, "train.seed": seed})
-            tags = {tracking.PARENT: parent_id, tracking.STUDY: study.name, tracking.SEED: str(seed),
-                    tracking.CONFIG_HASH: config_hash(config), tracking.COMMIT: tracking.git_commit(),
-                    tracking.TRIAL: str(trial.number), tracking.TRIAL_STATE: "running",
-                    tracking.WORKER: f"{os.uname().nodename}:{os.getpid()}"}
+            tags = tracking.cell_tags(study.name, (), seed, config_hash(config), parent_id) | {
+                tracking.TRIAL: str(trial.number), tracking.TRIAL_STATE: "running"}
             runs.append(CellRun(client, experiment_id, f"trial {trial.number} seed {seed}", tags, config))
             trial.set_user_attr("mlflow_run_ids", [run.run_id for run in runs])
         steps = [run.training() for run in runs]
@@ -235,7 +231,7 @@ def run_search(study: Study, stores: Stores, workers: int, trials: int | None = 
     close_orphans(client, trials_study)
     summary = counts(trials_study)
     finished = summary["complete"] + summary["pruned"] + summary["failed"] >= goal and not summary["waiting"]
-    client.set_terminated(parent_id, "FINISHED" if finished else "FAILED")
+    tracking.end_run(client, parent_id, "FINISHED" if finished else "FAILED")
     best = best_trial(study, trials_study)
     confirm = write_confirmation(study, best) if best is not None else None
     return {"experiment_id": experiment_id, "parent_run_id": parent_id, **summary, "target": goal,

@@ -130,6 +130,32 @@ def parent_run(client: MlflowClient, experiment: str, name: str, description: st
     return run_id
 
 
+def start_run(client: MlflowClient, experiment: str, run_name: str, tags: dict[str, str]) -> str:
+    """A new (child) run; returns its id."""
+    return client.create_run(experiment, run_name=run_name, tags=tags).info.run_id
+
+
+def end_run(client: MlflowClient, run_id: str, status: str, tags: dict[str, str] | None = None,
+            keep_end_time: bool = False) -> None:
+    """Sets `tags`, then the run's status (FINISHED, FAILED, KILLED); keep_end_time leaves its end time as it
+    was (a parent run whose study had nothing left to run still spans the study's wall time)."""
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
+    if keep_end_time:
+        client.update_run(run_id, status=status)
+    else:
+        client.set_terminated(run_id, status)
+
+
+def reopen(client: MlflowClient, run_id: str) -> None:
+    """A parent run whose study (or search) is running again."""
+    client.update_run(run_id, status="RUNNING")
+
+
+def is_running(client: MlflowClient, run_id: str) -> bool:
+    return client.get_run(run_id).info.status == "RUNNING"
+
+
 def reason(err: BaseException) -> str:
     """An exception as the one line a failed run's wb.fail_reason tag holds."""
     text = f"{type(err).__name__}: {err}".splitlines()[0] if str(err) else type(err).__name__
