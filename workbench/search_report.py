@@ -67,8 +67,9 @@ def facts(study: Study, trials: list[FrozenTrial], parent) -> list[str]:
              f"`{search.prune}` on the scores every {with_overrides(RunConfig(), study.base).eval.every} steps",
              f"- trials: {len(trials)} ({len(by[TrialState.COMPLETE])} complete, {len(by[TrialState.PRUNED])} pruned, "
              f"{len(by[TrialState.FAIL])} failed, {len(by[TrialState.RUNNING]) + len(by[TrialState.WAITING])} "
-             f"running or queued) of {search.trials}",
-             f"- commit: {parent.data.tags.get(tracking.COMMIT, 'unknown')}; wall time of the search {wall:.1f} min",
+             f"running or queued) of {max(search.trials, len(trials))}",
+             f"- commit: {parent.data.tags.get(tracking.COMMIT, 'unknown')}; wall time of the search (first start to "
+             f"last end) {wall:.1f} min",
              f"- reproduce: `wb search {study.name}` then `wb report {study.name}`", ""]
     lines += pruning_savings(by[TrialState.COMPLETE], by[TrialState.PRUNED])
     lines += ["## Search space", "", "| dimension | kind | range or choices |", "|---|---|---|"]
