@@ -106,3 +106,34 @@ def test_a_postgres_url_without_its_driver_exits_2_naming_the_extra(tmp_path, mo
     assert "--storage postgresql://db-host/optuna: its database driver 'psycopg' is not installed" in result.output
     assert ".[postgres]" in result.output
     assert not list(tmp_path.glob("*.db")) and not (tmp_path / "mlartifacts").exists()
+
+
+@pytest.mark.slow
+def test_two_launchers_share_one_search_and_run_n_trials_in_all(tmp_path, postgres):
+    import optuna
+    from mlflow import MlflowClient
+
+    storage, tracking = postgres("optuna_search"), postgres("mlflow_search")
+    study = tmp_path / "tiny.toml"
+    study.write_text(tiny_study(1000, "values = [0.5]").split("[[axes]]")[0] + (
+        '"eval.every" = 500\n[search]\ntrials = 5\nsampler = "random"\nseeds = [0]\n[search.space]\n'
+        '"meanflow.ratio" = {low = 0.0, high = 1.0}\n'))
+    command = [sys.executable, "-m", "workbench.cli", "search", str(study), "--workers", "1", "--threads", "1",
+               "--storage", storage, "--tracking-uri", tracking, "--no-report"]
+    logs = [(tmp_path / f"machine{i}.log").open("w") for i in (1, 2)]
+    first = subprocess.Popen(command, cwd=tmp_path, stdout=logs[0], stderr=logs[0])
+    deadline = time.time() + 120
+    while "[tiny search]" not in (tmp_path / "machine1.log").read_text():
+        assert first.poll() is None and time.time() < deadline, (tmp_path / "machine1.log").read_text()
+        time.sleep(0.5)
+    second = subprocess.Popen(command, cwd=tmp_path, stdout=logs[1], stderr=logs[1])
+    assert first.wait(timeout=600) == 0 and second.wait(timeout=600) == 0, \
+        (tmp_path / "machine1.log").read_text() + (tmp_path / "machine2.log").read_text()
+
+    trials = optuna.load_study(study_name="tiny.search", storage=storage).get_trials()
+    mine = [t for t in trials if t.user_attrs.get("queued")]
+    assert len(mine) == 5 and {t.state for t in mine} == {optuna.trial.TrialState.COMPLETE}
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`wb.trial` != ''")
+    assert sorted(int(r.data.tags["wb.trial"]) for r in runs) == sorted(t.number for t in mine)
+    assert len({r.data.tags["wb.worker"] for r in runs}) == 2  # both machines trained
