@@ -125,7 +125,7 @@ def best_section(study: Study, trials_study: optuna.Study, trials: list[FrozenTr
         lines.append("| " + " | ".join([str(rank), str(trial.number), *[fmt(v) for v in trial.values], per_seed,
                                         *[_show(values[k]) for k in keys],
                                         f"{trial.duration.total_seconds():.0f}" if trial.duration else ""]) + " |")
-    lines.append("| base config | | | | " + " | ".join(_show(base[k]) for k in keys) + " | |")
+    lines.append("| " + " | ".join(["base config", "", *[""] * len(goals), "", *[_show(base[k]) for k in keys], ""]) + " |")
     if len(goals) > 1:
         front = {t.number for t in trials_study.best_trials}
         lines += ["", f"Pareto front over {', '.join(m for m, _ in goals)}: trials {sorted(front)}."]
