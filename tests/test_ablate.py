@@ -185,3 +185,21 @@ def test_a_failed_cell_queued_again_is_not_counted_failed(tmp_path):
         trials.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"cell": key}))
     trials.enqueue_trial({}, user_attrs={"cell": first})  # re-queued by the next launch
     assert counts(study, trials) == {"done": 0, "running": [], "failed": 1}
+
+
+def test_diverged_cells_fail_with_their_reason_show_as_diverged_and_are_not_run_again(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    study = tmp_path / "tiny.toml"
+    study.write_text(tiny_study(30, "values = [0.5]").replace("[[axes]]\nkey = \"meanflow.ratio\"\nvalues = [0.5]",
+                                                              '[[axes]]\nkey = "optim.lr"\nvalues = [1e-3, 1e12]'))
+    result = CliRunner().invoke(app, ["ablate", str(study), "--workers", "2"])
+    assert result.exit_code == 1, result.output  # not every cell finished
+    assert "2/4 cells finished, 2 failed (2 diverged: NaN/inf loss, not run again)" in result.output
+    runs, _ = children()
+    bad = runs[runs["params.optim.lr"] == "1000000000000.0"]
+    assert len(bad) == 2 and set(bad["status"]) == {"FAILED"}
+    assert all(reason.startswith("Diverged: loss is NaN or infinite at step ") for reason in bad["tags.wb.fail_reason"])
+    page = (tmp_path / "reports/tiny/README.md").read_text()
+    assert "| 1000000000000.0 | diverged (0/2) |" in page and "2/4 finished, 2 diverged" in page
+    again = CliRunner().invoke(app, ["ablate", str(study), "--workers", "2", "--no-report"])
+    assert again.exit_code == 1 and len(children()[0]) == 4  # the diverged cells are a result: not run again

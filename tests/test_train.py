@@ -133,3 +133,28 @@ def test_on_eval_sees_every_intermediate_evaluation_and_can_stop_the_run(tmp_pat
         train(config, tmp_path / "stopped", progress=False, evaluator=evaluator_for(config), on_eval=stop_at_10)
     rows = [json.loads(line) for line in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in rows) == 10 and not (tmp_path / "stopped" / "eval.json").exists()
+
+
+def test_a_diverging_run_stops_naming_the_step_and_keeps_its_last_finite_checkpoint(tmp_path, monkeypatch):
+    import workbench.train as training_module
+    from workbench.train import Diverged
+
+    real, calls = training_module.meanflow_loss, []
+
+    def loss_turning_nan_at_step_13(*args, **kwargs):  # the fault: step 13's loss is NaN
+        loss, metrics = real(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 13 else loss), metrics
+
+    monkeypatch.setattr(training_module, "meanflow_loss", loss_turning_nan_at_step_13)
+    config = with_overrides(RunConfig(), {"data.name": "moons", "net.mlp.width": 16, "train.steps": 200,
+                                          "train.batch_size": 32, "train.log_every": 5, "train.checkpoint_every": 5})
+    with pytest.raises(Diverged) as err:
+        train(config, tmp_path / "run", progress=False)
+    assert (err.value.step, err.value.quantity) == (13, "loss")
+    assert str(err.value) == "loss is NaN or infinite at step 13"
+    assert len(calls) == 15  # stopped at the next logged row (step 15), not trained to the end
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [5, 10]  # no row averaged over a non-finite loss
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert saved["step"] == 10 and all(torch.isfinite(v).all() for v in saved["net"].values())

@@ -22,6 +22,9 @@ from workbench import tracking
 from workbench.runs import run_cell
 from workbench.studies import Study, load_study, study_file_text
 from workbench.tracking import Stores
+from workbench.train import Diverged
+
+DIVERGED = "diverged"  # the user attr of a cell's trial whose training diverged (its reason)
 
 
 def optuna_storage(stores: Stores) -> optuna.storages.RDBStorage:
@@ -45,8 +48,9 @@ def prepare(study: Study, stores: Stores) -> tuple[str, str, optuna.Study]:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id and tracking.is_running(client, run_id):
             tracking.end_run(client, run_id, "KILLED")  # its worker died; the cell is enqueued again below
-    taken = {t.user_attrs.get("cell") for t in trials_study.get_trials(
-        deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING))}
+    # A diverged cell is a result (reports show it as diverged): it is not queued again.
+    taken = {t.user_attrs.get("cell") for t in trials_study.get_trials(deepcopy=False) if t.state in (
+        TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING) or DIVERGED in t.user_attrs}
     # A worker killed after its MLflow run finished but before Optuna recorded the trial left a
     # finished cell behind a failed trial: record it as complete rather than train it again.
     for key, run in finished_cells(client, parent_id).items():
@@ -86,8 +90,12 @@ def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, 
         cell = cells.get(trial.user_attrs.get("cell"))
         if cell is None:  # another worker took the last enqueued cell first; ask() made a fresh trial
             raise optuna.TrialPruned()
-        metrics = run_cell(study, cell, client, experiment_id, parent_id,
-                           on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+        try:
+            metrics = run_cell(study, cell, client, experiment_id, parent_id,
+                               on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+        except Diverged as err:
+            trial.set_user_attr(DIVERGED, str(err))
+            raise
         return metrics.get(study.metric, float("nan"))
 
     while trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
@@ -131,7 +139,8 @@ def counts(study: Study, trials_study: optuna.Study) -> dict:
     running = [t.user_attrs.get("name", "") for t in trials if t.state == TrialState.RUNNING]
     again = {t.user_attrs["cell"] for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)}
     failed = {t.user_attrs["cell"] for t in trials if t.state == TrialState.FAIL} - done - again  # not re-queued
-    return {"done": len(done), "running": running, "failed": len(failed)}
+    diverged = {t.user_attrs["cell"] for t in trials if DIVERGED in t.user_attrs} & failed
+    return {"done": len(done), "running": running, "failed": len(failed), "diverged": len(diverged)}
 
 
 def status_line(study: Study, trials_study: optuna.Study, total: int, started: float) -> str:

@@ -159,8 +159,9 @@ def ablate(
     except StoreError as err:
         _fail(str(err))
     summary = run_study(spec, stores, workers or os.cpu_count() or 1, progress=terminal_progress(), threads=threads)
-    typer.echo(f"{summary['done']}/{summary['total']} cells finished, {summary['failed']} failed, "
-               f"{summary['seconds'] / 60:.1f} min")
+    typer.echo(f"{summary['done']}/{summary['total']} cells finished, {summary['failed']} failed"
+               + (f" ({summary['diverged']} diverged: NaN/inf loss, not run again)" if summary["diverged"] else "")
+               + f", {summary['seconds'] / 60:.1f} min")
     typer.echo(f"MLflow: {stores.tracking_uri} (experiment {spec.name}, parent run {summary['parent_run_id']})")
     typer.echo(f"Optuna: {stores.storage} (study {spec.name})")
     typer.echo(f"Browse: wb ui --tracking-uri {stores.tracking_uri}")

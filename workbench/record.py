@@ -67,7 +67,9 @@ def load_record(name: str, tracking_uri: str) -> Record:
 def _outcome(attempts: list, metric: str) -> dict:
     finished = [run for run in attempts if run.info.status == "FINISHED"]
     if not finished:
-        status = "running" if any(r.info.status == "RUNNING" for r in attempts) else "failed" if attempts else "missing"
+        diverged = any(r.data.tags.get(tracking.FAIL_REASON, "").startswith(tracking.DIVERGED) for r in attempts)
+        status = ("running" if any(r.info.status == "RUNNING" for r in attempts) else "diverged" if diverged
+                  else "failed" if attempts else "missing")
         return {"status": status, "run_id": None, "metric": math.nan, "metric_2nfe": math.nan, "wall": math.nan,
                 "end": 0, "commit": None, "metrics": {}}
     run = max(finished, key=lambda run: run.info.end_time or 0)
@@ -93,6 +95,7 @@ def axis_table(record: Record, axis_index: int) -> pd.DataFrame:
                      "mean_2nfe": done.loc[done[axis.name] == label, "metric_2nfe"].mean(),
                      "paper": math.nan if paper is None else float(paper),
                      "failed": int((mine["status"] == "failed").sum()), "missing": int((mine["status"] == "missing").sum()),
+                     "diverged": int((mine["status"] == "diverged").sum()),
                      "running": int((mine["status"] == "running").sum())})
     table = pd.DataFrame(rows)
     table["rank"] = table["mean"].rank(method="min")

@@ -59,12 +59,13 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
     best_ours, best_paper = table["mean"].min(), table["paper"].min()
     for row in table.itertuples():
         if row.n == 0:
-            ours = f"{'running' if row.running else 'failed' if row.failed else 'missing'} (0/{row.cells})"
+            ours = (f"{'running' if row.running else 'diverged' if row.diverged else 'failed' if row.failed else 'missing'}"
+                    f" (0/{row.cells})")
         else:
             ours = f"{fmt(row.mean)} ± {fmt(row.std, 2) or '–'} ({row.n})"
             if row.mean == best_ours:
                 ours = f"**{ours}**"
-            lost = [f"{k} {getattr(row, k)}" for k in ("failed", "missing", "running") if getattr(row, k)]
+            lost = [f"{k} {getattr(row, k)}" for k in ("diverged", "failed", "missing", "running") if getattr(row, k)]
             if lost:
                 ours += f", {', '.join(lost)}"
         paper = fmt(row.paper)
@@ -134,7 +135,7 @@ def render(name: str, tracking_uri: str, out_root: Path = Path("reports")) -> Pa
         f"- seeds: {', '.join(map(str, study.seeds))}; metric: `{study.metric}` (lower is better), "
         f"{config.eval.num_samples} samples",
         f"- cells: {len(finished)}/{len(cells)} finished"
-        + "".join(f", {int((cells['status'] == s).sum())} {s}" for s in ("failed", "missing", "running")
+        + "".join(f", {int((cells['status'] == s).sum())} {s}" for s in ("diverged", "failed", "missing", "running")
                   if (cells["status"] == s).any()),
         f"- commit: {', '.join(commits) or '–'}; last cell finished {last}; "
         f"total compute {finished['wall'].sum() / 60:.1f} min (sum of cell wall times)",

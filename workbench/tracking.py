@@ -38,7 +38,8 @@ AXIS = "wb.axis"  # comma-joined axis names; wb.axis.<name> = the cell's label o
 VALUE = "wb.value"  # comma-joined labels
 TRIAL = "wb.trial"  # a search's child run: its Optuna trial number
 TRIAL_STATE = "wb.trial_state"  # complete | pruned | failed (the Optuna state; MLflow: FINISHED, KILLED, FAILED)
-FAIL_REASON = "wb.fail_reason"  # why a run failed: the exception, one line
+FAIL_REASON = "wb.fail_reason"  # why a run failed: the exception, one line ("Diverged: ..." for NaN/inf)
+DIVERGED = "Diverged"  # the start of a diverged run's fail reason (workbench.train.Diverged)
 STUDY_FILE = "study.toml"  # the parent run's artifact: the study file as run
 
 

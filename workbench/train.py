@@ -25,6 +25,33 @@ if TYPE_CHECKING:
 CHECKPOINT = "checkpoint.pt"
 
 
+class Diverged(RuntimeError):
+    """The loss (or the gradient norm) turned NaN or infinite: the run stops, its last checkpoint (from
+    before that step, all finite) kept."""
+
+    def __init__(self, step: int, quantity: str):
+        super().__init__(f"{quantity} is NaN or infinite at step {step}")
+        self.step, self.quantity = step, quantity
+
+
+class DivergenceWatch:
+    """The first step whose loss (or gradient norm) is not finite, kept on the device: no host sync per
+    step; `check()` (a sync) runs before every logged row, evaluation and checkpoint, so a run stops
+    within train.log_every steps of diverging and never saves or scores a non-finite model."""
+
+    def __init__(self, device: torch.device):
+        self.first = {name: torch.full((), -1, device=device) for name in ("loss", "gradient norm")}
+
+    def see(self, step: int, quantity: str, value: torch.Tensor) -> None:
+        first = self.first[quantity]
+        self.first[quantity] = torch.where(~torch.isfinite(value.detach()) & (first < 0), step, first)
+
+    def check(self) -> None:
+        for quantity, first in self.first.items():
+            if int(first) >= 0:
+                raise Diverged(int(first), quantity)
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -140,6 +167,7 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
     bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, disable=not progress,
                desc=run_dir.name, dynamic_ncols=True)
     clock, loss_sum, loss_count, last_row = time.perf_counter(), 0.0, 0, {}
+    watch = DivergenceWatch(device)
     for step in bar:
         # Sample x, t, r, noise, class dropout.
         batch = {k: (v.to(device) if v is not None else None) for k, v in draw_batch(data, config, generator).items()}
@@ -147,6 +175,7 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.precision == "bf16"):
             loss, metrics = meanflow_loss(net, batch["x"], batch["t"], batch["r"], batch["noise"], config.meanflow,
                                           labels=batch["labels"], dropped=batch["dropped"])
+        watch.see(step + 1, "loss", loss)
         # Update weights.
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
@@ -154,12 +183,14 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
         loss.backward()
         if config.optim.grad_clip > 0:
             metrics["grad_norm"] = nn.utils.clip_grad_norm_(net.parameters(), config.optim.grad_clip)
+            watch.see(step + 1, "gradient norm", metrics["grad_norm"])
         optimizer.step()
         # Update EMA.
         ema.update_parameters(net)
         # Log (values are averaged since the last row; one .item() sync per row, not per step).
         loss_sum, loss_count = loss_sum + metrics["loss"], loss_count + 1
         if (step + 1) % config.train.log_every == 0 or step + 1 == config.train.steps:
+            watch.check()
             steps_per_s = loss_count / (time.perf_counter() - clock)
             last_row = {k: float(v) for k, v in metrics.items()} | {
                 "loss": float(loss_sum) / loss_count, "lr": learning_rate(step, config), "steps_per_s": steps_per_s}
@@ -168,11 +199,13 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
             clock, loss_sum, loss_count = time.perf_counter(), 0.0, 0
         # Evaluate (EMA weights, fewer samples than the final score).
         if evaluator and config.eval.every and (step + 1) % config.eval.every == 0 and step + 1 < config.train.steps:
+            watch.check()
             scores = evaluator(ema.module, config.eval.num_samples_during)
             tracker.log_metrics(scores, step + 1)
             yield step + 1, scores
         # Save checkpoint.
         if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == config.train.steps:
+            watch.check()
             save_checkpoint(checkpoint_path, step + 1, net, ema, optimizer, generator)
     bar.close()
 
