@@ -171,7 +171,10 @@ def check_space(search: SearchModel, base: dict, path: Path) -> None:
     """Every dimension's key must exist and accept both ends of its range (each choice), over `base`; a
     pruner needs intermediate evaluations."""
     if search.prune != "none":
-        every = with_overrides(RunConfig(), {k: v for k, v in base.items() if k == "eval.every"}).eval.every
+        try:
+            every = with_overrides(RunConfig(), {k: v for k, v in base.items() if k == "eval.every"}).eval.every
+        except ConfigError as err:
+            raise StudyError(f"{path}: base: {err}") from None
         if every == 0 and "eval.every" not in search.space:
             raise StudyError(f"{path}: search.pruner: {search.prune!r} prunes on the evaluations every eval.every "
                              "steps, but eval.every is 0; set \"eval.every\" in [base] or pruner = \"none\"")

@@ -50,6 +50,8 @@ class AxisModel(FileModel):
     @model_validator(mode="after")
     def _shapes(self) -> AxisModel:
         keys = [self.key] if isinstance(self.key, str) else self.key
+        if not keys or not all(keys):
+            raise ValueError(f"key: a config key or a non-empty list of them, got {self.key!r}")
         if len(keys) > 1 and not all(isinstance(v, list) and len(v) == len(keys) for v in self.values):
             raise ValueError(f"values: with {len(keys)} keys every value must be a list of {len(keys)}")
         for name in ("labels", "paper"):
