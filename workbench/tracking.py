@@ -68,7 +68,42 @@ def default_stores(storage: str | None = None, tracking_uri: str | None = None, 
                     heartbeat_s, grace_s)
     for option, url in (("--storage", stores.storage), ("--tracking-uri", stores.tracking_uri)):
         check_driver(option, url)
+        check_reachable(option, url)
     return stores
+
+
+def check_reachable(option: str, url: str, timeout_s: float = 5.0) -> None:
+    """A store that cannot be reached fails here, within seconds and naming the URL, not minutes later
+    in a worker: a SQLite file's folder must exist, a database server must accept a connection, an MLflow
+    server must answer its /health endpoint."""
+    scheme = url.split(":", 1)[0].split("+")[0]
+    if scheme == "sqlite":
+        folder = Path(url.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise StoreError(f"{option} {url}: the folder {folder} does not exist")
+    elif scheme in ("postgresql", "mysql", "mssql"):
+        import sqlalchemy
+
+        args = {"connect_timeout": int(timeout_s)} if scheme in ("postgresql", "mysql") else {}
+        engine = sqlalchemy.create_engine(url, connect_args=args)
+        try:
+            with engine.connect():
+                pass
+        except sqlalchemy.exc.SQLAlchemyError as err:
+            first = str(err.orig if getattr(err, "orig", None) else err).strip().splitlines()[0]
+            raise StoreError(f"{option} {url}: cannot connect to the database ({first})") from None
+        finally:
+            engine.dispose()
+    elif scheme in ("http", "https"):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout_s) as answer:
+                answer.read()
+        except (urllib.error.URLError, OSError) as err:
+            raise StoreError(f"{option} {url}: no MLflow tracking server answers there ({err}); start one "
+                             "(mlflow server --host 127.0.0.1 --port 5000) or pass another --tracking-uri") from None
 
 
 def check_driver(option: str, url: str) -> None:
