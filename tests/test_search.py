@@ -235,6 +235,8 @@ def test_search_cli_errors_exit_2_and_dry_run_writes_nothing(tmp_path, monkeypat
     result = CliRunner().invoke(app, ["search", str(bad)])
     assert result.exit_code == 2 and "search.space.meanflow.ratio: 2.0 is not a value" in result.output
     good = write(tmp_path / "tiny.toml")
+    result = CliRunner().invoke(app, ["ablate", str(good)])
+    assert result.exit_code == 2 and "no [[axes]] to ablate; it is a search: wb search tiny" in result.output
     result = CliRunner().invoke(app, ["search", str(good), "--dry-run"])
     assert result.exit_code == 0 and "8 trials x 2 seeds" in result.output and "optim.lr: categorical" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.toml", "tiny.toml"]

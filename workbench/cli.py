@@ -145,6 +145,8 @@ def ablate(
         spec = load_study(study)
     except StudyError as err:
         _fail(str(err))
+    if not spec.axes:
+        _fail(f"{spec.path}: no [[axes]] to ablate; it is a search: wb search {spec.name}")
     cells = spec.cells()
     typer.echo(f"study {spec.name}: {len(cells)} cells, metric {spec.metric}, budget ~{spec.budget_minutes:g} min")
     if dry_run:
