@@ -203,3 +203,43 @@ def test_diverged_cells_fail_with_their_reason_show_as_diverged_and_are_not_run_
     assert "| 1000000000000.0 | diverged (0/2) |" in page and "2/4 finished, 2 diverged" in page
     again = CliRunner().invoke(app, ["ablate", str(study), "--workers", "2", "--no-report"])
     assert again.exit_code == 1 and len(children()[0]) == 4  # the diverged cells are a result: not run again
+
+
+def test_a_killed_cell_continues_from_its_checkpoint_in_the_same_run_bit_for_bit(tmp_path):
+    import torch
+    from mlflow import MlflowClient
+
+    from workbench.studies import load_study
+    from workbench.train import train
+
+    study = tmp_path / "tiny.toml"
+    study.write_text(tiny_study(400, "values = [0.5]", '"train.checkpoint_every" = 50').replace(
+        "seeds = [0, 1]", "seeds = [0]"))
+    env = {**os.environ, "WB_HEARTBEAT_S": "1", "WB_GRACE_S": "2"}
+    command = [sys.executable, "-m", "workbench.cli", "ablate", str(study), "--workers", "1", "--no-report"]
+    (cell,) = load_study(study).cells()
+    checkpoint = tmp_path / "wb-cells" / cell.key / "run" / "checkpoint.pt"
+    log = (tmp_path / "launcher.log").open("w")
+    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stdout=log, stderr=log)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (checkpoint.exists() and torch.load(checkpoint, weights_only=False)["step"] >= 100):
+        time.sleep(0.2)
+    os.killpg(launcher.pid, signal.SIGKILL)  # mid-cell, after at least two checkpoints
+    launcher.wait()
+    kept = torch.load(checkpoint, weights_only=False)["step"]
+    assert 100 <= kept < 400, "the kill did not land mid-cell"
+    time.sleep(3)  # past the heartbeat grace period
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    runs, _ = children(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(runs) == 1 and runs["status"].iloc[0] == "FINISHED"  # one run, continued, not a second one
+    assert runs["tags.wb.attempts"].iloc[0] == "2"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    steps = [m.step for m in client.get_metric_history(runs["run_id"].iloc[0], "loss")]
+    assert sorted(steps) == list(range(10, 401, 10))  # no gap, no duplicated step
+    assert not (tmp_path / "wb-cells" / cell.key).exists()  # finished: its folder is gone
+    ema = torch.load(client.download_artifacts(runs["run_id"].iloc[0], "ema.pt", str(tmp_path)), weights_only=False)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))  # as the one worker trained
+    reference = train(cell.config, tmp_path / "uninterrupted", progress=False).ema.state_dict()
+    assert ema.keys() == reference.keys() and all(torch.equal(ema[k], reference[k]) for k in ema)

@@ -92,7 +92,8 @@ def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, 
             raise optuna.TrialPruned()
         try:
             metrics = run_cell(study, cell, client, experiment_id, parent_id,
-                               on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+                               on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
+                               cells_dir=stores.cells)
         except Diverged as err:
             trial.set_user_attr(DIVERGED, str(err))
             raise

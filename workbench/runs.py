@@ -2,6 +2,7 @@
 child run of the study's (or search's) parent run."""
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from collections.abc import Generator
@@ -15,28 +16,55 @@ from workbench.config import RunConfig, flatten
 from workbench.evaluate import evaluator_for
 from workbench.pictures import save_run_pictures
 from workbench.studies import Cell, Study
-from workbench.train import TrainResult, training
+from workbench.train import CHECKPOINT, Diverged, TrainResult, training
+
+RUN_ID = "mlflow_run_id"  # in a cell folder: the MLflow run its checkpoint belongs to
 
 
 class CellRun:
     """A training run as an MLflow child run: created (params logged) on construction; `training()` is
     the train generator (metric curves go to the run); `finish(result)` uploads the pictures, eval.json and
-    EMA weights and marks it FINISHED; `end(status, tags)` closes it otherwise (FAILED, KILLED)."""
+    EMA weights and marks it FINISHED; `end(status, tags)` closes it otherwise (FAILED, KILLED).
+
+    With a `folder` (a cell's own, kept across attempts) the run trains there; if an earlier attempt left
+    a checkpoint and its unfinished MLflow run, this attempt reopens that run and continues from the
+    checkpoint (exactly: train's resume), logging only the steps the run does not hold yet. The folder is
+    removed once the run has finished. Without one it trains in a temporary folder, from step 0."""
 
     def __init__(self, client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str],
-                 config: RunConfig):
+                 config: RunConfig, folder: Path | None = None):
         self.started = time.perf_counter()
         self.client, self.config = client, config
-        self.run_id = tracking.start_run(client, experiment_id, run_name, tags)
-        tracking.log_cell(client, self.run_id, flatten(config))
-        self.tracker = tracking.MlflowTracker(client, self.run_id)
+        self._folder = tempfile.TemporaryDirectory() if folder is None else None
+        self.folder = Path(self._folder.name) if folder is None else folder
+        self.run_dir = self.folder / "run"
+        earlier = self._earlier_attempt(experiment_id)
+        if earlier is not None:
+            self.run_id, self.resume = earlier.info.run_id, True
+            attempts = int(earlier.data.tags.get(tracking.ATTEMPTS, "1")) + 1
+            tracking.reopen(client, self.run_id, {tracking.ATTEMPTS: str(attempts),
+                                                  tracking.WORKER: tags.get(tracking.WORKER, "")})
+            self.tracker = tracking.MlflowTracker(client, self.run_id,
+                                                  logged_through=tracking.last_step(client, self.run_id))
+        else:
+            self.resume = False
+            if self.run_dir.exists():  # an attempt that left no checkpoint: start over
+                shutil.rmtree(self.run_dir)
+            self.run_id = tracking.start_run(client, experiment_id, run_name, tags)
+            tracking.log_cell(client, self.run_id, flatten(config))
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / RUN_ID).write_text(self.run_id)
+            self.tracker = tracking.MlflowTracker(client, self.run_id)
         self.tracker.seconds = time.perf_counter() - self.started  # run creation and params count as tracking
-        self._folder = tempfile.TemporaryDirectory()
-        self.run_dir = Path(self._folder.name) / "run"
         self.ended = False
 
+    def _earlier_attempt(self, experiment_id: str):
+        if self._folder is not None or not (self.run_dir / CHECKPOINT).is_file() or not (self.folder / RUN_ID).is_file():
+            return None
+        return tracking.resumable_run(self.client, (self.folder / RUN_ID).read_text().strip(), experiment_id)
+
     def training(self) -> Generator[tuple[int, dict[str, float]], None, TrainResult]:
-        return training(self.config, self.run_dir, tracker=self.tracker, progress=False,
+        return training(self.config, self.run_dir, resume=self.resume, tracker=self.tracker, progress=False,
                         evaluator=evaluator_for(self.config))
 
     def finish(self, result: TrainResult, tags: dict[str, str] | None = None) -> dict[str, float]:
@@ -49,6 +77,7 @@ class CellRun:
         tracking.log_cell(self.client, self.run_id, {}, finals={
             "wb_wall_seconds": time.perf_counter() - self.started, "wb_tracking_seconds": self.tracker.seconds})
         self.end("FINISHED", tags)
+        shutil.rmtree(self.folder, ignore_errors=True)  # finished: nothing to resume
         return result.metrics
 
     def end(self, status: str, tags: dict[str, str] | None = None) -> None:
@@ -60,17 +89,20 @@ class CellRun:
             self.tracker.flush()
         finally:
             tracking.end_run(self.client, self.run_id, status, tags)
-            self._folder.cleanup()
+            if self._folder is not None:
+                self._folder.cleanup()
 
 
 def run_cell(study: Study, cell: Cell, client: MlflowClient, experiment_id: str, parent_run_id: str,
-             on_start=None) -> dict[str, float]:
-    """Trains and evaluates one cell as an MLflow child run; returns its final metrics.
+             on_start=None, cells_dir: str | None = None) -> dict[str, float]:
+    """Trains and evaluates one cell as an MLflow child run; returns its final metrics. In cells_dir the
+    cell trains in <cells_dir>/<config hash>, and continues there from a dead attempt's checkpoint.
 
     on_start(run_id) is called once the MLflow run exists (the scheduler records it with the trial).
     """
     tags = tracking.cell_tags(study.name, cell.settings, cell.seed, cell.key, parent_run_id)
-    run = CellRun(client, experiment_id, cell.run_name, tags, cell.config)
+    folder = Path(cells_dir) / cell.key if cells_dir else None
+    run = CellRun(client, experiment_id, cell.run_name, tags, cell.config, folder)
     if on_start:
         on_start(run.run_id)
     try:
@@ -82,4 +114,6 @@ def run_cell(study: Study, cell: Cell, client: MlflowClient, experiment_id: str,
                 return run.finish(done.value)
     except BaseException as err:
         run.end("FAILED", {tracking.FAIL_REASON: tracking.reason(err)})
+        if isinstance(err, Diverged) and folder is not None:  # it would diverge again: nothing to resume
+            shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -40,6 +40,7 @@ TRIAL = "wb.trial"  # a search's child run: its Optuna trial number
 TRIAL_STATE = "wb.trial_state"  # complete | pruned | failed (the Optuna state; MLflow: FINISHED, KILLED, FAILED)
 FAIL_REASON = "wb.fail_reason"  # why a run failed: the exception, one line ("Diverged: ..." for NaN/inf)
 DIVERGED = "Diverged"  # the start of a diverged run's fail reason (workbench.train.Diverged)
+ATTEMPTS = "wb.attempts"  # a cell's run continued from a dead attempt's checkpoint: how many attempts it took
 STUDY_FILE = "study.toml"  # the parent run's artifact: the study file as run
 
 
@@ -56,6 +57,9 @@ class Stores:
     # fails it and runs the cell again.
     heartbeat_s: int = 10
     grace_s: int = 30
+    # Where a cell trains (<cells>/<config hash>/run) and keeps its checkpoint until it has finished, so
+    # that a cell whose worker died continues from its last checkpoint (on the same machine).
+    cells: str = "wb-cells"
 
 
 def default_stores(storage: str | None = None, tracking_uri: str | None = None, heartbeat_s: int = 10,
@@ -65,7 +69,7 @@ def default_stores(storage: str | None = None, tracking_uri: str | None = None, 
     # pointing at the first working directory it was used in.
     stores = Stores(storage or f"sqlite:///{Path('optuna.db').resolve()}",
                     tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}", Path("mlartifacts").resolve().as_uri(),
-                    heartbeat_s, grace_s)
+                    heartbeat_s, grace_s, str(Path("wb-cells").resolve()))
     for option, url in (("--storage", stores.storage), ("--tracking-uri", stores.tracking_uri)):
         check_driver(option, url)
         check_reachable(option, url)
@@ -183,13 +187,35 @@ def end_run(client: MlflowClient, run_id: str, status: str, tags: dict[str, str]
         client.set_terminated(run_id, status)
 
 
-def reopen(client: MlflowClient, run_id: str) -> None:
-    """A parent run whose study (or search) is running again."""
+def reopen(client: MlflowClient, run_id: str, tags: dict[str, str] | None = None) -> None:
+    """A parent run whose study (or search) is running again, or a cell's run continued by a new attempt
+    (its earlier fail reason dropped, `tags` set)."""
+    run = client.get_run(run_id)
+    if FAIL_REASON in run.data.tags:
+        client.delete_tag(run_id, FAIL_REASON)
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
     client.update_run(run_id, status="RUNNING")
 
 
 def is_running(client: MlflowClient, run_id: str) -> bool:
     return client.get_run(run_id).info.status == "RUNNING"
+
+
+def resumable_run(client: MlflowClient, run_id: str, experiment: str) -> Run | None:
+    """The run `run_id` if it exists in `experiment` and has not finished (a dead attempt to continue)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None
+    return run if run.info.experiment_id == experiment and run.info.status != "FINISHED" else None
+
+
+def last_step(client: MlflowClient, run_id: str, metric: str = "loss") -> int:
+    """The last step at which the run logged `metric` (0 if none)."""
+    return max((m.step for m in client.get_metric_history(run_id, metric)), default=0)
 
 
 def reason(err: BaseException) -> str:
@@ -268,6 +294,8 @@ def log_cell(client: MlflowClient, run_id: str, params: dict, run_dir: Path | No
 class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
+    def flush(self) -> None: ...  # called before every checkpoint
+
 
 class JsonlTracker:
     """Appends one JSON row per log call to run_dir/metrics.jsonl.
@@ -289,6 +317,9 @@ class JsonlTracker:
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
 
+    def flush(self) -> None:
+        """Rows are written as they come."""
+
 
 def write_eval(run_dir: Path, info: dict, num_samples: int, metrics: dict[str, float]) -> None:
     """run_dir/eval.json: the scores with the feature set and sample count they were measured with."""
@@ -303,13 +334,17 @@ class MlflowTracker:
     `seconds` accumulates the time spent here so the overhead can be reported.
     """
 
-    def __init__(self, client, run_id: str, flush_rows: int = 20):
-        self.client, self.run_id, self.flush_rows = client, run_id, flush_rows
+    def __init__(self, client, run_id: str, flush_rows: int = 20, logged_through: int = 0):
+        """logged_through: a resumed run's last logged step; rows up to it are in the store already (a
+        run resumes from a checkpoint at or before it), so they are not logged twice."""
+        self.client, self.run_id, self.flush_rows, self.logged_through = client, run_id, flush_rows, logged_through
         self.buffer: list = []
         self.rows = 0
         self.seconds = 0.0
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if step <= self.logged_through:
+            return
         start = time.perf_counter()
         now = int(time.time() * 1000)
         self.buffer += [Metric(key, float(value), now, step) for key, value in metrics.items()]

@@ -206,6 +206,9 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
         # Save checkpoint.
         if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == config.train.steps:
             watch.check()
+            # The rows up to here reach the store before the checkpoint does: a run resumed from it
+            # misses none (and its tracker skips the ones logged after it).
+            tracker.flush()
             save_checkpoint(checkpoint_path, step + 1, net, ema, optimizer, generator)
     bar.close()
 
