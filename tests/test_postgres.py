@@ -116,7 +116,7 @@ def test_two_launchers_share_one_search_and_run_n_trials_in_all(tmp_path, postgr
     storage, tracking = postgres("optuna_search"), postgres("mlflow_search")
     study = tmp_path / "tiny.toml"
     study.write_text(tiny_study(1000, "values = [0.5]").split("[[axes]]")[0] + (
-        '"eval.every" = 500\n[search]\ntrials = 5\nsampler = "random"\nseeds = [0]\n[search.space]\n'
+        '"eval.every" = 500\n[search]\ntrials = 5\nsampler = "random"\npruner = "none"\nseeds = [0]\n[search.space]\n'
         '"meanflow.ratio" = {low = 0.0, high = 1.0}\n'))
     command = [sys.executable, "-m", "workbench.cli", "search", str(study), "--workers", "1", "--threads", "1",
                "--storage", storage, "--tracking-uri", tracking, "--no-report"]
