@@ -19,27 +19,15 @@ from workbench.config import RunConfig, with_overrides
 from workbench.studies import load_study
 from workbench.tracking import default_stores
 
-TINY = """
-name = "tiny"
-description = "end-to-end search test"
-metric = "energy_1nfe"
-seeds = [0, 1]
-[base]
-"data.name" = "moons"
-"net.mlp.width" = 32
-"net.mlp.depth" = 1
-"train.steps" = {steps}
-"train.batch_size" = 64
-"train.log_every" = 10
-"train.device" = "cpu"
-"eval.every" = 20
-"eval.num_samples" = 200
-"eval.num_samples_during" = 200
-"eval.fm_steps" = []
-"sample.num_points" = 100
-[search]
-{search}
-"""
+from conftest import tiny_study
+
+
+def tiny_search(steps: int, search: str) -> str:
+    """conftest's tiny study without its axis, evaluated every 20 steps, with a [search] section."""
+    base = tiny_study(steps, "", '"eval.every" = 20\n"eval.num_samples_during" = 200').split("[[axes]]")[0]
+    return base.replace('description = "end-to-end test study"', 'description = "end-to-end search test"') + \
+        f"[search]\n{search}"
+
 
 # lr 1e-6 leaves the network at its initialization: every such trial is worse than every lr = 1e-2 one.
 GRID = """trials = 8
@@ -52,7 +40,7 @@ pruner = "median"
 
 
 def write(path: Path, search: str = GRID, steps: int = 60) -> Path:
-    path.write_text(TINY.format(steps=steps, search=search))
+    path.write_text(tiny_search(steps, search))
     return path
 
 
