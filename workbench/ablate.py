@@ -15,6 +15,7 @@ import time
 
 import mlflow
 import optuna
+from filelock import FileLock
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -27,9 +28,29 @@ from workbench.train import Diverged
 DIVERGED = "diverged"  # the user attr of a cell's trial whose training diverged (its reason)
 
 
-def optuna_storage(stores: Stores) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(stores.storage, heartbeat_interval=stores.heartbeat_s,
-                                      grace_period=stores.grace_s)
+class ClaimingStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, with the claim of a queued trial made atomic on SQLite as well.
+
+    A worker claims a WAITING trial by reading its state and writing RUNNING in one transaction; a
+    database server row-locks the read (SELECT ... FOR UPDATE), SQLite ignores that, so two workers can
+    both read WAITING and both train the cell. On SQLite the claim runs under a file lock beside the
+    database file (every process that opens the file is on its machine)."""
+
+    def __init__(self, url: str, **options):
+        super().__init__(url, **options)
+        self._claims = FileLock(url.removeprefix("sqlite:///") + ".claims.lock") if url.startswith("sqlite:///") else None
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        if self._claims is None or state != TrialState.RUNNING:
+            return super().set_trial_state_values(trial_id, state, values)
+        with self._claims:
+            return super().set_trial_state_values(trial_id, state, values)
+
+
+def optuna_storage(stores: Stores, stale_callback=None) -> optuna.storages.RDBStorage:
+    """The study's Optuna storage with heartbeats (a trial of a dead worker turns stale after grace_s)."""
+    return ClaimingStorage(stores.storage, heartbeat_interval=stores.heartbeat_s, grace_period=stores.grace_s,
+                           heartbeat_stale_trial_callback=stale_callback)
 
 
 def prepare(study: Study, stores: Stores) -> tuple[str, str, optuna.Study]:

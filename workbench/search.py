@@ -28,6 +28,7 @@ from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from workbench import tracking
+from workbench.ablate import optuna_storage
 from workbench.config import RunConfig, flatten, with_overrides
 from workbench.runs import CellRun
 from workbench.search_space import SearchModel, dimensions, grid_points, grid_values, objectives, overrides, suggest
@@ -48,10 +49,7 @@ def seeds(study: Study) -> list[int]:
 
 def storage(stores: Stores) -> optuna.storages.RDBStorage:
     """The Optuna storage with heartbeats; a trial whose worker died is failed and queued again with its params."""
-    return optuna.storages.RDBStorage(stores.storage, heartbeat_interval=stores.heartbeat_s,
-                                      grace_period=stores.grace_s,
-                                      heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                                          max_retry=2))
+    return optuna_storage(stores, optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
 
 
 def sampler(search: SearchModel) -> optuna.samplers.BaseSampler:
