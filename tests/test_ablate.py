@@ -184,7 +184,7 @@ def test_a_failed_cell_queued_again_is_not_counted_failed(tmp_path):
     for key in (first, second):
         trials.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"cell": key}))
     trials.enqueue_trial({}, user_attrs={"cell": first})  # re-queued by the next launch
-    assert counts(study, trials) == {"done": 0, "running": [], "failed": 1, "diverged": 0}
+    assert counts(study, trials) == {"done": 0, "running": [], "failed": 1, "diverged": 0, "interrupted": 0}
 
 
 def test_diverged_cells_fail_with_their_reason_show_as_diverged_and_are_not_run_again(tmp_path, monkeypatch):

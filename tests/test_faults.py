@@ -1,14 +1,23 @@
 """Faults a cluster inflicts on a study, injected one at a time: two workers racing for one queued cell,
 a launcher told to stop (SIGTERM, SIGINT), a tracking store that drops out mid-run, a full disk, an
 artifact upload that fails. Each ends with every cell finished exactly once and nothing recorded lost."""
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
+import mlflow
 import optuna
 import pytest
+import torch
 from optuna.storages import RDBStorage
 
 from workbench.ablate import ClaimingStorage
+
+from conftest import tiny_study
 
 
 def _claim_all(url: str, storage_class, workers: int = 4) -> list[str]:
@@ -49,3 +58,168 @@ def test_a_queued_cell_is_claimed_by_one_worker_only_on_sqlite(tmp_path, monkeyp
         assert len(claimed) > len(set(claimed)), "the race did not show: the test cannot see the fix"
     else:
         assert sorted(claimed) == [f"c{i}" for i in range(6)]  # each cell once
+
+
+def _launch(tmp_path, study, workers=2, extra_env=None):
+    env = {**os.environ, "WB_HEARTBEAT_S": "1", "WB_GRACE_S": "2", **(extra_env or {})}
+    command = [sys.executable, "-m", "workbench.cli", "ablate", str(study), "--workers", str(workers), "--no-report"]
+    log = (tmp_path / "launcher.log").open("w")
+    return command, env, subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stdout=log,
+                                          stderr=log)
+
+
+def _checkpoint_step(path: Path) -> int:
+    try:
+        return torch.load(path, weights_only=False)["step"]
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return 0
+
+
+def _runs(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    return runs[runs["tags.wb.role"] != "study"], runs[runs["tags.wb.role"] == "study"]
+
+
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["SIGTERM to the launcher", "SIGINT to its process group (Ctrl-C)"])
+def test_a_stopped_launcher_checkpoints_its_cells_and_a_rerun_continues_them(tmp_path, signum, to_group):
+    from mlflow import MlflowClient
+
+    from workbench.studies import load_study
+    from workbench.train import train
+
+    study = tmp_path / "tiny.toml"
+    study.write_text(tiny_study(1500, "values = [0.5]", '"train.checkpoint_every" = 100'))
+    cells = load_study(study).cells()
+    folders = [tmp_path / "wb-cells" / cell.key / "run" for cell in cells]
+    command, env, launcher = _launch(tmp_path, study)
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(_checkpoint_step(f / "checkpoint.pt") >= 100 for f in folders):
+        time.sleep(0.2)
+    asked = time.time()
+    (os.killpg if to_group else os.kill)(launcher.pid, signum)
+    assert launcher.wait(timeout=60) == 128 + signum
+    took = time.time() - asked
+    output = (tmp_path / "launcher.log").read_text()
+    assert "Traceback" not in output and f"stopped ({signal.Signals(signum).name})" in output, output
+    assert "run `wb ablate" in output and "again to continue" in output
+
+    runs, parents = _runs(tmp_path)
+    assert parents["status"].tolist() == ["KILLED"] and set(runs["status"]) == {"KILLED"} and len(runs) == 2, output
+    saved = {}
+    for cell, folder in zip(cells, folders):
+        run = runs[runs["tags.wb.config_hash"] == cell.key].iloc[0]
+        step = _checkpoint_step(folder / "checkpoint.pt")
+        assert 100 <= step < 1500, "the stop did not land mid-cell"
+        # The checkpoint is of the step the stop landed in: no step is lost.
+        assert run["tags.wb.fail_reason"] == f"Interrupted: stopped on request at step {step}, checkpoint saved; " \
+                                             "a rerun continues from it"
+        saved[cell.key] = step
+    print(f"stopped within {took:.1f} s at steps {sorted(saved.values())}")
+
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs, parents = _runs(tmp_path)
+    assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"} and set(runs["tags.wb.attempts"]) == {"2"}
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for run_id in runs["run_id"]:
+        steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+        assert sorted(steps) == list(range(10, 1501, 10))  # no gap, no duplicated step
+    first = runs[runs["tags.wb.config_hash"] == cells[0].key]["run_id"].iloc[0]
+    ema = torch.load(client.download_artifacts(first, "ema.pt", str(tmp_path)), weights_only=False)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))  # as each of the two workers trained
+    reference = train(cells[0].config, tmp_path / "uninterrupted", progress=False).ema.state_dict()
+    assert all(torch.equal(ema[k], reference[k]) for k in reference)  # bit for bit, as if never stopped
+
+
+class FlakyClient:
+    """An MlflowClient whose store drops out: from the `first`-th log_batch call on, for `calls` calls
+    (None: for good), every call into the store raises ConnectionError."""
+
+    def __init__(self, client, first: int, calls: int | None):
+        self.client, self.first, self.calls, self.batches, self.refused = client, first, calls, 0, 0
+
+    def _down(self) -> bool:
+        return self.batches >= self.first and (self.calls is None or self.batches < self.first + self.calls)
+
+    def log_batch(self, *args, **kwargs):
+        self.batches += 1
+        if self._down():
+            self.refused += 1
+            raise ConnectionError("connection refused (injected)")
+        return self.client.log_batch(*args, **kwargs)
+
+    def __getattr__(self, name):
+        call = getattr(self.client, name)
+        if not callable(call):
+            return call
+
+        def guarded(*args, **kwargs):
+            if self.calls is None and self._down():
+                raise ConnectionError("connection refused (injected)")
+            return call(*args, **kwargs)
+        return guarded
+
+
+def _cell_setup(tmp_path, steps=300):
+    from mlflow import MlflowClient
+
+    from workbench import tracking
+    from workbench.studies import load_study
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(tiny_study(steps, "values = [0.5]", '"train.checkpoint_every" = 50').replace(
+        "seeds = [0, 1]", "seeds = [0]"))
+    study = load_study(path)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = tracking.experiment_id(client, study.name, (tmp_path / "mlartifacts").as_uri())
+    parent = tracking.parent_run(client, experiment, study.name, "", path.read_text())
+    return study, study.cells()[0], client, experiment, parent
+
+
+def _loss_steps(client, run_id):
+    return sorted(m.step for m in client.get_metric_history(run_id, "loss"))
+
+
+def test_a_store_that_drops_out_for_a_while_is_retried_with_backoff_and_loses_no_value(tmp_path, monkeypatch):
+    from workbench import tracking
+    from workbench.runs import run_cell
+
+    pauses = []
+    monkeypatch.setattr(tracking, "_sleep", pauses.append)
+    study, cell, client, experiment, parent = _cell_setup(tmp_path)
+    flaky = FlakyClient(client, first=3, calls=4)
+    run_cell(study, cell, flaky, experiment, parent, cells_dir=str(tmp_path / "wb-cells"))
+    assert flaky.refused == 4 and pauses == [1.0, 2.0, 4.0, 8.0]  # each refusal waited for, doubling
+    (run,) = tracking.child_runs(client, parent)
+    assert run.info.status == "FINISHED" and _loss_steps(client, run.info.run_id) == list(range(10, 301, 10))
+    assert len(client.get_metric_history(run.info.run_id, study.metric)) == 1
+
+
+def test_a_store_that_stays_away_fails_the_cell_keeps_its_checkpoint_and_a_rerun_logs_the_rest(tmp_path, monkeypatch):
+    from workbench import tracking
+    from workbench.runs import run_cell
+    from workbench.train import CHECKPOINT, train
+
+    pauses = []
+    monkeypatch.setattr(tracking, "_sleep", pauses.append)
+    monkeypatch.setenv("WB_TRACKING_RETRY_S", "20")
+    study, cell, client, experiment, parent = _cell_setup(tmp_path)
+    cells = tmp_path / "wb-cells"
+    with pytest.raises(tracking.TrackingLost, match="did not take .* metric values .* for 20 s .*ConnectionError"):
+        run_cell(study, cell, FlakyClient(client, first=4, calls=None), experiment, parent, cells_dir=str(cells))
+    assert sum(pauses) == 20  # bounded: 1 + 2 + 4 + 8 + 5 s, then the cell fails
+    kept = torch.load(cells / cell.key / "run" / CHECKPOINT, weights_only=False)["step"]
+    (run,) = tracking.child_runs(client, parent)
+    logged = _loss_steps(client, run.info.run_id)
+    assert 0 < kept < 300 and logged[-1] >= kept  # every value up to the checkpoint is in the store
+    assert run.info.status == "RUNNING"  # the store was away: the next launch marks it (its trial failed)
+
+    run_cell(study, cell, client, experiment, parent, cells_dir=str(cells))  # the store is back
+    (run,) = tracking.child_runs(client, parent)
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.ATTEMPTS] == "2"
+    assert _loss_steps(client, run.info.run_id) == list(range(10, 301, 10))  # no gap, no duplicated step
+    ema = torch.load(client.download_artifacts(run.info.run_id, "ema.pt", str(tmp_path)), weights_only=False)
+    reference = train(cell.config, tmp_path / "uninterrupted", progress=False).ema.state_dict()
+    assert all(torch.equal(ema[k], reference[k]) for k in reference)

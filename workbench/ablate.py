@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from workbench import tracking
 from workbench.runs import run_cell
+from workbench.stopping import INTERRUPTED, STOP, Interrupted, Launcher, worker_stops_on_signals
 from workbench.studies import Study, load_study, study_file_text
 from workbench.tracking import Stores
 from workbench.train import Diverged
@@ -100,6 +101,7 @@ def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, 
     import torch
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat is "experimental"
+    worker_stops_on_signals()
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(study_path)
@@ -118,9 +120,12 @@ def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, 
         except Diverged as err:
             trial.set_user_attr(DIVERGED, str(err))
             raise
+        except Interrupted as err:
+            trial.set_user_attr(INTERRUPTED, err.step)
+            raise
         return metrics.get(study.metric, float("nan"))
 
-    while trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    while not STOP.is_set() and trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         # optimize() (not ask/tell) so Optuna's heartbeat thread covers the running cell
         trials_study.optimize(objective, n_trials=1, catch=(Exception,))
 
@@ -136,22 +141,27 @@ def run_study(study: Study, stores: Stores, workers: int, progress=print, thread
     waiting = len(trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))  # new and left over
     processes = [context.Process(target=worker, args=(str(study.path), stores, experiment_id, parent_id, threads))
                  for _ in range(min(workers, waiting))]
-    for process in processes:
-        process.start()
-    # After the local workers, wait for cells other launchers (machines) still run, so that this
-    # launcher's exit status and the parent run's status cover the whole study; the cells of a
-    # launcher that died turn stale after stores.grace_s and end the wait as failed.
-    while any(p.is_alive() for p in processes) or counts(study, trials_study)["running"]:
-        progress(status_line(study, trials_study, total, started))
-        time.sleep(2)
-        if not any(p.is_alive() for p in processes):
-            optuna.storages.fail_stale_trials(trials_study)
+    launcher = Launcher()
+    try:
+        launcher.start(processes)
+        # After the local workers, wait for cells other launchers (machines) still run, so that this
+        # launcher's exit status and the parent run's status cover the whole study; the cells of a
+        # launcher that died turn stale after stores.grace_s and end the wait as failed.
+        while not launcher.requested and (any(p.is_alive() for p in processes) or counts(study, trials_study)["running"]):
+            progress(status_line(study, trials_study, total, started))
+            time.sleep(2)
+            if not any(p.is_alive() for p in processes):
+                optuna.storages.fail_stale_trials(trials_study)
+        if launcher.requested:
+            launcher.stop(processes)
+    finally:
+        launcher.restore()
     client = MlflowClient(stores.tracking_uri)
     summary = counts(study, trials_study)
-    status = "FINISHED" if summary["done"] == total else "FAILED"
+    status = "KILLED" if launcher.requested else "FINISHED" if summary["done"] == total else "FAILED"
     tracking.end_run(client, parent_id, status, keep_end_time=not processes)  # nothing ran: keep the end time
     return {"experiment_id": experiment_id, "parent_run_id": parent_id, **summary, "total": total,
-            "seconds": time.time() - started}
+            "seconds": time.time() - started, "stopped_by": launcher.requested}
 
 
 def counts(study: Study, trials_study: optuna.Study) -> dict:
@@ -161,8 +171,11 @@ def counts(study: Study, trials_study: optuna.Study) -> dict:
     running = [t.user_attrs.get("name", "") for t in trials if t.state == TrialState.RUNNING]
     again = {t.user_attrs["cell"] for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)}
     failed = {t.user_attrs["cell"] for t in trials if t.state == TrialState.FAIL} - done - again  # not re-queued
+    # stopped on request with a checkpoint: the next launch continues them
+    interrupted = {t.user_attrs["cell"] for t in trials if INTERRUPTED in t.user_attrs} & failed
     diverged = {t.user_attrs["cell"] for t in trials if DIVERGED in t.user_attrs} & failed
-    return {"done": len(done), "running": running, "failed": len(failed), "diverged": len(diverged)}
+    return {"done": len(done), "running": running, "failed": len(failed - interrupted), "diverged": len(diverged),
+            "interrupted": len(interrupted)}
 
 
 def status_line(study: Study, trials_study: optuna.Study, total: int, started: float) -> str:

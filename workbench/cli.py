@@ -43,6 +43,14 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _stopped(signal_name: str, what: str, again: str) -> None:
+    """The one message of a command stopped by SIGINT / SIGTERM, and its exit code (130 / 143)."""
+    from workbench.stopping import EXIT_CODES
+
+    typer.echo(f"\nstopped ({signal_name}): {what}; run `{again}` again to continue", err=True)
+    raise typer.Exit(EXIT_CODES[signal_name])
+
+
 @app.command(epilog=_config_keys())
 def train(
     data: Annotated[Optional[str], typer.Option(help="Data set (shortcut for --set data.name=...).")] = None,
@@ -161,6 +169,9 @@ def ablate(
     except StoreError as err:
         _fail(str(err))
     summary = run_study(spec, stores, workers or os.cpu_count() or 1, progress=terminal_progress(), threads=threads)
+    if summary["stopped_by"]:
+        _stopped(summary["stopped_by"], f"{summary['done']}/{summary['total']} cells finished, "
+                 f"{summary['interrupted']} stopped at a checkpoint", f"wb ablate {study}")
     typer.echo(f"{summary['done']}/{summary['total']} cells finished, {summary['failed']} failed"
                + (f" ({summary['diverged']} diverged: NaN/inf loss, not run again)" if summary["diverged"] else "")
                + f", {summary['seconds'] / 60:.1f} min")
@@ -224,6 +235,9 @@ def search(
 
     summary = run_search(spec, stores, workers or os.cpu_count() or 1, trials, progress=terminal_progress(),
                          threads=threads)
+    if summary["stopped_by"]:
+        _stopped(summary["stopped_by"], f"{summary['complete'] + summary['pruned']}/{summary['target']} trials "
+                 "ended, the running ones queued again with their params", f"wb search {study}")
     typer.echo(f"{summary['complete']} complete, {summary['pruned']} pruned, {summary['failed']} failed of "
                f"{summary['target']} trials, {summary['seconds'] / 60:.1f} min")
     best = summary["best"]

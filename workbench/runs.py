@@ -3,6 +3,7 @@ child run of the study's (or search's) parent run."""
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Generator
@@ -15,6 +16,7 @@ from workbench import tracking
 from workbench.config import RunConfig, flatten
 from workbench.evaluate import evaluator_for
 from workbench.pictures import save_run_pictures
+from workbench.stopping import Interrupted
 from workbench.studies import Cell, Study
 from workbench.train import CHECKPOINT, Diverged, TrainResult, training
 
@@ -44,8 +46,7 @@ class CellRun:
             attempts = int(earlier.data.tags.get(tracking.ATTEMPTS, "1")) + 1
             tracking.reopen(client, self.run_id, {tracking.ATTEMPTS: str(attempts),
                                                   tracking.WORKER: tags.get(tracking.WORKER, "")})
-            self.tracker = tracking.MlflowTracker(client, self.run_id,
-                                                  logged_through=tracking.last_step(client, self.run_id))
+            self.tracker = tracking.MlflowTracker(client, self.run_id, logged=tracking.last_steps(client, self.run_id))
         else:
             self.resume = False
             if self.run_dir.exists():  # an attempt that left no checkpoint: start over
@@ -86,9 +87,15 @@ class CellRun:
             return
         self.ended = True
         try:
-            self.tracker.flush()
-        finally:
+            if self.tracker.lost is None:  # a store that stayed away is not waited for twice
+                self.tracker.flush()
             tracking.end_run(self.client, self.run_id, status, tags)
+        except Exception as err:
+            if status == "FINISHED":
+                raise
+            # The store is away: the run stays RUNNING until the next launch marks it (its trial failed).
+            print(f"warning: could not mark MLflow run {self.run_id} {status} ({tracking.reason(err)})", file=sys.stderr)
+        finally:
             if self._folder is not None:
                 self._folder.cleanup()
 
@@ -112,6 +119,9 @@ def run_cell(study: Study, cell: Cell, client: MlflowClient, experiment_id: str,
                 next(steps)
             except StopIteration as done:
                 return run.finish(done.value)
+    except Interrupted as err:  # checkpointed on request: the next launch continues this run
+        run.end("KILLED", {tracking.FAIL_REASON: tracking.reason(err)})
+        raise
     except BaseException as err:
         run.end("FAILED", {tracking.FAIL_REASON: tracking.reason(err)})
         if isinstance(err, Diverged) and folder is not None:  # it would diverge again: nothing to resume

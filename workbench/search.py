@@ -10,8 +10,10 @@ all, never one more, and a rerun (or a larger --trials) only adds the missing on
 A trial trains one run per seed, side by side: at every eval.every step the pruner sees the mean of the
 seeds' scores, so every trial is compared with the others on the same seeds. Each (trial, seed) is an
 MLflow child run whose status follows the trial's: complete -> FINISHED, pruned -> KILLED, failed ->
-FAILED (tag wb.trial_state, and wb.fail_reason). A worker that dies leaves a trial without heartbeat:
-Optuna fails it and queues a copy with the same params (RetryHeartbeatStaleTrialCallback).
+FAILED (tag wb.trial_state, and wb.fail_reason); a trial stopped on request (SIGTERM, SIGINT) ends its runs
+KILLED (wb.trial_state = interrupted) and queues a copy with the same params, which starts from step 0.
+A worker that dies leaves a trial without heartbeat: Optuna fails it and queues a copy with the same
+params (RetryHeartbeatStaleTrialCallback).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from workbench.ablate import optuna_storage
 from workbench.config import RunConfig, flatten, with_overrides
 from workbench.runs import CellRun
 from workbench.search_space import SearchModel, dimensions, grid_points, grid_values, objectives, overrides, suggest
+from workbench.stopping import INTERRUPTED, STOP, Interrupted, Launcher, worker_stops_on_signals
 from workbench.studies import Study, config_hash, load_study, study_file_text
 from workbench.tracking import Stores
 
@@ -152,6 +155,12 @@ def run_trial(trial: optuna.Trial, study: Study, client: MlflowClient, experimen
         return values[0] if len(values) == 1 else values
     except optuna.TrialPruned:
         raise
+    except Interrupted as err:  # stopped on request: a copy with the same params is queued (from step 0)
+        trial.set_user_attr(INTERRUPTED, err.step)
+        trial.study.enqueue_trial(trial.params, user_attrs={QUEUED: True})
+        for run in runs:
+            run.end("KILLED", {tracking.TRIAL_STATE: INTERRUPTED, tracking.FAIL_REASON: tracking.reason(err)})
+        raise
     except BaseException as err:
         trial.set_user_attr(FAIL_REASON, tracking.reason(err))
         for run in runs:
@@ -190,6 +199,7 @@ def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, 
     import torch
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, GP sampler
+    worker_stops_on_signals()
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(study_path)
@@ -201,7 +211,7 @@ def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, 
             raise optuna.TrialPruned("no queued trial was left")
         return run_trial(trial, study, client, experiment_id, parent_id)
 
-    while trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    while not STOP.is_set() and trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         # optimize() (not ask/tell) so Optuna's heartbeat thread covers the running trial
         trials_study.optimize(objective, n_trials=1, catch=(Exception,))
 
@@ -218,22 +228,27 @@ def run_search(study: Study, stores: Stores, workers: int, trials: int | None = 
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=worker, args=(str(study.path), stores, experiment_id, parent_id, threads))
                  for _ in range(min(workers, waiting))]
-    for process in processes:
-        process.start()
+    launcher = Launcher()
+    try:
+        launcher.start(processes)
+        while not launcher.requested and (any(p.is_alive() for p in processes) or counts(trials_study)["running"]):
+            progress(status_line(study, trials_study, goal, started))
+            time.sleep(2)
+            if not any(p.is_alive() for p in processes):
+                optuna.storages.fail_stale_trials(trials_study)
+        if launcher.requested:
+            launcher.stop(processes)
+    finally:
+        launcher.restore()
     client = MlflowClient(stores.tracking_uri)
-    while any(p.is_alive() for p in processes) or counts(trials_study)["running"]:
-        progress(status_line(study, trials_study, goal, started))
-        time.sleep(2)
-        if not any(p.is_alive() for p in processes):
-            optuna.storages.fail_stale_trials(trials_study)
     close_orphans(client, trials_study)
     summary = counts(trials_study)
     finished = summary["complete"] + summary["pruned"] + summary["failed"] >= goal and not summary["waiting"]
-    tracking.end_run(client, parent_id, "FINISHED" if finished else "FAILED")
+    tracking.end_run(client, parent_id, "KILLED" if launcher.requested else "FINISHED" if finished else "FAILED")
     best = best_trial(study, trials_study)
-    confirm = write_confirmation(study, best) if best is not None else None
+    confirm = write_confirmation(study, best) if best is not None and not launcher.requested else None
     return {"experiment_id": experiment_id, "parent_run_id": parent_id, **summary, "target": goal,
-            "seconds": time.time() - started, "best": best, "confirmation": confirm}
+            "seconds": time.time() - started, "best": best, "confirmation": confirm, "stopped_by": launcher.requested}
 
 
 def counts(trials_study: optuna.Study) -> dict:

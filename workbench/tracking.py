@@ -213,9 +213,10 @@ def resumable_run(client: MlflowClient, run_id: str, experiment: str) -> Run | N
     return run if run.info.experiment_id == experiment and run.info.status != "FINISHED" else None
 
 
-def last_step(client: MlflowClient, run_id: str, metric: str = "loss") -> int:
-    """The last step at which the run logged `metric` (0 if none)."""
-    return max((m.step for m in client.get_metric_history(run_id, metric)), default=0)
+def last_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
+    """Metric name -> the last step at which the run logged it (a resumed run logs only later steps)."""
+    metrics = client.get_run(run_id).data.metrics
+    return {key: max((m.step for m in client.get_metric_history(run_id, key)), default=0) for key in metrics}
 
 
 def reason(err: BaseException) -> str:
@@ -327,35 +328,66 @@ def write_eval(run_dir: Path, info: dict, num_samples: int, metrics: dict[str, f
     (run_dir / "eval.json").write_text(json.dumps(record, indent=2))
 
 
+_sleep = time.sleep  # the tracker's backoff (the fault tests count the pauses instead of waiting)
+
+
+class TrackingLost(RuntimeError):
+    """The tracking store did not take the buffered metric values for longer than the tracker waits."""
+
+
+def retry_seconds() -> float:
+    """How long a tracker keeps retrying a tracking store that does not answer (WB_TRACKING_RETRY_S)."""
+    return float(os.environ.get("WB_TRACKING_RETRY_S", 300))
+
+
 class MlflowTracker:
     """Buffers metric rows and sends them with MlflowClient.log_batch every `flush_rows` rows.
 
     One synchronous call per training step would cost more than the step itself on small models;
     `seconds` accumulates the time spent here so the overhead can be reported.
+
+    A store that fails a flush (a server restarting, a network drop, a locked database) is retried with
+    exponential backoff (1 s, 2 s, ... 30 s) for up to `retry_s` seconds while training waits; the values
+    stay buffered. Past that, TrackingLost: the cell fails, its checkpoint (saved only after a flush went
+    through) is kept, and a rerun logs what the store does not hold.
     """
 
-    def __init__(self, client, run_id: str, flush_rows: int = 20, logged_through: int = 0):
-        """logged_through: a resumed run's last logged step; rows up to it are in the store already (a
-        run resumes from a checkpoint at or before it), so they are not logged twice."""
-        self.client, self.run_id, self.flush_rows, self.logged_through = client, run_id, flush_rows, logged_through
+    def __init__(self, client, run_id: str, flush_rows: int = 20, logged: dict[str, int] | None = None,
+                 retry_s: float | None = None):
+        """logged: a resumed run's last logged step per metric; values up to it are in the store already
+        (a run resumes from a checkpoint at or before it), so they are not logged twice."""
+        self.client, self.run_id, self.flush_rows, self.logged = client, run_id, flush_rows, logged or {}
+        self.retry_s = retry_seconds() if retry_s is None else retry_s
         self.buffer: list = []
         self.rows = 0
         self.seconds = 0.0
+        self.lost: TrackingLost | None = None  # set once the store stayed away past retry_s
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if step <= self.logged_through:
-            return
         start = time.perf_counter()
         now = int(time.time() * 1000)
-        self.buffer += [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        self.buffer += [Metric(key, float(value), now, step) for key, value in metrics.items()
+                        if step > self.logged.get(key, 0)]
         self.rows += 1
         if self.rows % self.flush_rows == 0:
             self.flush()
         self.seconds += time.perf_counter() - start
 
     def flush(self) -> None:
-        start = time.perf_counter()
-        for i in range(0, len(self.buffer), 1000):  # MLflow accepts at most 1000 metrics per batch
-            self.client.log_batch(self.run_id, metrics=self.buffer[i:i + 1000])
-        self.buffer = []
+        start, waited, delay = time.perf_counter(), 0.0, 1.0
+        while self.buffer:
+            try:
+                self.client.log_batch(self.run_id, metrics=self.buffer[:1000])  # MLflow takes 1000 per batch
+                del self.buffer[:1000]
+            except Exception as err:
+                if getattr(err, "error_code", "") == "INVALID_PARAMETER_VALUE" or waited >= self.retry_s:
+                    if getattr(err, "error_code", "") != "INVALID_PARAMETER_VALUE":
+                        self.lost = TrackingLost(
+                            f"the tracking store did not take {len(self.buffer)} metric values of run {self.run_id} "
+                            f"for {waited:.0f} s ({reason(err)}); the cell's last checkpoint is kept, rerun to continue")
+                        raise self.lost from err
+                    raise
+                pause = min(delay, self.retry_s - waited)
+                _sleep(pause)
+                waited, delay = waited + pause, min(2 * delay, 30.0)
         self.seconds += time.perf_counter() - start

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from workbench.config import ConfigError, RunConfig
 from workbench.data import Dataset, load_data
 from workbench.meanflow import NETWORKS, meanflow_loss, sample_t_r
+from workbench.stopping import STOP, Interrupted
 from workbench.tracking import JsonlTracker, Tracker, write_eval
 
 if TYPE_CHECKING:
@@ -210,6 +211,13 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
             # misses none (and its tracker skips the ones logged after it).
             tracker.flush()
             save_checkpoint(checkpoint_path, step + 1, net, ema, optimizer, generator)
+        # Stop when asked to (SIGTERM, SIGINT: workbench.stopping), from a checkpoint of this step.
+        if STOP.is_set() and step + 1 < config.train.steps:
+            watch.check()
+            tracker.flush()
+            save_checkpoint(checkpoint_path, step + 1, net, ema, optimizer, generator)
+            bar.close()
+            raise Interrupted(step + 1)
     bar.close()
 
     final = evaluator(ema.module, config.eval.num_samples) if evaluator else {}
