@@ -223,3 +223,67 @@ def test_a_store_that_stays_away_fails_the_cell_keeps_its_checkpoint_and_a_rerun
     ema = torch.load(client.download_artifacts(run.info.run_id, "ema.pt", str(tmp_path)), weights_only=False)
     reference = train(cell.config, tmp_path / "uninterrupted", progress=False).ema.state_dict()
     assert all(torch.equal(ema[k], reference[k]) for k in reference)
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+def test_a_full_disk_at_a_checkpoint_fails_the_cell_keeps_the_last_checkpoint_and_a_rerun_completes(tmp_path,
+                                                                                                   monkeypatch):
+    from workbench import tracking
+    from workbench.runs import run_cell
+    from workbench.train import CHECKPOINT, train
+
+    study, cell, client, experiment, parent = _cell_setup(tmp_path)
+    cells = tmp_path / "wb-cells"
+    save, saves = torch.save, []
+
+    def fills_the_disk(state, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) == 3:  # the third checkpoint (step 150): half written, then the disk is full
+            Path(path).write_bytes(b"\0" * 1000)
+            _disk_full()
+        return save(state, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run_cell(study, cell, client, experiment, parent, cells_dir=str(cells))
+    monkeypatch.setattr(torch, "save", save)
+    folder = cells / cell.key / "run"
+    assert torch.load(folder / CHECKPOINT, weights_only=False)["step"] == 100  # intact, the last good one
+    assert not (folder / "checkpoint.tmp").exists()
+    (run,) = tracking.child_runs(client, parent)
+    assert run.info.status == "FAILED" and run.data.tags[tracking.FAIL_REASON] == "OSError: [Errno 28] No space left on device"
+
+    run_cell(study, cell, client, experiment, parent, cells_dir=str(cells))  # space freed: the rerun completes
+    (run,) = tracking.child_runs(client, parent)
+    assert run.info.status == "FINISHED" and _loss_steps(client, run.info.run_id) == list(range(10, 301, 10))
+    ema = torch.load(client.download_artifacts(run.info.run_id, "ema.pt", str(tmp_path)), weights_only=False)
+    reference = train(cell.config, tmp_path / "uninterrupted", progress=False).ema.state_dict()
+    assert all(torch.equal(ema[k], reference[k]) for k in reference)
+
+
+def test_a_failed_artifact_upload_fails_the_cell_and_a_rerun_uploads_without_training_again(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from workbench import tracking
+    from workbench.runs import run_cell
+
+    study, cell, client, experiment, parent = _cell_setup(tmp_path)
+    cells = tmp_path / "wb-cells"
+    monkeypatch.setattr(MlflowClient, "log_artifact", _disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run_cell(study, cell, client, experiment, parent, cells_dir=str(cells))
+    monkeypatch.undo()
+    (run,) = tracking.child_runs(client, parent)
+    assert run.info.status == "FAILED" and "No space left" in run.data.tags[tracking.FAIL_REASON]
+    assert (cells / cell.key / "run" / "checkpoint.pt").is_file()  # trained to the end; kept
+
+    metrics = run_cell(study, cell, client, experiment, parent, cells_dir=str(cells))
+    (run,) = tracking.child_runs(client, parent)
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.ATTEMPTS] == "2"
+    assert {"ema.pt", "eval.json", "config.json", "samples.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert _loss_steps(client, run.info.run_id) == list(range(10, 301, 10))
+    scores = client.get_metric_history(run.info.run_id, study.metric)
+    assert [(m.step, m.value) for m in scores] == [(300, metrics[study.metric])]  # logged once, same value

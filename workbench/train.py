@@ -119,7 +119,11 @@ def save_checkpoint(path: Path, step: int, net, ema, optimizer, generator: torch
     state = {"step": step, "net": net.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
              "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    try:
+        torch.save(state, tmp)
+    except BaseException:  # a full disk, a kill: the last good checkpoint stays as it was
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)  # atomic: an interrupted save never leaves a broken checkpoint
 
 
