@@ -101,7 +101,7 @@ def picture_grid(pictures: dict, path: Path, title: str) -> None:
         ax.imshow(image)
         ax.set_title(label, fontsize=11)
     fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # the title's own line, above the first row
     # at most about 2 megapixels (a page of many settings stays under 2 MB): a lower dpi for large grids
     pixels = fig.get_figwidth() * fig.get_figheight() * 100 ** 2
     fig.savefig(path, dpi=min(100, int(100 * math.sqrt(2e6 / pixels))))
