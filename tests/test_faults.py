@@ -287,3 +287,81 @@ def test_a_failed_artifact_upload_fails_the_cell_and_a_rerun_uploads_without_tra
     assert _loss_steps(client, run.info.run_id) == list(range(10, 301, 10))
     scores = client.get_metric_history(run.info.run_id, study.metric)
     assert [(m.step, m.value) for m in scores] == [(300, metrics[study.metric])]  # logged once, same value
+
+
+def test_a_killed_worker_is_found_by_heartbeat_and_its_cell_continues_from_its_checkpoint(tmp_path):
+    """SIGKILL to one worker mid-cell (an OOM kill, a lost node): the launcher's other worker, or a
+    replacement it starts, continues the cell in its MLflow run; the study ends with every cell finished
+    once and no run left RUNNING."""
+    from mlflow import MlflowClient
+
+    from workbench.studies import load_study
+
+    study = tmp_path / "tiny.toml"
+    study.write_text(tiny_study(1500, "values = [0.5]", '"train.checkpoint_every" = 100'))
+    cells = load_study(study).cells()
+    command, env, launcher = _launch(tmp_path, study)
+    client, victim, deadline = None, None, time.time() + 120
+    while time.time() < deadline and victim is None:
+        time.sleep(0.2)
+        for cell in cells:
+            if _checkpoint_step(tmp_path / "wb-cells" / cell.key / "run" / "checkpoint.pt") >= 200:
+                victim = cell
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    (run,) = [r for r in client.search_runs([experiment]) if r.data.tags.get("wb.config_hash") == victim.key]
+    os.kill(int(run.data.tags["wb.worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    killed_at = max(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
+    kept = _checkpoint_step(tmp_path / "wb-cells" / victim.key / "run" / "checkpoint.pt")
+    assert launcher.wait(timeout=300) == 0, (tmp_path / "launcher.log").read_text()
+    print(f"killed at step >= {killed_at}, continued from the checkpoint of step {kept}")
+
+    runs, parents = _runs(tmp_path)
+    assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"} and parents["status"].tolist() == ["FINISHED"]
+    resumed = runs[runs["tags.wb.config_hash"] == victim.key].iloc[0]
+    assert resumed["run_id"] == run.info.run_id and resumed["tags.wb.attempts"] == "2"
+    for run_id in runs["run_id"]:
+        assert _loss_steps(client, run_id) == list(range(10, 1501, 10))  # no gap, no duplicated step
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'optuna.db'}").get_trials()
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE", "FAIL"]  # the dead attempt, failed
+
+
+def test_a_cell_whose_machine_is_lost_continues_on_another_from_its_uploaded_checkpoint(tmp_path, monkeypatch):
+    """--share-checkpoints: the first machine's disk fills at the third checkpoint and its cell folder is
+    then gone with the machine; another machine (another cells folder) continues from the checkpoint the
+    first uploaded, in the same MLflow run, ending as if never stopped."""
+    import shutil
+
+    from workbench import tracking
+    from workbench import train as train_module
+    from workbench.runs import run_cell
+    from workbench.train import train
+
+    study, cell, client, experiment, parent = _cell_setup(tmp_path)
+    save, saves, restore = torch.save, [], train_module._restore
+
+    def fills_the_disk(state, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) == 3:
+            _disk_full()
+        return save(state, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+    with pytest.raises(OSError):
+        run_cell(study, cell, client, experiment, parent, cells_dir=str(tmp_path / "machine-a"), share_checkpoints=True)
+    monkeypatch.setattr(torch, "save", save)
+    shutil.rmtree(tmp_path / "machine-a")
+
+    restored = []
+    monkeypatch.setattr(train_module, "_restore", lambda *a: restored.append(restore(*a)) or restored[-1])
+    run_cell(study, cell, client, experiment, parent, cells_dir=str(tmp_path / "machine-b"), share_checkpoints=True)
+    assert restored == [100]  # the first machine's last checkpoint before the fault
+    (run,) = tracking.child_runs(client, parent)
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.ATTEMPTS] == "2"
+    assert _loss_steps(client, run.info.run_id) == list(range(10, 301, 10))
+    ema = torch.load(client.download_artifacts(run.info.run_id, "ema.pt", str(tmp_path)), weights_only=False)
+    reference = train(cell.config, tmp_path / "uninterrupted", progress=False).ema.state_dict()
+    assert all(torch.equal(ema[k], reference[k]) for k in reference)
+    assert torch.load(client.download_artifacts(run.info.run_id, "checkpoint/checkpoint.pt", str(tmp_path / "c")),
+                      weights_only=False)["step"] == 300  # the run keeps its last checkpoint
+

@@ -3,9 +3,10 @@
 The launcher creates the MLflow experiment, the study's parent run and the Optuna study before any
 worker starts (concurrent first-time SQLite schema creation crashes both), then enqueues every cell
 that has no finished trial. Workers pop enqueued trials from the storage, so N workers (on one
-machine or many sharing one RDB storage) never run a cell twice. Optuna's heartbeat marks the
-trials of a killed launcher as failed, so re-running the command runs them again; a cell whose MLflow
-run finished before the kill is recorded as complete instead.
+machine or many sharing one RDB storage) never run a cell twice. Optuna's heartbeat finds the trial
+of a killed worker: it is failed and a copy queued (a live worker continues the cell from its
+checkpoint); the trials of a killed launcher are queued again by re-running the command, and a cell
+whose MLflow run finished before the kill is recorded as complete instead.
 """
 from __future__ import annotations
 
@@ -30,28 +31,30 @@ DIVERGED = "diverged"  # the user attr of a cell's trial whose training diverged
 
 
 class ClaimingStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage, with the claim of a queued trial made atomic on SQLite as well.
+    """Optuna's RDB storage, with every change of a trial's state made atomic on SQLite as well.
 
-    A worker claims a WAITING trial by reading its state and writing RUNNING in one transaction; a
-    database server row-locks the read (SELECT ... FOR UPDATE), SQLite ignores that, so two workers can
-    both read WAITING and both train the cell. On SQLite the claim runs under a file lock beside the
-    database file (every process that opens the file is on its machine)."""
+    A worker claims a WAITING trial by reading its state and writing RUNNING in one transaction (and a
+    launcher fails a stale RUNNING one the same way); a database server row-locks the read (SELECT ...
+    FOR UPDATE), SQLite ignores that, so two workers can both read WAITING and both train the cell, or
+    two launchers both fail a stale trial and both queue its copy. On SQLite the change runs under a
+    file lock beside the database file (every process that opens the file is on its machine)."""
 
     def __init__(self, url: str, **options):
         super().__init__(url, **options)
         self._claims = FileLock(url.removeprefix("sqlite:///") + ".claims.lock") if url.startswith("sqlite:///") else None
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
-        if self._claims is None or state != TrialState.RUNNING:
+        if self._claims is None:
             return super().set_trial_state_values(trial_id, state, values)
         with self._claims:
             return super().set_trial_state_values(trial_id, state, values)
 
 
-def optuna_storage(stores: Stores, stale_callback=None) -> optuna.storages.RDBStorage:
-    """The study's Optuna storage with heartbeats (a trial of a dead worker turns stale after grace_s)."""
+def optuna_storage(stores: Stores, max_retry: int = 3) -> optuna.storages.RDBStorage:
+    """The study's Optuna storage with heartbeats: a RUNNING trial whose worker died turns stale after
+    grace_s, is failed, and a copy (same cell or params) is queued, at most max_retry times per trial."""
     return ClaimingStorage(stores.storage, heartbeat_interval=stores.heartbeat_s, grace_period=stores.grace_s,
-                           heartbeat_stale_trial_callback=stale_callback)
+                           heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry))
 
 
 def prepare(study: Study, stores: Stores) -> tuple[str, str, optuna.Study]:
@@ -113,10 +116,20 @@ def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, 
         cell = cells.get(trial.user_attrs.get("cell"))
         if cell is None:  # another worker took the last enqueued cell first; ask() made a fresh trial
             raise optuna.TrialPruned()
+        finished = tracking.finished_child(client, parent_id, cell.key)
+        if finished is not None:  # a worker died after its run finished, before Optuna recorded the trial
+            trial.set_user_attr("mlflow_run_id", finished.info.run_id)
+            return finished.data.metrics.get(study.metric, float("nan"))
+        dead = trial.user_attrs.get("mlflow_run_id")  # a copy of a dead worker's trial: that attempt's run
+
+        def started(run_id: str) -> None:
+            trial.set_user_attr("mlflow_run_id", run_id)
+            if dead and dead != run_id and tracking.is_running(client, dead):  # not continued (no checkpoint here)
+                tracking.end_run(client, dead, "KILLED")
+
         try:
-            metrics = run_cell(study, cell, client, experiment_id, parent_id,
-                               on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
-                               cells_dir=stores.cells)
+            metrics = run_cell(study, cell, client, experiment_id, parent_id, on_start=started, cells_dir=stores.cells,
+                               share_checkpoints=stores.share_checkpoints)
         except Diverged as err:
             trial.set_user_attr(DIVERGED, str(err))
             raise
@@ -139,19 +152,26 @@ def run_study(study: Study, stores: Stores, workers: int, progress=print, thread
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")
     waiting = len(trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))  # new and left over
-    processes = [context.Process(target=worker, args=(str(study.path), stores, experiment_id, parent_id, threads))
-                 for _ in range(min(workers, waiting))]
+    new_worker = lambda: context.Process(  # noqa: E731
+        target=worker, args=(str(study.path), stores, experiment_id, parent_id, threads))
+    wanted = min(workers, waiting)
+    processes, replaced = [new_worker() for _ in range(wanted)], 0
     launcher = Launcher()
     try:
         launcher.start(processes)
         # After the local workers, wait for cells other launchers (machines) still run, so that this
-        # launcher's exit status and the parent run's status cover the whole study; the cells of a
-        # launcher that died turn stale after stores.grace_s and end the wait as failed.
+        # launcher's exit status and the parent run's status cover the whole study.
         while not launcher.requested and (any(p.is_alive() for p in processes) or counts(study, trials_study)["running"]):
             progress(status_line(study, trials_study, total, started))
             time.sleep(2)
-            if not any(p.is_alive() for p in processes):
-                optuna.storages.fail_stale_trials(trials_study)
+            # A cell whose worker died (here or on another machine) turns stale after stores.grace_s:
+            # it is failed and a copy queued, which a live worker takes, or a replacement started here.
+            optuna.storages.fail_stale_trials(trials_study)
+            if (sum(p.is_alive() for p in processes) < wanted and replaced < wanted
+                    and trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
+                processes.append(new_worker())
+                launcher.start(processes[-1:])
+                replaced += 1
         if launcher.requested:
             launcher.stop(processes)
     finally:

@@ -29,13 +29,13 @@ def _config_keys() -> str:
     return "\b\nConfig keys for --set KEY=VALUE (default: description):\n" + "\n".join(rows)
 
 
-def _stores(storage: str | None, tracking_uri: str | None):
+def _stores(storage: str | None, tracking_uri: str | None, share_checkpoints: bool = False):
     """The stores of a command; WB_HEARTBEAT_S and WB_GRACE_S (seconds) tune how fast a dead worker's
     cells are found (tests shorten them)."""
     from workbench.tracking import default_stores
 
     return default_stores(storage, tracking_uri, int(os.environ.get("WB_HEARTBEAT_S", 10)),
-                          int(os.environ.get("WB_GRACE_S", 30)))
+                          int(os.environ.get("WB_GRACE_S", 30)), share_checkpoints)
 
 
 def _fail(message: str) -> None:
@@ -142,6 +142,9 @@ def ablate(
                     "other launchers share the machine.")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL [default: sqlite:///optuna.db].")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
+    share_checkpoints: Annotated[bool, typer.Option(
+        help="Upload every checkpoint to the cell's MLflow run, so that a cell whose machine is lost continues "
+             "on another (one upload per train.checkpoint_every steps).")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the table of cells and exit.")] = False,
     no_report: Annotated[bool, typer.Option(help="Skip rendering reports/<study>/README.md at the end.")] = False,
     reports: Annotated[str, typer.Option(help="Where the report goes.")] = "reports",
@@ -165,7 +168,7 @@ def ablate(
     from workbench.tracking import StoreError
 
     try:
-        stores = _stores(storage, tracking_uri)
+        stores = _stores(storage, tracking_uri, share_checkpoints)
     except StoreError as err:
         _fail(str(err))
     summary = run_study(spec, stores, workers or os.cpu_count() or 1, progress=terminal_progress(), threads=threads)

@@ -31,31 +31,36 @@ class CellRun:
     With a `folder` (a cell's own, kept across attempts) the run trains there; if an earlier attempt left
     a checkpoint and its unfinished MLflow run, this attempt reopens that run and continues from the
     checkpoint (exactly: train's resume), logging only the steps the run does not hold yet. The folder is
-    removed once the run has finished. Without one it trains in a temporary folder, from step 0."""
+    removed once the run has finished. Without one it trains in a temporary folder, from step 0.
+
+    With share_checkpoints every checkpoint is also uploaded to the run; an attempt on a machine whose
+    folder holds nothing continues from the last uploaded checkpoint of the cell's unfinished run."""
 
     def __init__(self, client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str],
-                 config: RunConfig, folder: Path | None = None):
+                 config: RunConfig, folder: Path | None = None, share_checkpoints: bool = False):
         self.started = time.perf_counter()
         self.client, self.config = client, config
         self._folder = tempfile.TemporaryDirectory() if folder is None else None
         self.folder = Path(self._folder.name) if folder is None else folder
         self.run_dir = self.folder / "run"
         earlier = self._earlier_attempt(experiment_id)
+        if earlier is None and share_checkpoints and self._folder is None:
+            earlier = self._shared_attempt(experiment_id, tags)
         if earlier is not None:
             self.run_id, self.resume = earlier.info.run_id, True
             attempts = int(earlier.data.tags.get(tracking.ATTEMPTS, "1")) + 1
             tracking.reopen(client, self.run_id, {tracking.ATTEMPTS: str(attempts),
                                                   tracking.WORKER: tags.get(tracking.WORKER, "")})
-            self.tracker = tracking.MlflowTracker(client, self.run_id, logged=tracking.last_steps(client, self.run_id))
+            logged = tracking.last_steps(client, self.run_id)
         else:
-            self.resume = False
+            self.resume, logged = False, None
             if self.run_dir.exists():  # an attempt that left no checkpoint: start over
                 shutil.rmtree(self.run_dir)
             self.run_id = tracking.start_run(client, experiment_id, run_name, tags)
             tracking.log_cell(client, self.run_id, flatten(config))
             self.folder.mkdir(parents=True, exist_ok=True)
             (self.folder / RUN_ID).write_text(self.run_id)
-            self.tracker = tracking.MlflowTracker(client, self.run_id)
+        self.tracker = tracking.MlflowTracker(client, self.run_id, logged=logged, share_checkpoints=share_checkpoints)
         self.tracker.seconds = time.perf_counter() - self.started  # run creation and params count as tracking
         self.ended = False
 
@@ -63,6 +68,21 @@ class CellRun:
         if self._folder is not None or not (self.run_dir / CHECKPOINT).is_file() or not (self.folder / RUN_ID).is_file():
             return None
         return tracking.resumable_run(self.client, (self.folder / RUN_ID).read_text().strip(), experiment_id)
+
+    def _shared_attempt(self, experiment_id: str, tags: dict[str, str]):
+        """The cell's unfinished run with an uploaded checkpoint, downloaded into this folder."""
+        run = tracking.shared_attempt(self.client, experiment_id, tags[tracking.PARENT], tags[tracking.CONFIG_HASH])
+        if run is None:
+            return None
+        if self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+        self.run_dir.mkdir(parents=True)
+        with tempfile.TemporaryDirectory() as scratch:
+            path = tracking.download(self.client, run.info.run_id, f"{tracking.SHARED_CHECKPOINT}/{CHECKPOINT}", Path(scratch))
+            shutil.move(path, self.run_dir / CHECKPOINT)
+        (self.run_dir / "config.json").write_text(self.config.model_dump_json(indent=2))
+        (self.folder / RUN_ID).write_text(run.info.run_id)
+        return run
 
     def training(self) -> Generator[tuple[int, dict[str, float]], None, TrainResult]:
         return training(self.config, self.run_dir, resume=self.resume, tracker=self.tracker, progress=False,
@@ -101,15 +121,16 @@ class CellRun:
 
 
 def run_cell(study: Study, cell: Cell, client: MlflowClient, experiment_id: str, parent_run_id: str,
-             on_start=None, cells_dir: str | None = None) -> dict[str, float]:
+             on_start=None, cells_dir: str | None = None, share_checkpoints: bool = False) -> dict[str, float]:
     """Trains and evaluates one cell as an MLflow child run; returns its final metrics. In cells_dir the
-    cell trains in <cells_dir>/<config hash>, and continues there from a dead attempt's checkpoint.
+    cell trains in <cells_dir>/<config hash>, and continues there from a dead attempt's checkpoint (or,
+    with share_checkpoints, from the checkpoint the attempt uploaded, from whichever machine).
 
     on_start(run_id) is called once the MLflow run exists (the scheduler records it with the trial).
     """
     tags = tracking.cell_tags(study.name, cell.settings, cell.seed, cell.key, parent_run_id)
     folder = Path(cells_dir) / cell.key if cells_dir else None
-    run = CellRun(client, experiment_id, cell.run_name, tags, cell.config, folder)
+    run = CellRun(client, experiment_id, cell.run_name, tags, cell.config, folder, share_checkpoints)
     if on_start:
         on_start(run.run_id)
     try:

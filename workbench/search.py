@@ -52,7 +52,7 @@ def seeds(study: Study) -> list[int]:
 
 def storage(stores: Stores) -> optuna.storages.RDBStorage:
     """The Optuna storage with heartbeats; a trial whose worker died is failed and queued again with its params."""
-    return optuna_storage(stores, optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+    return optuna_storage(stores, max_retry=2)
 
 
 def sampler(search: SearchModel) -> optuna.samplers.BaseSampler:

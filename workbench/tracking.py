@@ -60,16 +60,19 @@ class Stores:
     # Where a cell trains (<cells>/<config hash>/run) and keeps its checkpoint until it has finished, so
     # that a cell whose worker died continues from its last checkpoint (on the same machine).
     cells: str = "wb-cells"
+    # Also upload every checkpoint to the cell's MLflow run (artifact checkpoint/checkpoint.pt), so that a
+    # cell whose machine is lost continues from it on another machine (costs one upload per checkpoint).
+    share_checkpoints: bool = False
 
 
 def default_stores(storage: str | None = None, tracking_uri: str | None = None, heartbeat_s: int = 10,
-                   grace_s: int = 30) -> Stores:
+                   grace_s: int = 30, share_checkpoints: bool = False) -> Stores:
     """The given URLs, or SQLite files in the working directory; a missing database driver fails here."""
     # Absolute paths: MLflow caches one store per URI string, so a relative sqlite URI would keep
     # pointing at the first working directory it was used in.
     stores = Stores(storage or f"sqlite:///{Path('optuna.db').resolve()}",
                     tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}", Path("mlartifacts").resolve().as_uri(),
-                    heartbeat_s, grace_s, str(Path("wb-cells").resolve()))
+                    heartbeat_s, grace_s, str(Path("wb-cells").resolve()), share_checkpoints)
     for option, url in (("--storage", stores.storage), ("--tracking-uri", stores.tracking_uri)):
         check_driver(option, url)
         check_reachable(option, url)
@@ -213,6 +216,21 @@ def resumable_run(client: MlflowClient, run_id: str, experiment: str) -> Run | N
     return run if run.info.experiment_id == experiment and run.info.status != "FINISHED" else None
 
 
+SHARED_CHECKPOINT = "checkpoint"  # the artifact folder of a cell's last checkpoint (--share-checkpoints)
+
+
+def shared_attempt(client: MlflowClient, experiment: str, parent_id: str, key: str) -> Run | None:
+    """An unfinished child run of the parent with config hash `key` that uploaded a checkpoint (a cell
+    whose machine was lost), or None."""
+    runs = client.search_runs([experiment], f"tags.`{PARENT}` = '{parent_id}' and tags.`{CONFIG_HASH}` = '{key}' "
+                              "and attributes.status != 'FINISHED'", order_by=["attributes.start_time DESC"])
+    for run in runs:
+        if any(a.path == f"{SHARED_CHECKPOINT}/checkpoint.pt" for a in client.list_artifacts(run.info.run_id,
+                                                                                               SHARED_CHECKPOINT)):
+            return run
+    return None
+
+
 def last_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
     """Metric name -> the last step at which the run logged it (a resumed run logs only later steps)."""
     metrics = client.get_run(run_id).data.metrics
@@ -232,7 +250,8 @@ def metric_history(client: MlflowClient, run_id: str, metric: str) -> list[tuple
 
 def download(client: MlflowClient, run_id: str, name: str, folder: Path) -> Path | None:
     """A run's artifact `name` downloaded into folder, or None if the run has none by that name."""
-    if name not in {a.path for a in client.list_artifacts(run_id)}:
+    folder_name = name.rsplit("/", 1)[0] if "/" in name else None
+    if name not in {a.path for a in client.list_artifacts(run_id, folder_name)}:
         return None
     folder.mkdir(parents=True, exist_ok=True)
     return Path(client.download_artifacts(run_id, name, str(folder)))
@@ -257,6 +276,14 @@ def child_runs(client: MlflowClient, parent_id: str, status: str | None = None) 
         token = page.token
         if not token:
             return runs
+
+
+def finished_child(client: MlflowClient, parent_id: str, key: str) -> Run | None:
+    """The FINISHED child run of the parent with config hash `key`, or None."""
+    experiment = client.get_run(parent_id).info.experiment_id
+    runs = client.search_runs([experiment], f"tags.`{PARENT}` = '{parent_id}' and tags.`{CONFIG_HASH}` = '{key}' "
+                              "and attributes.status = 'FINISHED'", max_results=1)
+    return runs[0] if runs else None
 
 
 def cell_tags(study: str, settings: tuple[tuple[str, str], ...], seed: int, key: str, parent_id: str) -> dict[str, str]:
@@ -297,6 +324,8 @@ class Tracker(Protocol):
 
     def flush(self) -> None: ...  # called before every checkpoint
 
+    def checkpointed(self, path: Path) -> None: ...  # called after every checkpoint
+
 
 class JsonlTracker:
     """Appends one JSON row per log call to run_dir/metrics.jsonl.
@@ -320,6 +349,9 @@ class JsonlTracker:
 
     def flush(self) -> None:
         """Rows are written as they come."""
+
+    def checkpointed(self, path: Path) -> None:
+        """The checkpoint stays in the run folder."""
 
 
 def write_eval(run_dir: Path, info: dict, num_samples: int, metrics: dict[str, float]) -> None:
@@ -353,10 +385,12 @@ class MlflowTracker:
     """
 
     def __init__(self, client, run_id: str, flush_rows: int = 20, logged: dict[str, int] | None = None,
-                 retry_s: float | None = None):
+                 retry_s: float | None = None, share_checkpoints: bool = False):
         """logged: a resumed run's last logged step per metric; values up to it are in the store already
-        (a run resumes from a checkpoint at or before it), so they are not logged twice."""
+        (a run resumes from a checkpoint at or before it), so they are not logged twice. share_checkpoints:
+        upload every checkpoint to the run (artifact checkpoint/checkpoint.pt)."""
         self.client, self.run_id, self.flush_rows, self.logged = client, run_id, flush_rows, logged or {}
+        self.share_checkpoints = share_checkpoints
         self.retry_s = retry_seconds() if retry_s is None else retry_s
         self.buffer: list = []
         self.rows = 0
@@ -369,25 +403,37 @@ class MlflowTracker:
         self.buffer += [Metric(key, float(value), now, step) for key, value in metrics.items()
                         if step > self.logged.get(key, 0)]
         self.rows += 1
-        if self.rows % self.flush_rows == 0:
-            self.flush()
         self.seconds += time.perf_counter() - start
+        if self.rows % self.flush_rows == 0:
+            self.flush()  # counts its own time
 
     def flush(self) -> None:
-        start, waited, delay = time.perf_counter(), 0.0, 1.0
+        start = time.perf_counter()
         while self.buffer:
+            self._retrying(lambda: self.client.log_batch(self.run_id, metrics=self.buffer[:1000]),
+                           f"{len(self.buffer)} metric values")  # MLflow takes at most 1000 per batch
+            del self.buffer[:1000]
+        self.seconds += time.perf_counter() - start
+
+    def checkpointed(self, path: Path) -> None:
+        if self.share_checkpoints:
+            start = time.perf_counter()
+            self._retrying(lambda: self.client.log_artifact(self.run_id, str(path), SHARED_CHECKPOINT), "a checkpoint")
+            self.seconds += time.perf_counter() - start
+
+    def _retrying(self, call, what: str) -> None:
+        waited, delay = 0.0, 1.0
+        while True:
             try:
-                self.client.log_batch(self.run_id, metrics=self.buffer[:1000])  # MLflow takes 1000 per batch
-                del self.buffer[:1000]
+                return call()
             except Exception as err:
-                if getattr(err, "error_code", "") == "INVALID_PARAMETER_VALUE" or waited >= self.retry_s:
-                    if getattr(err, "error_code", "") != "INVALID_PARAMETER_VALUE":
-                        self.lost = TrackingLost(
-                            f"the tracking store did not take {len(self.buffer)} metric values of run {self.run_id} "
-                            f"for {waited:.0f} s ({reason(err)}); the cell's last checkpoint is kept, rerun to continue")
-                        raise self.lost from err
+                if getattr(err, "error_code", "") == "INVALID_PARAMETER_VALUE":  # a bad value: retrying cannot help
                     raise
+                if waited >= self.retry_s:
+                    self.lost = TrackingLost(
+                        f"the tracking store did not take {what} of run {self.run_id} for {waited:.0f} s "
+                        f"({reason(err)}); the cell's last checkpoint is kept, rerun to continue")
+                    raise self.lost from err
                 pause = min(delay, self.retry_s - waited)
                 _sleep(pause)
                 waited, delay = waited + pause, min(2 * delay, 30.0)
-        self.seconds += time.perf_counter() - start

@@ -215,11 +215,13 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
             # misses none (and its tracker skips the ones logged after it).
             tracker.flush()
             save_checkpoint(checkpoint_path, step + 1, net, ema, optimizer, generator)
+            tracker.checkpointed(checkpoint_path)
         # Stop when asked to (SIGTERM, SIGINT: workbench.stopping), from a checkpoint of this step.
         if STOP.is_set() and step + 1 < config.train.steps:
             watch.check()
             tracker.flush()
             save_checkpoint(checkpoint_path, step + 1, net, ema, optimizer, generator)
+            tracker.checkpointed(checkpoint_path)
             bar.close()
             raise Interrupted(step + 1)
     bar.close()
