@@ -56,7 +56,7 @@ def test_two_workers_one_finished_child_per_cell_then_only_new_cells(tmp_path, m
 
 def test_killed_launcher_resumes_with_every_cell_exactly_once(tmp_path):
     study = write(tmp_path / "tiny.toml", values="[0.0, 0.25, 0.5]", steps=150)
-    env = {**os.environ, "WB_HEARTBEAT_S": "1", "WB_GRACE_S": "2"}
+    env = {**os.environ, "WB_HEARTBEAT_S": "1", "WB_GRACE_S": "4"}
     command = [sys.executable, "-m", "workbench.cli", "ablate", str(study), "--workers", "1"]
     log = (tmp_path / "launcher.log").open("w")
     launcher = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stdout=log, stderr=log)
@@ -73,7 +73,7 @@ def test_killed_launcher_resumes_with_every_cell_exactly_once(tmp_path):
     launcher.wait()
     runs, _ = children(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert 1 <= (runs["status"] == "FINISHED").sum() < 6, "the kill did not land mid-study"
-    time.sleep(3)  # past the heartbeat grace period: the killed trial is stale
+    time.sleep(5)  # past the heartbeat grace period: the killed trial is stale
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     runs, _ = children(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -215,7 +215,7 @@ def test_a_killed_cell_continues_from_its_checkpoint_in_the_same_run_bit_for_bit
     study = tmp_path / "tiny.toml"
     study.write_text(tiny_study(400, "values = [0.5]", '"train.checkpoint_every" = 50').replace(
         "seeds = [0, 1]", "seeds = [0]"))
-    env = {**os.environ, "WB_HEARTBEAT_S": "1", "WB_GRACE_S": "2"}
+    env = {**os.environ, "WB_HEARTBEAT_S": "1", "WB_GRACE_S": "4"}
     command = [sys.executable, "-m", "workbench.cli", "ablate", str(study), "--workers", "1", "--no-report"]
     (cell,) = load_study(study).cells()
     checkpoint = tmp_path / "wb-cells" / cell.key / "run" / "checkpoint.pt"
@@ -228,7 +228,7 @@ def test_a_killed_cell_continues_from_its_checkpoint_in_the_same_run_bit_for_bit
     launcher.wait()
     kept = torch.load(checkpoint, weights_only=False)["step"]
     assert 100 <= kept < 400, "the kill did not land mid-cell"
-    time.sleep(3)  # past the heartbeat grace period
+    time.sleep(5)  # past the heartbeat grace period
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
 

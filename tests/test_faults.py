@@ -61,7 +61,7 @@ def test_a_queued_cell_is_claimed_by_one_worker_only_on_sqlite(tmp_path, monkeyp
 
 
 def _launch(tmp_path, study, workers=2, extra_env=None):
-    env = {**os.environ, "WB_HEARTBEAT_S": "1", "WB_GRACE_S": "2", **(extra_env or {})}
+    env = {**os.environ, "WB_HEARTBEAT_S": "1", "WB_GRACE_S": "4", **(extra_env or {})}
     command = [sys.executable, "-m", "workbench.cli", "ablate", str(study), "--workers", str(workers), "--no-report"]
     log = (tmp_path / "launcher.log").open("w")
     return command, env, subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stdout=log,

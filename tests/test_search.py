@@ -156,7 +156,7 @@ def test_a_trial_whose_seed_diverges_fails_with_its_reason_in_both_stores(tmp_pa
 def test_killed_search_restarts_to_n_trials_without_running_a_finished_one_again(tmp_path):
     study = write(tmp_path / "tiny.toml", 'trials = 3\nsampler = "random"\npruner = "none"\n[search.space]\n'
                                           '"meanflow.ratio" = {low = 0.0, high = 1.0}\n', steps=120)
-    env = {**os.environ, "WB_HEARTBEAT_S": "1", "WB_GRACE_S": "2"}
+    env = {**os.environ, "WB_HEARTBEAT_S": "1", "WB_GRACE_S": "4"}
     command = [sys.executable, "-m", "workbench.cli", "search", str(study), "--workers", "1", "--no-report"]
     log = (tmp_path / "launcher.log").open("w")
     launcher = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stdout=log, stderr=log)
@@ -174,7 +174,7 @@ def test_killed_search_restarts_to_n_trials_without_running_a_finished_one_again
     finished_before = {t.number: t.params for t in before if t.state == TrialState.COMPLETE}
     killed = [t for t in before if t.state == TrialState.RUNNING]
     assert 1 <= len(finished_before) < 3 and len(killed) == 1, "the kill did not land mid-search"
-    time.sleep(3)  # past the heartbeat grace period: the killed trial is stale
+    time.sleep(5)  # past the heartbeat grace period: the killed trial is stale
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     trials, runs = recorded(tmp_path)

@@ -152,20 +152,33 @@ def run_study(study: Study, stores: Stores, workers: int, progress=print, thread
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")
     waiting = len(trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))  # new and left over
-    new_worker = lambda: context.Process(  # noqa: E731
-        target=worker, args=(str(study.path), stores, experiment_id, parent_id, threads))
-    wanted = min(workers, waiting)
+    stopped_by = supervise(
+        trials_study, lambda: context.Process(target=worker, args=(str(study.path), stores, experiment_id, parent_id,
+                                                                   threads)),
+        min(workers, waiting), running=lambda: counts(study, trials_study)["running"],
+        status=lambda: progress(status_line(study, trials_study, total, started)))
+    client = MlflowClient(stores.tracking_uri)
+    summary = counts(study, trials_study)
+    status = "KILLED" if stopped_by else "FINISHED" if summary["done"] == total else "FAILED"
+    tracking.end_run(client, parent_id, status, keep_end_time=not waiting)  # nothing ran: keep the end time
+    return {"experiment_id": experiment_id, "parent_run_id": parent_id, **summary, "total": total,
+            "seconds": time.time() - started, "stopped_by": stopped_by}
+
+
+def supervise(trials_study: optuna.Study, new_worker, wanted: int, running, status) -> str | None:
+    """Starts `wanted` local worker processes (new_worker() makes one) and calls status() every 2 s while
+    one lives or running() says trials run elsewhere (other launchers, machines), so that this
+    launcher's exit status covers the whole study. A trial whose worker died (here or elsewhere) turns
+    stale after the storage's grace period: it is failed and its copy queued, which a live worker takes
+    or a replacement started here (at most `wanted` replacements). On SIGINT or SIGTERM the workers are
+    asked to checkpoint and stop. Returns the name of the signal that stopped the launch, or None."""
     processes, replaced = [new_worker() for _ in range(wanted)], 0
     launcher = Launcher()
     try:
         launcher.start(processes)
-        # After the local workers, wait for cells other launchers (machines) still run, so that this
-        # launcher's exit status and the parent run's status cover the whole study.
-        while not launcher.requested and (any(p.is_alive() for p in processes) or counts(study, trials_study)["running"]):
-            progress(status_line(study, trials_study, total, started))
+        while not launcher.requested and (any(p.is_alive() for p in processes) or running()):
+            status()
             time.sleep(2)
-            # A cell whose worker died (here or on another machine) turns stale after stores.grace_s:
-            # it is failed and a copy queued, which a live worker takes, or a replacement started here.
             optuna.storages.fail_stale_trials(trials_study)
             if (sum(p.is_alive() for p in processes) < wanted and replaced < wanted
                     and trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
@@ -176,12 +189,7 @@ def run_study(study: Study, stores: Stores, workers: int, progress=print, thread
             launcher.stop(processes)
     finally:
         launcher.restore()
-    client = MlflowClient(stores.tracking_uri)
-    summary = counts(study, trials_study)
-    status = "KILLED" if launcher.requested else "FINISHED" if summary["done"] == total else "FAILED"
-    tracking.end_run(client, parent_id, status, keep_end_time=not processes)  # nothing ran: keep the end time
-    return {"experiment_id": experiment_id, "parent_run_id": parent_id, **summary, "total": total,
-            "seconds": time.time() - started, "stopped_by": launcher.requested}
+    return launcher.requested
 
 
 def counts(study: Study, trials_study: optuna.Study) -> dict:

@@ -30,11 +30,11 @@ from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from workbench import tracking
-from workbench.ablate import optuna_storage
+from workbench.ablate import optuna_storage, supervise
 from workbench.config import RunConfig, flatten, with_overrides
 from workbench.runs import CellRun
 from workbench.search_space import SearchModel, dimensions, grid_points, grid_values, objectives, overrides, suggest
-from workbench.stopping import INTERRUPTED, STOP, Interrupted, Launcher, worker_stops_on_signals
+from workbench.stopping import INTERRUPTED, STOP, Interrupted, worker_stops_on_signals
 from workbench.studies import Study, config_hash, load_study, study_file_text
 from workbench.tracking import Stores
 
@@ -226,29 +226,20 @@ def run_search(study: Study, stores: Stores, workers: int, trials: int | None = 
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     waiting = len(trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=worker, args=(str(study.path), stores, experiment_id, parent_id, threads))
-                 for _ in range(min(workers, waiting))]
-    launcher = Launcher()
-    try:
-        launcher.start(processes)
-        while not launcher.requested and (any(p.is_alive() for p in processes) or counts(trials_study)["running"]):
-            progress(status_line(study, trials_study, goal, started))
-            time.sleep(2)
-            if not any(p.is_alive() for p in processes):
-                optuna.storages.fail_stale_trials(trials_study)
-        if launcher.requested:
-            launcher.stop(processes)
-    finally:
-        launcher.restore()
+    stopped_by = supervise(
+        trials_study, lambda: context.Process(target=worker, args=(str(study.path), stores, experiment_id, parent_id,
+                                                                   threads)),
+        min(workers, waiting), running=lambda: counts(trials_study)["running"],
+        status=lambda: progress(status_line(study, trials_study, goal, started)))
     client = MlflowClient(stores.tracking_uri)
     close_orphans(client, trials_study)
     summary = counts(trials_study)
     finished = summary["complete"] + summary["pruned"] + summary["failed"] >= goal and not summary["waiting"]
-    tracking.end_run(client, parent_id, "KILLED" if launcher.requested else "FINISHED" if finished else "FAILED")
+    tracking.end_run(client, parent_id, "KILLED" if stopped_by else "FINISHED" if finished else "FAILED")
     best = best_trial(study, trials_study)
-    confirm = write_confirmation(study, best) if best is not None and not launcher.requested else None
+    confirm = write_confirmation(study, best) if best is not None and not stopped_by else None
     return {"experiment_id": experiment_id, "parent_run_id": parent_id, **summary, "target": goal,
-            "seconds": time.time() - started, "best": best, "confirmation": confirm, "stopped_by": launcher.requested}
+            "seconds": time.time() - started, "best": best, "confirmation": confirm, "stopped_by": stopped_by}
 
 
 def counts(trials_study: optuna.Study) -> dict:
