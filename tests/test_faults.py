@@ -1,6 +1,7 @@
 """Faults a cluster inflicts on a study, injected one at a time: two workers racing for one queued cell,
 a launcher told to stop (SIGTERM, SIGINT), a tracking store that drops out mid-run, a full disk, an
-artifact upload that fails. Each ends with every cell finished exactly once and nothing recorded lost."""
+artifact upload that fails; and workers without a launcher (a job array). Each ends with every cell
+finished exactly once and nothing recorded lost."""
 import os
 import signal
 import subprocess
@@ -365,3 +366,25 @@ def test_a_cell_whose_machine_is_lost_continues_on_another_from_its_uploaded_che
     assert torch.load(client.download_artifacts(run.info.run_id, "checkpoint/checkpoint.pt", str(tmp_path / "c")),
                       weights_only=False)["step"] == 300  # the run keeps its last checkpoint
 
+
+
+def test_launcherless_workers_share_a_prepared_study_each_cell_once(tmp_path):
+    """A job array: `wb ablate --prepare-only` once, then `wb worker` processes that take cells until none is
+    left and exit 0; the last one out ends the parent run."""
+    study = tmp_path / "tiny.toml"
+    study.write_text(tiny_study(60, "values = [0.0, 0.5]"))
+    env = {**os.environ, "WB_HEARTBEAT_S": "1", "WB_GRACE_S": "4"}
+    wb = [sys.executable, "-m", "workbench.cli"]
+    missing = subprocess.run(wb + ["worker", str(study)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and "is not prepared" in missing.stderr and "--prepare-only" in missing.stderr
+    prepared = subprocess.run(wb + ["ablate", str(study), "--prepare-only"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+    assert prepared.returncode == 0 and "prepared: 4 cells queued, 0 finished" in prepared.stdout, prepared.stderr
+    workers = [subprocess.Popen(wb + ["worker", str(study), "--threads", "1"], cwd=tmp_path, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    assert all("nothing left to take" in out for out, _ in outputs)
+    runs, parents = _runs(tmp_path)
+    assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"} and runs["tags.wb.config_hash"].nunique() == 4
+    assert parents["status"].tolist() == ["FINISHED"]

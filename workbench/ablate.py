@@ -165,6 +165,16 @@ def run_study(study: Study, stores: Stores, workers: int, progress=print, thread
             "seconds": time.time() - started, "stopped_by": stopped_by}
 
 
+def finish_parent(study: Study, stores: Stores, parent_id: str) -> str:
+    """After a launcher-less worker (`wb worker`): the last one out ends the parent run; says where the study is."""
+    trials_study = optuna.load_study(study_name=study.name, storage=optuna_storage(stores))
+    c, total = counts(study, trials_study), len(study.cells())
+    waiting = trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if not c["running"] and not waiting:
+        tracking.end_run(MlflowClient(stores.tracking_uri), parent_id, "FINISHED" if c["done"] == total else "FAILED")
+    return f"{c['done']}/{total} cells finished, {c['failed']} failed, {len(c['running'])} running elsewhere"
+
+
 def supervise(trials_study: optuna.Study, new_worker, wanted: int, running, status) -> str | None:
     """Starts `wanted` local worker processes (new_worker() makes one) and calls status() every 2 s while
     one lives or running() says trials run elsewhere (other launchers, machines), so that this

@@ -174,7 +174,7 @@ def write_studies(plan: Plan, budgets: list[str] | None = None, studies: list[st
 def run_plan(plan: Plan, stores: Stores, workers: int, budgets: list[str] | None = None,
              studies: list[str] | None = None, progress=print) -> list[tuple[str, dict]]:
     """Runs the selected (budget, study) pairs one after the other, each resuming where it stopped;
-    returns (study name, wb ablate summary) per pair."""
+    returns (study name, wb ablate summary) per pair run; a pair stopped by SIGINT / SIGTERM is the last."""
     for name in budgets or []:
         plan.budget(name)
     for name in studies or []:
@@ -182,4 +182,9 @@ def run_plan(plan: Plan, stores: Stores, workers: int, budgets: list[str] | None
             raise StudyError(f"{plan.path}: study {name!r} is not in the plan ({', '.join(plan.studies)})")
     paths = write_studies(plan, budgets, studies)
     specs = [load_study(path) for path in paths]
-    return [(spec.name, run_study(spec, stores, workers, progress)) for spec in specs]
+    summaries = []
+    for spec in specs:
+        summaries.append((spec.name, run_study(spec, stores, workers, progress)))
+        if summaries[-1][1]["stopped_by"]:
+            break
+    return summaries

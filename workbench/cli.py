@@ -145,6 +145,8 @@ def ablate(
     share_checkpoints: Annotated[bool, typer.Option(
         help="Upload every checkpoint to the cell's MLflow run, so that a cell whose machine is lost continues "
              "on another (one upload per train.checkpoint_every steps).")] = False,
+    prepare_only: Annotated[bool, typer.Option(
+        help="Create the stores and queue the cells, then exit; `wb worker` processes (a job array) run them.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the table of cells and exit.")] = False,
     no_report: Annotated[bool, typer.Option(help="Skip rendering reports/<study>/README.md at the end.")] = False,
     reports: Annotated[str, typer.Option(help="Where the report goes.")] = "reports",
@@ -171,6 +173,14 @@ def ablate(
         stores = _stores(storage, tracking_uri, share_checkpoints)
     except StoreError as err:
         _fail(str(err))
+    if prepare_only:
+        from workbench.ablate import counts, prepare
+
+        _, _, trials_study = prepare(spec, stores)
+        done = counts(spec, trials_study)["done"]
+        typer.echo(f"prepared: {len(cells) - done} cells queued, {done} finished; run them with "
+                   f"wb worker {study} --storage {stores.storage} --tracking-uri {stores.tracking_uri}")
+        return
     summary = run_study(spec, stores, workers or os.cpu_count() or 1, progress=terminal_progress(), threads=threads)
     if summary["stopped_by"]:
         _stopped(summary["stopped_by"], f"{summary['done']}/{summary['total']} cells finished, "
@@ -199,6 +209,8 @@ def search(
         min=1, help="Torch threads per worker [default: the CPU cores split between the workers].")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL [default: sqlite:///optuna.db].")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
+    prepare_only: Annotated[bool, typer.Option(
+        help="Create the stores and queue the trials, then exit; `wb worker` processes (a job array) run them.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the search space and exit.")] = False,
     no_report: Annotated[bool, typer.Option(help="Skip rendering reports/<study>/search.md at the end.")] = False,
     reports: Annotated[str, typer.Option(help="Where the report goes.")] = "reports",
@@ -234,6 +246,13 @@ def search(
         stores = _stores(storage, tracking_uri)
     except StoreError as err:
         _fail(str(err))
+    if prepare_only:
+        from workbench.search import counts, prepare
+
+        c = counts(prepare(spec, stores, trials)[2])
+        typer.echo(f"prepared: {c['waiting']} trials queued, {c['complete'] + c['pruned'] + c['failed']} ended; run "
+                   f"them with wb worker {study} --storage {stores.storage} --tracking-uri {stores.tracking_uri}")
+        return
     from workbench.ablate import terminal_progress
 
     summary = run_search(spec, stores, workers or os.cpu_count() or 1, trials, progress=terminal_progress(),
@@ -316,6 +335,44 @@ def _render_recorded(name: str, stores, out: Path) -> list[Path]:
 
 
 @app.command()
+def worker(
+    study: Annotated[str, typer.Argument(help="Study name in studies/ or a .toml path, prepared with --prepare-only.")],
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL [default: sqlite:///optuna.db].")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads [default: every CPU core].")] = None,
+    share_checkpoints: Annotated[bool, typer.Option(
+        help="Upload every checkpoint to the cell's MLflow run (see wb ablate --share-checkpoints).")] = False,
+) -> None:
+    """Take a prepared study's cells (or search trials) from its storage until none is left, then exit 0:
+    one worker without a launcher, for scheduler job arrays (srun wb worker STUDY --storage ... --tracking-uri ...).
+    Prepare the study once first: wb ablate STUDY --prepare-only (or wb search STUDY --prepare-only)."""
+    from workbench.studies import StudyError, load_study
+    from workbench.tracking import StoreError
+
+    try:
+        spec = load_study(study)
+        stores = _stores(storage, tracking_uri, share_checkpoints)
+    except (StudyError, StoreError) as err:
+        _fail(str(err))
+    from mlflow import MlflowClient
+
+    from workbench import stopping, tracking
+
+    role, command = ("search", "search") if spec.search is not None and not spec.axes else ("study", "ablate")
+    parent = tracking.find_parent(MlflowClient(stores.tracking_uri), spec.name, role)
+    if parent is None:
+        _fail(f"study {spec.name!r} is not prepared in {stores.tracking_uri}: run `wb {command} {study} --prepare-only` "
+              "once first, with the same --storage and --tracking-uri")
+    from workbench import ablate, search
+
+    kind = search if role == "search" else ablate
+    kind.worker(str(spec.path), stores, parent.info.experiment_id, parent.info.run_id, threads or os.cpu_count() or 1)
+    if stopping.requested:
+        _stopped(stopping.requested[0], "the running cell stopped at a checkpoint", f"wb worker {study}")
+    typer.echo(f"worker: nothing left to take; {kind.finish_parent(spec, stores, parent.info.run_id)}")
+
+
+@app.command()
 def calibrate(
     plan: Annotated[Path, typer.Option(help="Calibration plan: studies and candidate budgets.")] = Path(
         "studies/calibration.toml"),
@@ -341,6 +398,10 @@ def calibrate(
         spec = load_plan(plan)
         if not report_only:
             summaries = run_plan(spec, stores, workers or os.cpu_count() or 1, budget, study, progress=terminal_progress())
+            if summaries and summaries[-1][1]["stopped_by"]:
+                name, summary = summaries[-1]
+                _stopped(summary["stopped_by"], f"{name}: {summary['done']}/{summary['total']} cells finished, "
+                         f"{summary['interrupted']} stopped at a checkpoint", "wb calibrate")
             for name, summary in summaries:
                 typer.echo(f"{name}: {summary['done']}/{summary['total']} cells finished, "
                            f"{summary['failed']} failed, {summary['seconds'] / 60:.1f} min")

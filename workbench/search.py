@@ -242,6 +242,16 @@ def run_search(study: Study, stores: Stores, workers: int, trials: int | None = 
             "seconds": time.time() - started, "best": best, "confirmation": confirm, "stopped_by": stopped_by}
 
 
+def finish_parent(study: Study, stores: Stores, parent_id: str) -> str:
+    """After a launcher-less worker (`wb worker`): the last one out ends the parent run; says where the search is."""
+    trials_study, goal = load(study, stores), target(study)
+    c = counts(trials_study)
+    ended = c["complete"] + c["pruned"] + c["failed"]
+    if not c["running"] and not c["waiting"]:
+        tracking.end_run(MlflowClient(stores.tracking_uri), parent_id, "FINISHED" if ended >= goal else "FAILED")
+    return f"{ended}/{goal} trials ended ({c['complete']} complete), {c['running']} running elsewhere"
+
+
 def counts(trials_study: optuna.Study) -> dict:
     """Trials by state; failed = failed in their objective (a lost heartbeat's trial is queued again)."""
     trials = counted(trials_study.get_trials(deepcopy=False))

@@ -15,6 +15,7 @@ import threading
 import time
 
 STOP = threading.Event()  # set in a process that was asked to stop; training checks it after every step
+requested: list[str] = []  # in a worker: the signal that set STOP
 INTERRUPTED = "interrupted"  # the user attr of a trial stopped on request: the step its cell was checkpointed at
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as a shell reports it
 
@@ -39,9 +40,11 @@ def worker_stops_on_signals() -> None:
     import optuna
 
     def request(signum, frame):
+        requested.append(signal.Signals(signum).name)
         STOP.set()
 
     STOP.clear()
+    requested.clear()
     signal.signal(signal.SIGTERM, request)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, request)
