@@ -8,7 +8,6 @@ SIGINT ignored, so a Ctrl-C reaches them once, through the launcher), then ends 
 """
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import threading
@@ -28,19 +27,14 @@ class Interrupted(RuntimeError):
         self.step = step
 
 
-class _QuietInterrupts(logging.Filter):
-    """Optuna logs the exception of every failed trial with its traceback; a stop on request is not a fault."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], Interrupted))
-
-
 def worker_stops_on_signals() -> None:
-    """In a worker: SIGTERM sets STOP, and SIGINT too unless the launcher had it ignored."""
+    """In a worker: SIGTERM sets STOP, and SIGINT too unless the launcher had it ignored. Optuna, which
+    logs every trial that ends by an exception, is quieted to errors from then on: a stop is not a fault."""
     import optuna
 
     def request(signum, frame):
         requested.append(signal.Signals(signum).name)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         STOP.set()
 
     STOP.clear()
@@ -48,8 +42,6 @@ def worker_stops_on_signals() -> None:
     signal.signal(signal.SIGTERM, request)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, request)
-    for handler in optuna.logging._get_library_root_logger().handlers:
-        handler.addFilter(_QuietInterrupts())
 
 
 class Launcher:
