@@ -48,7 +48,7 @@ def save_samples(ema: nn.Module, data: Dataset, config: RunConfig, paths: dict[i
             shown = None if labels is None else labels.cpu()
             panels = [("data", data.x[:n].cpu(), None if data.labels is None else data.labels[:n].cpu())]
             if exact is not None:
-                guided = config.meanflow.cfg_omega != 1 and labels is not None
+                guided = mf.cfg_omega / (1 - mf.cfg_kappa) != 1 and labels is not None  # w' (kappa 0.5, w 1: 2)
                 panels.append(("exact 1-step map" + (" (guided)" if guided else ""), exact, shown))
             panels.append((title, x, shown))
             if labels is not None and config.meanflow.class_drop > 0:
