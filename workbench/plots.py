@@ -100,8 +100,9 @@ def picture_grid(pictures: dict, path: Path, title: str) -> None:
     for ax, (label, image) in zip(axes.flat, images.items()):
         ax.imshow(image)
         ax.set_title(label, fontsize=11)
-    fig.suptitle(title, fontsize=12)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # the title's own line, above the first row
+    top = 1 - 0.45 / fig.get_figheight()  # the title's own band, 0.45 inch, whatever the figure's height
+    fig.suptitle(title, fontsize=12, y=1 - 0.08 / fig.get_figheight(), va="top")
+    fig.tight_layout(rect=(0, 0, 1, top))
     # at most about 2 megapixels (a page of many settings stays under 2 MB): a lower dpi for large grids
     pixels = fig.get_figwidth() * fig.get_figheight() * 100 ** 2
     fig.savefig(path, dpi=min(100, int(100 * math.sqrt(2e6 / pixels))))
