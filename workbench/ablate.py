@@ -133,8 +133,9 @@ def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, 
         except Diverged as err:
             trial.set_user_attr(DIVERGED, str(err))
             raise
-        except Interrupted as err:
+        except Interrupted as err:  # queued again at once: the next worker or launch continues it
             trial.set_user_attr(INTERRUPTED, err.step)
+            trials_study.enqueue_trial({}, user_attrs={"cell": cell.key, "name": cell.run_name})
             raise
         return metrics.get(study.metric, float("nan"))
 
@@ -209,10 +210,11 @@ def counts(study: Study, trials_study: optuna.Study) -> dict:
     running = [t.user_attrs.get("name", "") for t in trials if t.state == TrialState.RUNNING]
     again = {t.user_attrs["cell"] for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)}
     failed = {t.user_attrs["cell"] for t in trials if t.state == TrialState.FAIL} - done - again  # not re-queued
-    # stopped on request with a checkpoint: the next launch continues them
-    interrupted = {t.user_attrs["cell"] for t in trials if INTERRUPTED in t.user_attrs} & failed
+    # stopped on request at a checkpoint and queued again, not yet taken: the next worker or launch continues them
+    interrupted = {t.user_attrs["cell"] for t in trials if INTERRUPTED in t.user_attrs} - done - {
+        t.user_attrs["cell"] for t in trials if t.state == TrialState.RUNNING}
     diverged = {t.user_attrs["cell"] for t in trials if DIVERGED in t.user_attrs} & failed
-    return {"done": len(done), "running": running, "failed": len(failed - interrupted), "diverged": len(diverged),
+    return {"done": len(done), "running": running, "failed": len(failed), "diverged": len(diverged),
             "interrupted": len(interrupted)}
 
 

@@ -2,7 +2,7 @@
 
 A worker that receives either sets STOP; every training run in it then saves a checkpoint at the end of
 its current step and raises Interrupted. Its MLflow run is marked KILLED and its Optuna trial failed
-(user attr `interrupted`), so the next launch queues the cell again and it continues from that checkpoint.
+(user attr `interrupted`) with a copy queued at once, so the next worker or launch continues it from that checkpoint.
 A launcher that receives either sends SIGTERM to its workers and waits for them (they are started with
 SIGINT ignored, so a Ctrl-C reaches them once, through the launcher), then ends its parent run as KILLED.
 """
