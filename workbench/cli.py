@@ -60,6 +60,9 @@ def train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Config override KEY=VALUE; repeatable.")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/DATA-NET-TIME].")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last checkpoint.")] = None,
+    nproc: Annotated[Optional[int], typer.Option(
+        min=1, help="Processes training the run data-parallel on this machine, started with torchrun (train.nproc); "
+                    "for several machines run `torchrun ... -m workbench.cli train` yourself.")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
 ) -> None:
     """Train one MeanFlow model; writes config.json, checkpoint.pt, metrics.jsonl and samples.png."""
@@ -68,7 +71,10 @@ def train(
     from workbench.pictures import save_run_pictures
     from workbench.train import train as run_training
 
-    shortcuts = {"data.name": data, "net.arch": net, "train.steps": steps, "train.seed": seed}
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))  # > 1: this is one of the processes torchrun started
+    shortcuts = {"data.name": data, "net.arch": net, "train.steps": steps, "train.seed": seed, "train.nproc": nproc}
+    if ranks > 1 and nproc is None and resume is None and not any(o.startswith("train.nproc=") for o in set_ or []):
+        shortcuts["train.nproc"] = ranks
     overrides = [f"{k}={v}" for k, v in shortcuts.items() if v is not None] + list(set_ or [])
     try:
         if resume is not None:
@@ -84,13 +90,31 @@ def train(
         if dry_run:
             typer.echo(config.model_dump_json(indent=2))
             return
+        if config.train.nproc > 1 and ranks == 1:
+            if resume is None and (folder / "config.json").exists():
+                raise FileExistsError(f"{folder} already holds a run; continue it with --resume or pick another --run-dir")
+            raise typer.Exit(_torchrun(config.train.nproc, ["--resume", str(folder)] if resume is not None else [
+                "--run-dir", str(folder), *sum((["--set", o] for o in overrides), [])]))
         result = run_training(config, folder, resume=resume is not None, evaluator=evaluator_for(config))
+        if os.environ.get("RANK", "0") != "0":
+            return  # rank 0 saves the pictures and reports
         save_run_pictures(result.ema, result.data, config, result.run_dir, scored=True)
     except (ConfigError, DataError, FileNotFoundError, FileExistsError, FeatureError) as err:
         _fail(str(err))
     typer.echo(f"run folder: {result.run_dir}  (final loss {result.final_loss:.4f}, {result.steps_per_s:.1f} steps/s)")
     typer.echo(f"samples:    {result.run_dir / 'samples.png'}")
     _print_metrics(result.metrics)
+
+
+def _torchrun(nproc: int, args: list[str]) -> int:
+    """Runs `wb train ARGS` as nproc processes under torchrun on this machine; returns its exit code."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "workbench.cli", "train", *args]
+    typer.echo(f"torchrun: {nproc} processes", err=True)
+    return subprocess.call(command, env=os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))})
 
 
 @app.command("eval")

@@ -110,6 +110,15 @@ class TrainConfig(_Frozen):
     device: Literal["auto", "cpu", "cuda"] = F("auto", "auto = cuda when available")
     checkpoint_every: int = F(1000, "steps between checkpoints (--resume continues from the last)", ge=1)
     log_every: int = F(50, "steps between logged metric rows", ge=1)
+    nproc: int = F(1, "processes training this run data-parallel, each on batch_size / nproc rows (gloo on CPU, "
+                   "NCCL on GPU; wb train starts them with torchrun)", ge=1)
+
+    @model_validator(mode="after")
+    def _shards(self) -> TrainConfig:
+        if self.batch_size % self.nproc:
+            raise ValueError(f"batch_size={self.batch_size} must be divisible by nproc={self.nproc} "
+                             "(every process trains on an equal slice of the batch)")
+        return self
 
 
 class SampleConfig(_Frozen):

@@ -152,8 +152,12 @@ class Study:
         return cells
 
 
+NOT_HASHED = {"train.nproc"}  # how many processes share a batch changes the float rounding, not the experiment
+
+
 def config_hash(config: RunConfig) -> str:
-    return hashlib.sha256(json.dumps(flatten(config), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    keys = {k: v for k, v in flatten(config).items() if k not in NOT_HASHED}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def study_file_text(study: Study) -> str:

@@ -354,6 +354,19 @@ class JsonlTracker:
         """The checkpoint stays in the run folder."""
 
 
+class NullTracker:
+    """Logs nothing: the tracker of a data-parallel rank other than 0 (rank 0 logs for the run)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def checkpointed(self, path: Path) -> None:
+        pass
+
+
 def write_eval(run_dir: Path, info: dict, num_samples: int, metrics: dict[str, float]) -> None:
     """run_dir/eval.json: the scores with the feature set and sample count they were measured with."""
     record = {**info, "num_samples": num_samples, "metrics": metrics}

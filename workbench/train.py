@@ -14,11 +14,12 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from workbench import distributed
 from workbench.config import ConfigError, RunConfig
 from workbench.data import Dataset, load_data
 from workbench.meanflow import NETWORKS, meanflow_loss, sample_t_r
 from workbench.stopping import STOP, Interrupted
-from workbench.tracking import JsonlTracker, Tracker, write_eval
+from workbench.tracking import JsonlTracker, NullTracker, Tracker, write_eval
 
 if TYPE_CHECKING:
     from workbench.evaluate import Evaluator
@@ -103,7 +104,8 @@ def make_optimizer(net: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
 
 
 def draw_batch(data: Dataset, config: RunConfig, generator: torch.Generator) -> dict[str, torch.Tensor | None]:
-    """All per-step randomness from one CPU generator, so a resumed run repeats it exactly."""
+    """All per-step randomness of the global batch from one CPU generator, so a resumed run repeats it
+    exactly (and every data-parallel rank draws the same batch, then trains on its slice)."""
     batch_size = config.train.batch_size
     index = torch.randint(len(data.x), (batch_size,), generator=generator)
     t, r = sample_t_r(batch_size, config.meanflow, generator)
@@ -149,10 +151,28 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
              ) -> Generator[tuple[int, dict[str, float]], None, TrainResult]:
     """train() as a generator: yields (step, scores) at every intermediate evaluation and returns the
     TrainResult. A search advances the runs of a trial's seeds side by side with it, so that its pruner
-    sees their mean at each step; closing the generator stops the run."""
-    if not resume and (run_dir / "config.json").exists():
+    sees their mean at each step; closing the generator stops the run.
+
+    With train.nproc > 1 the run trains data-parallel (workbench/distributed.py): in a group that torchrun
+    started, or else this process becomes rank 0 and starts the other ranks on this machine."""
+    group = distributed.current()
+    if config.train.nproc > 1 and group.world == 1:
+        threads = max(1, torch.get_num_threads() // config.train.nproc)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with distributed.ranks(config.train.nproc, _other_rank, (config, run_dir, resume), threads):
+                return (yield from training(config, run_dir, resume, tracker, progress, evaluator))
+        finally:
+            torch.set_num_threads(before)
+    if group.world != config.train.nproc:
+        raise ConfigError(f"train.nproc={config.train.nproc}, but this process is one of {group.world} ranks "
+                          f"(WORLD_SIZE); set train.nproc={group.world}")
+    if not group.main:
+        tracker, progress, evaluator = NullTracker(), False, None
+    if group.main and not resume and (run_dir / "config.json").exists():
         raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume or pick another --run-dir")
-    device = resolve_device(config.train.device)
+    device = distributed.device_for(group, resolve_device(config.train.device))
     data = load_data(config.data.name, "train", path=config.data.path, data_dir=config.data.data_dir,
                      download=config.data.download, labels=config.data.labels)
     torch.manual_seed(config.train.seed)
@@ -164,28 +184,31 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
     checkpoint_path, start = run_dir / CHECKPOINT, 0
     if resume:
         start = _restore(checkpoint_path, net, ema, optimizer, generator)
-    else:
+    elif group.main:
         (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
     tracker = tracker or JsonlTracker(run_dir / "metrics.jsonl", resume_step=start if resume else None)
     data = data.to(device)
 
+    params = [p for p in net.parameters() if p.requires_grad]
     bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, disable=not progress,
                desc=run_dir.name, dynamic_ncols=True)
     clock, loss_sum, loss_count, last_row = time.perf_counter(), 0.0, 0, {}
     watch = DivergenceWatch(device)
     for step in bar:
-        # Sample x, t, r, noise, class dropout.
-        batch = {k: (v.to(device) if v is not None else None) for k, v in draw_batch(data, config, generator).items()}
+        # Sample x, t, r, noise, class dropout (the global batch; this rank's rows of it).
+        batch = {k: (group.shard(v).to(device) if v is not None else None)
+                 for k, v in draw_batch(data, config, generator).items()}
         # Loss (bf16 autocast outside the JVP when asked for).
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.precision == "bf16"):
             loss, metrics = meanflow_loss(net, batch["x"], batch["t"], batch["r"], batch["noise"], config.meanflow,
                                           labels=batch["labels"], dropped=batch["dropped"])
-        watch.see(step + 1, "loss", loss)
-        # Update weights.
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config)
+        # Update weights (gradients, loss and the stop flag averaged over data-parallel ranks).
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = learning_rate(step, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        metrics["loss"], stop = group.average_gradients(params, loss, STOP.is_set())
+        watch.see(step + 1, "loss", metrics["loss"])
         if config.optim.grad_clip > 0:
             metrics["grad_norm"] = nn.utils.clip_grad_norm_(net.parameters(), config.optim.grad_clip)
             watch.see(step + 1, "gradient norm", metrics["grad_norm"])
@@ -197,7 +220,7 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
         if (step + 1) % config.train.log_every == 0 or step + 1 == config.train.steps:
             watch.check()
             steps_per_s = loss_count / (time.perf_counter() - clock)
-            last_row = {k: float(v) for k, v in metrics.items()} | {
+            last_row = {k: float(v) for k, v in group.mean(metrics).items()} | {
                 "loss": float(loss_sum) / loss_count, "lr": learning_rate(step, config), "steps_per_s": steps_per_s}
             tracker.log_metrics(last_row, step + 1)
             bar.set_postfix(loss=f"{last_row['loss']:.4f}", mse=f"{last_row['mse']:.4f}")
@@ -209,7 +232,7 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
             tracker.log_metrics(scores, step + 1)
             yield step + 1, scores
         # Save checkpoint.
-        if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == config.train.steps:
+        if group.main and ((step + 1) % config.train.checkpoint_every == 0 or step + 1 == config.train.steps):
             watch.check()
             # The rows up to here reach the store before the checkpoint does: a run resumed from it
             # misses none (and its tracker skips the ones logged after it).
@@ -217,11 +240,12 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
             save_checkpoint(checkpoint_path, step + 1, net, ema, optimizer, generator)
             tracker.checkpointed(checkpoint_path)
         # Stop when asked to (SIGTERM, SIGINT: workbench.stopping), from a checkpoint of this step.
-        if STOP.is_set() and step + 1 < config.train.steps:
+        if stop and step + 1 < config.train.steps:
             watch.check()
-            tracker.flush()
-            save_checkpoint(checkpoint_path, step + 1, net, ema, optimizer, generator)
-            tracker.checkpointed(checkpoint_path)
+            if group.main:
+                tracker.flush()
+                save_checkpoint(checkpoint_path, step + 1, net, ema, optimizer, generator)
+                tracker.checkpointed(checkpoint_path)
             bar.close()
             raise Interrupted(step + 1)
     bar.close()
@@ -232,6 +256,12 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
         write_eval(run_dir, evaluator.info, config.eval.num_samples, final)
     return TrainResult(run_dir, ema.module, last_row.get("steps_per_s", math.nan), last_row.get("loss", math.nan), final,
                        data)
+
+
+def _other_rank(config: RunConfig, run_dir: Path, resume: bool) -> None:
+    """Ranks 1..nproc-1 of a run whose rank 0 is the process that called training()."""
+    for _ in training(config, run_dir, resume, progress=False):
+        pass
 
 
 def load_ema(run_dir: Path, config: RunConfig) -> nn.Module:
