@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import mlflow
+import optuna
 import pytest
+import torch
 
 from conftest import tiny_study
 
@@ -63,6 +65,87 @@ def postgres():
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture
+def mlflow_server(postgres, tmp_path):
+    """An `mlflow server` on 127.0.0.1 backed by a new database on the test server, proxying artifacts
+    into a folder of its own (the README's recipe for a team); yields (URL, artifacts folder)."""
+    import urllib.request
+
+    port, artifacts = free_port(), tmp_path / "server-artifacts"
+    log = (tmp_path / "mlflow-server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres("mlflow_server"),
+         "--artifacts-destination", str(artifacts), "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=log, stderr=log, env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    url, deadline = f"http://127.0.0.1:{port}", time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError:
+            assert server.poll() is None and time.time() < deadline, (tmp_path / "mlflow-server.log").read_text()
+            time.sleep(0.5)
+    yield url, artifacts
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_launcher_and_two_wb_workers_run_one_study_through_an_mlflow_server(tmp_path, postgres, mlflow_server):
+    """Three worker processes (a launcher's and two `wb worker`s, each in a folder of its own as on
+    separate machines) on one PostgreSQL storage and one MLflow server reached over HTTP."""
+    from mlflow import MlflowClient
+
+    storage, (tracking, server_artifacts) = postgres("optuna_server"), mlflow_server
+    study = tmp_path / "tiny.toml"
+    study.write_text(tiny_study(1500, "values = [0.0, 0.25, 0.5, 1.0]"))  # 8 cells of ~5 s
+    stores = ["--threads", "1", "--storage", storage, "--tracking-uri", tracking]
+    machines = [tmp_path / name for name in ("launcher", "worker1", "worker2")]
+    for folder in machines:
+        folder.mkdir()
+    logs = [(folder / "out.log").open("w") for folder in machines]
+    cli = [sys.executable, "-m", "workbench.cli"]
+    launcher = subprocess.Popen([*cli, "ablate", str(study), "--workers", "1", "--no-report", *stores],
+                                cwd=machines[0], stdout=logs[0], stderr=logs[0])
+    deadline = time.time() + 120
+    while "[tiny]" not in (machines[0] / "out.log").read_text():  # prepared: the queue and the parent run exist
+        assert launcher.poll() is None and time.time() < deadline, (machines[0] / "out.log").read_text()
+        time.sleep(0.5)
+    workers = [subprocess.Popen([*cli, "worker", str(study), *stores], cwd=folder, stdout=log, stderr=log)
+               for folder, log in zip(machines[1:], logs[1:])]
+    codes = [p.wait(timeout=600) for p in (launcher, *workers)]
+    output = "".join((folder / "out.log").read_text() for folder in machines)
+    assert codes == [0, 0, 0], output
+    assert "View run" not in output  # MLflow's per-run URL lines are switched off
+
+    client = MlflowClient(tracking)
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("wb.role") == "study"]
+    cells = [r for r in runs if r.data.tags.get("wb.role") != "study"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    # Every cell finished exactly once (no second run of any config), all under the one parent.
+    assert len(cells) == 8 and {r.info.status for r in cells} == {"FINISHED"}
+    assert len({r.data.tags["wb.config_hash"] for r in cells}) == 8
+    assert {r.data.tags["mlflow.parentRunId"] for r in cells} == {parents[0].info.run_id}
+    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    complete = [t.user_attrs["cell"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(complete) == sorted(r.data.tags["wb.config_hash"] for r in cells)
+    # All three trained (each worker process tags its runs with its host and pid).
+    per_worker = {w: sum(r.data.tags["wb.worker"] == w for r in cells) for w in {r.data.tags["wb.worker"] for r in cells}}
+    print("cells per worker:", sorted(per_worker.values()))
+    assert len(per_worker) == 3, per_worker
+    # Nothing lost: every curve has all its rows; the artifacts went through the server into its folder.
+    for run in cells:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(10, 1501, 10))
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+        assert {"config.json", "ema.pt", "eval.json", "samples.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    weights = torch.load(client.download_artifacts(cells[0].info.run_id, "ema.pt", str(tmp_path)), weights_only=True)
+    assert weights and all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+    assert len(list(server_artifacts.rglob("ema.pt"))) == 8
+    assert not any((folder / "mlartifacts").exists() for folder in machines)
+
+
 @pytest.mark.slow
 def test_two_launchers_share_one_study_and_each_cell_runs_once(tmp_path, postgres):
     storage, tracking = postgres("optuna"), postgres("mlflow")
@@ -110,7 +193,6 @@ def test_a_postgres_url_without_its_driver_exits_2_naming_the_extra(tmp_path, mo
 
 @pytest.mark.slow
 def test_two_launchers_share_one_search_and_run_n_trials_in_all(tmp_path, postgres):
-    import optuna
     from mlflow import MlflowClient
 
     storage, tracking = postgres("optuna_search"), postgres("mlflow_search")

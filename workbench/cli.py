@@ -14,6 +14,7 @@ from workbench.data import DataError
 
 # Process-wide settings belong here, at the entry point, not in library modules.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded picture otherwise
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a 'View run' line per run on a server
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures are files; no display is needed or assumed
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")  # raised inside torch on import
 # Optuna marks its trial heartbeat (how a dead worker's cells are found) "experimental"
@@ -214,7 +215,8 @@ def ablate(
                + f", {summary['seconds'] / 60:.1f} min")
     typer.echo(f"MLflow: {stores.tracking_uri} (experiment {spec.name}, parent run {summary['parent_run_id']})")
     typer.echo(f"Optuna: {stores.storage} (study {spec.name})")
-    typer.echo(f"Browse: wb ui --tracking-uri {stores.tracking_uri}")
+    typer.echo(f"Browse: {stores.tracking_uri}" if stores.tracking_uri.startswith(("http:", "https:"))
+               else f"Browse: wb ui --tracking-uri {stores.tracking_uri}")
     if not no_report:
         from workbench.report import render
 

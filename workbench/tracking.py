@@ -52,7 +52,10 @@ class StoreError(ValueError):
 class Stores:
     storage: str  # Optuna RDB URL
     tracking_uri: str  # MLflow tracking URI
-    artifacts: str  # artifact root for a new experiment (file store default: ./mlartifacts)
+    # artifact root for a new experiment: ./mlartifacts beside a database store; None with a tracking
+    # server, which then chooses it (mlflow-artifacts:/ when it proxies artifacts), so that workers on
+    # every machine upload through the server instead of into a folder on the launcher's machine
+    artifacts: str | None
     # A RUNNING trial with no heartbeat for grace_s seconds is stale (its worker died): the next launch
     # fails it and runs the cell again.
     heartbeat_s: int = 10
@@ -70,8 +73,10 @@ def default_stores(storage: str | None = None, tracking_uri: str | None = None, 
     """The given URLs, or SQLite files in the working directory; a missing database driver fails here."""
     # Absolute paths: MLflow caches one store per URI string, so a relative sqlite URI would keep
     # pointing at the first working directory it was used in.
-    stores = Stores(storage or f"sqlite:///{Path('optuna.db').resolve()}",
-                    tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}", Path("mlartifacts").resolve().as_uri(),
+    tracking_uri = tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+    server = tracking_uri.split(":", 1)[0] in ("http", "https")
+    stores = Stores(storage or f"sqlite:///{Path('optuna.db').resolve()}", tracking_uri,
+                    None if server else Path("mlartifacts").resolve().as_uri(),
                     heartbeat_s, grace_s, str(Path("wb-cells").resolve()), share_checkpoints)
     for option, url in (("--storage", stores.storage), ("--tracking-uri", stores.tracking_uri)):
         check_driver(option, url)
@@ -145,11 +150,12 @@ def git_commit() -> str:
         return "unknown"
 
 
-def experiment_id(client: MlflowClient, name: str, artifacts: str) -> str:
-    """The experiment of study `name`, created with its artifacts under `artifacts`/<name> if new."""
+def experiment_id(client: MlflowClient, name: str, artifacts: str | None) -> str:
+    """The experiment of study `name`, created with its artifacts under `artifacts`/<name> if new (None:
+    where the tracking server puts them)."""
     experiment = client.get_experiment_by_name(name)
     return experiment.experiment_id if experiment else client.create_experiment(
-        name, artifact_location=f"{artifacts}/{name}")
+        name, artifact_location=f"{artifacts}/{name}" if artifacts else None)
 
 
 def find_parent(client: MlflowClient, name: str, role: str = "study") -> Run | None:
