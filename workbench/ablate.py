@@ -20,7 +20,7 @@ from filelock import FileLock
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from workbench import tracking
+from workbench import gpus, tracking
 from workbench.runs import run_cell
 from workbench.stopping import INTERRUPTED, STOP, Interrupted, Launcher, worker_stops_on_signals
 from workbench.studies import Study, load_study, study_file_text
@@ -97,10 +97,13 @@ def finished_cells(client: MlflowClient, parent_id: str) -> dict:
     return {run.data.tags[tracking.CONFIG_HASH]: run for run in runs if tracking.CONFIG_HASH in run.data.tags}
 
 
-def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, threads: int) -> None:
-    """Pops enqueued cells until none is left (one process; also usable on another machine)."""
+def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, threads: int,
+           gpu: str | None = None) -> None:
+    """Pops enqueued cells until none is left (one process; also usable on another machine), on GPU
+    `gpu` (its CUDA_VISIBLE_DEVICES) when given."""
     import warnings
 
+    gpus.use(gpu)
     import torch
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat is "experimental"
@@ -144,9 +147,11 @@ def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, 
         trials_study.optimize(objective, n_trials=1, catch=(Exception,))
 
 
-def run_study(study: Study, stores: Stores, workers: int, progress=print, threads: int | None = None) -> dict:
+def run_study(study: Study, stores: Stores, workers: int, progress=print, threads: int | None = None,
+              gpu_ids: list[str] | None = None) -> dict:
     """Prepares, starts `workers` local processes (`threads` torch threads each, default: the CPU
-    cores split between them), shows progress until no cell is running, here or elsewhere."""
+    cores split between them; worker i on GPU gpu_ids[i % len] when given), shows progress until no
+    cell is running, here or elsewhere."""
     mlflow.set_tracking_uri(stores.tracking_uri)
     experiment_id, parent_id, trials_study = prepare(study, stores)
     total, started = len(study.cells()), time.time()
@@ -154,8 +159,8 @@ def run_study(study: Study, stores: Stores, workers: int, progress=print, thread
     context = multiprocessing.get_context("spawn")
     waiting = len(trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))  # new and left over
     stopped_by = supervise(
-        trials_study, lambda: context.Process(target=worker, args=(str(study.path), stores, experiment_id, parent_id,
-                                                                   threads)),
+        trials_study, lambda slot: context.Process(target=worker, args=(
+            str(study.path), stores, experiment_id, parent_id, threads, gpus.for_slot(slot, gpu_ids or []))),
         min(workers, waiting), running=lambda: counts(study, trials_study)["running"],
         status=lambda: progress(status_line(study, trials_study, total, started)))
     client = MlflowClient(stores.tracking_uri)
@@ -177,13 +182,15 @@ def finish_parent(study: Study, stores: Stores, parent_id: str) -> str:
 
 
 def supervise(trials_study: optuna.Study, new_worker, wanted: int, running, status) -> str | None:
-    """Starts `wanted` local worker processes (new_worker() makes one) and calls status() every 2 s while
+    """Starts `wanted` local worker processes (new_worker(slot) makes the one of slot 0..wanted-1; a
+    replacement gets its dead predecessor's slot, and so its GPU) and calls status() every 2 s while
     one lives or running() says trials run elsewhere (other launchers, machines), so that this
     launcher's exit status covers the whole study. A trial whose worker died (here or elsewhere) turns
     stale after the storage's grace period: it is failed and its copy queued, which a live worker takes
     or a replacement started here (at most `wanted` replacements). On SIGINT or SIGTERM the workers are
     asked to checkpoint and stop. Returns the name of the signal that stopped the launch, or None."""
-    processes, replaced = [new_worker() for _ in range(wanted)], 0
+    slots = {slot: new_worker(slot) for slot in range(wanted)}  # the latest process of each slot
+    processes, replaced = list(slots.values()), 0
     launcher = Launcher()
     try:
         launcher.start(processes)
@@ -191,9 +198,10 @@ def supervise(trials_study: optuna.Study, new_worker, wanted: int, running, stat
             status()
             time.sleep(2)
             optuna.storages.fail_stale_trials(trials_study)
-            if (sum(p.is_alive() for p in processes) < wanted and replaced < wanted
-                    and trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
-                processes.append(new_worker())
+            dead = [slot for slot, process in slots.items() if not process.is_alive()]
+            if dead and replaced < wanted and trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                slots[dead[0]] = new_worker(dead[0])
+                processes.append(slots[dead[0]])
                 launcher.start(processes[-1:])
                 replaced += 1
         if launcher.requested:

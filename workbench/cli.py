@@ -39,6 +39,30 @@ def _stores(storage: str | None, tracking_uri: str | None, share_checkpoints: bo
                           int(os.environ.get("WB_GRACE_S", 30)), share_checkpoints)
 
 
+GPUS_HELP = ("GPUs for the local workers, one worker each: all, or ids such as 0,1 (each worker's CUDA_VISIBLE_DEVICES) "
+             "[default: every visible GPU on a CUDA machine, else CPU workers]; with --workers, worker i takes GPU i mod n.")
+
+
+def _gpu_workers(gpus: str | None, workers: int | None) -> tuple[list[str], int]:
+    """--gpus and --workers -> (the GPU of each worker slot, [] for CPU workers; the worker count)."""
+    from workbench.gpus import GpuError, parse
+
+    try:
+        ids = parse(gpus)
+    except GpuError as err:
+        _fail(str(err))
+    if gpus is not None and ids and not _cuda():
+        typer.echo(f"warning: --gpus {gpus}: no CUDA device is visible here; the workers get CUDA_VISIBLE_DEVICES "
+                   f"{' / '.join(ids)} and train on the CPU", err=True)
+    return ids, workers or len(ids) or os.cpu_count() or 1
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
@@ -160,8 +184,9 @@ def config() -> None:
 def ablate(
     study: Annotated[str, typer.Argument(help="Study name in studies/ (e.g. quick) or a path to a .toml file.")],
     workers: Annotated[Optional[int], typer.Option(
-        min=1, help="Local worker processes, threads split between them [default: one per CPU core; measured "
-                    "faster than one worker with all threads, benchmarks/study_workers.py].")] = None,
+        min=1, help="Local worker processes, threads split between them [default: one per GPU, else one per CPU "
+                    "core; measured faster than one worker with all threads, benchmarks/study_workers.py].")] = None,
+    gpus: Annotated[Optional[str], typer.Option(help=GPUS_HELP)] = None,
     threads: Annotated[Optional[int], typer.Option(
         min=1, help="Torch threads per worker [default: the CPU cores split between the workers]; lower it when "
                     "other launchers share the machine.")] = None,
@@ -206,7 +231,8 @@ def ablate(
         typer.echo(f"prepared: {len(cells) - done} cells queued, {done} finished; run them with "
                    f"wb worker {study} --storage {stores.storage} --tracking-uri {stores.tracking_uri}")
         return
-    summary = run_study(spec, stores, workers or os.cpu_count() or 1, progress=terminal_progress(), threads=threads)
+    gpu_ids, workers = _gpu_workers(gpus, workers)
+    summary = run_study(spec, stores, workers, progress=terminal_progress(), threads=threads, gpu_ids=gpu_ids)
     if summary["stopped_by"]:
         _stopped(summary["stopped_by"], f"{summary['done']}/{summary['total']} cells finished, "
                  f"{summary['interrupted']} stopped at a checkpoint", f"wb ablate {study}")
@@ -230,7 +256,9 @@ def search(
     study: Annotated[str, typer.Argument(help="Study name in studies/ (one with a [search] section) or a .toml path.")],
     trials: Annotated[Optional[int], typer.Option(
         min=1, help="Trials in all [default: the study's search.trials]; a rerun adds the missing ones.")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Local worker processes [default: one per CPU core].")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        min=1, help="Local worker processes [default: one per GPU, else one per CPU core].")] = None,
+    gpus: Annotated[Optional[str], typer.Option(help=GPUS_HELP)] = None,
     threads: Annotated[Optional[int], typer.Option(
         min=1, help="Torch threads per worker [default: the CPU cores split between the workers].")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL [default: sqlite:///optuna.db].")] = None,
@@ -281,8 +309,9 @@ def search(
         return
     from workbench.ablate import terminal_progress
 
-    summary = run_search(spec, stores, workers or os.cpu_count() or 1, trials, progress=terminal_progress(),
-                         threads=threads)
+    gpu_ids, workers = _gpu_workers(gpus, workers)
+    summary = run_search(spec, stores, workers, trials, progress=terminal_progress(), threads=threads,
+                         gpu_ids=gpu_ids)
     if summary["stopped_by"]:
         _stopped(summary["stopped_by"], f"{summary['complete'] + summary['pruned']}/{summary['target']} trials "
                  "ended, the running ones queued again with their params", f"wb search {study}")

@@ -18,7 +18,7 @@ from workbench.evaluate import evaluator_for
 from workbench.pictures import save_run_pictures
 from workbench.stopping import Interrupted
 from workbench.studies import Cell, Study
-from workbench.train import CHECKPOINT, Diverged, TrainResult, training
+from workbench.train import CHECKPOINT, Diverged, TrainResult, device_label, training
 
 RUN_ID = "mlflow_run_id"  # in a cell folder: the MLflow run its checkpoint belongs to
 
@@ -40,6 +40,7 @@ class CellRun:
                  config: RunConfig, folder: Path | None = None, share_checkpoints: bool = False):
         self.started = time.perf_counter()
         self.client, self.config = client, config
+        tags = tags | {tracking.DEVICE: device_label(config.train.device)}
         self._folder = tempfile.TemporaryDirectory() if folder is None else None
         self.folder = Path(self._folder.name) if folder is None else folder
         self.run_dir = self.folder / "run"
@@ -49,8 +50,8 @@ class CellRun:
         if earlier is not None:
             self.run_id, self.resume = earlier.info.run_id, True
             attempts = int(earlier.data.tags.get(tracking.ATTEMPTS, "1")) + 1
-            tracking.reopen(client, self.run_id, {tracking.ATTEMPTS: str(attempts),
-                                                  tracking.WORKER: tags.get(tracking.WORKER, "")})
+            tracking.reopen(client, self.run_id, {tracking.ATTEMPTS: str(attempts), **{
+                k: tags[k] for k in (tracking.WORKER, tracking.GPUS, tracking.DEVICE) if k in tags}})
             logged = tracking.last_steps(client, self.run_id)
         else:
             self.resume, logged = False, None

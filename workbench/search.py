@@ -29,7 +29,7 @@ import tomli_w
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from workbench import tracking
+from workbench import gpus, tracking
 from workbench.ablate import optuna_storage, supervise
 from workbench.config import RunConfig, flatten, with_overrides
 from workbench.runs import CellRun
@@ -192,10 +192,13 @@ def advance(trial: optuna.Trial, steps: list, metric: str, report: bool) -> tupl
                 return None, step
 
 
-def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, threads: int) -> None:
-    """Pops queued trials until none is left (one process; also usable on another machine)."""
+def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, threads: int,
+           gpu: str | None = None) -> None:
+    """Pops queued trials until none is left (one process; also usable on another machine), on GPU
+    `gpu` (its CUDA_VISIBLE_DEVICES) when given."""
     import warnings
 
+    gpus.use(gpu)
     import torch
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, GP sampler
@@ -217,7 +220,7 @@ def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, 
 
 
 def run_search(study: Study, stores: Stores, workers: int, trials: int | None = None, progress=print,
-               threads: int | None = None) -> dict:
+               threads: int | None = None, gpu_ids: list[str] | None = None) -> dict:
     """Prepares, starts `workers` local processes, shows progress until no trial runs (here or elsewhere),
     writes the confirmation study file. Returns the counts, the best trial and the paths."""
     mlflow.set_tracking_uri(stores.tracking_uri)
@@ -227,8 +230,8 @@ def run_search(study: Study, stores: Stores, workers: int, trials: int | None = 
     waiting = len(trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     context = multiprocessing.get_context("spawn")
     stopped_by = supervise(
-        trials_study, lambda: context.Process(target=worker, args=(str(study.path), stores, experiment_id, parent_id,
-                                                                   threads)),
+        trials_study, lambda slot: context.Process(target=worker, args=(
+            str(study.path), stores, experiment_id, parent_id, threads, gpus.for_slot(slot, gpu_ids or []))),
         min(workers, waiting), running=lambda: counts(trials_study)["running"],
         status=lambda: progress(status_line(study, trials_study, goal, started)))
     client = MlflowClient(stores.tracking_uri)

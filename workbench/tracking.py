@@ -34,6 +34,8 @@ CONFIG_HASH = "wb.config_hash"  # a cell's identity (studies.config_hash)
 SEED = "wb.seed"
 COMMIT = "wb.git_commit"
 WORKER = "wb.worker"  # host:pid that trained the cell
+GPUS = "wb.gpus"  # the worker's CUDA_VISIBLE_DEVICES (wb ablate/search --gpus), when set
+DEVICE = "wb.device"  # the device the cell trained on, e.g. "cuda:0 (NVIDIA H200)" or "cpu"
 AXIS = "wb.axis"  # comma-joined axis names; wb.axis.<name> = the cell's label on that axis
 VALUE = "wb.value"  # comma-joined labels
 TRIAL = "wb.trial"  # a search's child run: its Optuna trial number
@@ -296,6 +298,8 @@ def cell_tags(study: str, settings: tuple[tuple[str, str], ...], seed: int, key:
     """The tags of a cell's child run."""
     tags = {PARENT: parent_id, STUDY: study, SEED: str(seed), CONFIG_HASH: key, COMMIT: git_commit(),
             WORKER: f"{socket.gethostname()}:{os.getpid()}"}
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        tags[GPUS] = os.environ["CUDA_VISIBLE_DEVICES"]
     tags |= {f"{AXIS}.{name}": label for name, label in settings}
     return tags | {AXIS: ",".join(name for name, _ in settings), VALUE: ",".join(label for _, label in settings)}
 

@@ -72,6 +72,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_label(name: str) -> str:
+    """What train.device resolves to here, for the record: 'cuda:0 (NVIDIA H200)', 'cpu'."""
+    try:
+        device = resolve_device(name)
+    except ConfigError:
+        return f"{name} (unavailable)"
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(device)
+
+
 def build_net(config: RunConfig, data: Dataset) -> nn.Module:
     arch = config.net.arch
     if arch != "mlp" and data.kind == "points":
