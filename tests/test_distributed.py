@@ -139,3 +139,14 @@ def test_a_study_cell_with_train_nproc_2_trains_in_two_processes(tmp_path, monke
     cells = runs[runs["tags.wb.role"] != "study"]
     assert len(cells) == 2 and set(cells["status"]) == {"FINISHED"} and set(cells["params.train.nproc"]) == {"2"}
     assert cells["metrics.loss"].notna().all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_two_gpu_ranks_train_what_one_gpu_trains(tmp_path):
+    """NCCL, one GPU per rank: the same comparison as on the CPU (the MLP's matmuls in float32: torch
+    leaves TF32 off for them by default)."""
+    train(config("mlp", 1, "train.device=cuda"), tmp_path / "one", progress=False)
+    train(config("mlp", 2, "train.device=cuda"), tmp_path / "two", progress=False)
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5

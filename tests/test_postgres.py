@@ -1,10 +1,8 @@
-"""One study on a PostgreSQL server, from two launchers: what `wb ablate --storage postgresql://...`
-on several machines relies on. The module starts a throwaway server (initdb + pg_ctl, 127.0.0.1, a
-free port, trust authentication) and stops it at the end; it is skipped where the PostgreSQL server
-binaries are not installed (Debian: apt-get install postgresql)."""
-import os
-import shutil
-import socket
+"""One study on a PostgreSQL server, from two launchers, and from a launcher and `wb worker`s through
+an MLflow tracking server: what `wb ablate --storage postgresql://...` on several machines relies on.
+The module starts a throwaway server (workbench/servers.py: initdb + pg_ctl, 127.0.0.1, a free port,
+trust authentication) and stops it at the end; it is skipped where the PostgreSQL server binaries are
+not installed (Debian: apt-get install postgresql; .ci/run installs them)."""
 import subprocess
 import sys
 import tempfile
@@ -16,78 +14,28 @@ import optuna
 import pytest
 import torch
 
+from workbench.servers import MlflowServer, Postgres, postgres_binaries
+
 from conftest import tiny_study
-
-
-def server_binaries() -> Path | None:
-    """The folder holding initdb and pg_ctl: on PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
-    found = shutil.which("initdb")
-    if found and shutil.which("pg_ctl"):
-        return Path(found).resolve().parent
-    folders = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
-    return next((f for f in reversed(folders) if (f / "initdb").exists() and (f / "pg_ctl").exists()), None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def postgres():
     """A function: database name -> SQLAlchemy URL of a new, empty database on the test server."""
-    import psycopg  # the driver, in the test extra
-    binaries = server_binaries()
-    if binaries is None:
+    if postgres_binaries() is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; Debian: apt-get install postgresql")
-    # The server refuses to run as root: then it runs as the 'postgres' user, in a folder it owns.
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    folder = Path(tempfile.mkdtemp(prefix="wb-postgres-"))
-    if as_user:
-        shutil.chown(folder, "postgres")
-    data, port = folder / "data", free_port()
-
-    def run(*command):
-        subprocess.run([*as_user, *command], check=True, capture_output=True, timeout=120)
-
-    run(str(binaries / "initdb"), "-D", str(data), "-U", "wb", "--auth=trust")
-    run(str(binaries / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w", "-o",
-        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start")
-
-    def database(name: str) -> str:
-        with psycopg.connect(host="127.0.0.1", port=port, user="wb", dbname="postgres", autocommit=True) as connection:
-            connection.execute(f"CREATE DATABASE {name}")
-        return f"postgresql://wb@127.0.0.1:{port}/{name}"
-
-    yield database
-    run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-    shutil.rmtree(folder, ignore_errors=True)
+    server = Postgres(Path(tempfile.mkdtemp(prefix="wb-postgres-")))
+    yield server.database
+    server.stop()
 
 
 @pytest.fixture
 def mlflow_server(postgres, tmp_path):
     """An `mlflow server` on 127.0.0.1 backed by a new database on the test server, proxying artifacts
     into a folder of its own (the README's recipe for a team); yields (URL, artifacts folder)."""
-    import urllib.request
-
-    port, artifacts = free_port(), tmp_path / "server-artifacts"
-    log = (tmp_path / "mlflow-server.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres("mlflow_server"),
-         "--artifacts-destination", str(artifacts), "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=log, stderr=log, env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    url, deadline = f"http://127.0.0.1:{port}", time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            assert server.poll() is None and time.time() < deadline, (tmp_path / "mlflow-server.log").read_text()
-            time.sleep(0.5)
-    yield url, artifacts
-    server.terminate()
-    server.wait(timeout=30)
+    server = MlflowServer(postgres("mlflow_server"), tmp_path / "server-artifacts", tmp_path / "mlflow-server.log")
+    yield server.url, server.artifacts
+    server.stop()
 
 
 @pytest.mark.slow
