@@ -20,10 +20,15 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
+
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # inherited by the spawned workers
+warnings.filterwarnings("ignore", message=r".*(is experimental|is an experimental feature)")
 
 METRICS = ("loss", "mse", "weight_mean", "frac_r_neq_t", "lr", "steps_per_s", "grad_norm", "uerr")
 
@@ -33,6 +38,8 @@ def worker(storage: str, tracking_uri: str, experiment_id: str, parent_id: str, 
     import optuna
     from mlflow import MlflowClient
     from optuna.trial import TrialState
+
+    warnings.filterwarnings("ignore", message=r".*(is experimental|is an experimental feature)")
 
     from workbench import tracking
     from workbench.ablate import optuna_storage
@@ -86,6 +93,7 @@ def measure(n: int, cells_per_worker: int, rows: int, train_s: float, postgres, 
     from workbench.servers import MlflowServer
     from workbench.tracking import Stores
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = postgres.database(f"optuna_{n}")
     server = MlflowServer(postgres.database(f"mlflow_{n}"), folder / f"artifacts_{n}", folder / f"mlflow_{n}.log",
                           workers=2)
@@ -139,7 +147,7 @@ def main() -> None:
     from workbench.servers import Postgres
 
     with tempfile.TemporaryDirectory() as scratch:
-        postgres = Postgres(Path(scratch) / "postgres")
+        postgres = Postgres()
         try:
             print("| workers | cells | pop ms (median / p95) | flush ms (median / p95) | run start ms (median / p95) "
                   "| cells/s | flushes/s | wall s |")

@@ -5,9 +5,7 @@ trust authentication) and stops it at the end; it is skipped where the PostgreSQ
 not installed (Debian: apt-get install postgresql; .ci/run installs them)."""
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import mlflow
 import optuna
@@ -24,7 +22,7 @@ def postgres():
     """A function: database name -> SQLAlchemy URL of a new, empty database on the test server."""
     if postgres_binaries() is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; Debian: apt-get install postgresql")
-    server = Postgres(Path(tempfile.mkdtemp(prefix="wb-postgres-")))
+    server = Postgres()
     yield server.database
     server.stop()
 

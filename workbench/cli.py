@@ -9,9 +9,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from workbench.config import ConfigError, RunConfig, describe, with_overrides
-from workbench.data import DataError
-
 # Process-wide settings belong here, at the entry point, not in library modules.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded picture otherwise
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a 'View run' line per run on a server
@@ -23,11 +20,6 @@ warnings.filterwarnings("ignore", message=r"Argument ``heartbeat_interval`` is a
 
 app = typer.Typer(help="MeanFlow Workbench: train, ablate, search and report on one-step MeanFlow models.",
                   no_args_is_help=True, rich_markup_mode=None)
-
-
-def _config_keys() -> str:
-    rows = [f"  {key} = {default!s}: {doc}" for key, default, doc in describe()]
-    return "\b\nConfig keys for --set KEY=VALUE (default: description):\n" + "\n".join(rows)
 
 
 def _stores(storage: str | None, tracking_uri: str | None, share_checkpoints: bool = False):
@@ -76,7 +68,7 @@ def _stopped(signal_name: str, what: str, again: str) -> None:
     raise typer.Exit(EXIT_CODES[signal_name])
 
 
-@app.command(epilog=_config_keys())
+@app.command(epilog="Every config key for --set, with its default and allowed values: wb config")
 def train(
     data: Annotated[Optional[str], typer.Option(help="Data set (shortcut for --set data.name=...).")] = None,
     net: Annotated[Optional[str], typer.Option(help="Network: mlp, unet or dit (net.arch).")] = None,
@@ -91,6 +83,8 @@ def train(
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
 ) -> None:
     """Train one MeanFlow model; writes config.json, checkpoint.pt, metrics.jsonl and samples.png."""
+    from workbench.config import ConfigError, RunConfig, with_overrides
+    from workbench.data import DataError
     from workbench.evaluate import evaluator_for
     from workbench.fid import FeatureError
     from workbench.pictures import save_run_pictures
@@ -148,6 +142,7 @@ def eval_(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="eval.* override KEY=VALUE; repeatable.")] = None,
 ) -> None:
     """Re-evaluate a saved run's EMA checkpoint (2D: energy distance, sliced W2; images: FID, KID); writes eval.json."""
+    from workbench.config import RunConfig, with_overrides
     from workbench.evaluate import evaluator_for
     from workbench.fid import FeatureError
     from workbench.tracking import write_eval
@@ -176,6 +171,8 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 @app.command()
 def config() -> None:
     """List every config key with its default and allowed values."""
+    from workbench.config import describe
+
     for key, default, doc in describe():
         typer.echo(f"{key} = {default!s}    # {doc}")
 

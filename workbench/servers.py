@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -34,16 +35,17 @@ def postgres_binaries() -> Path | None:
 
 
 class Postgres:
-    """initdb + pg_ctl start in `folder`; `database(name)` creates one and returns its URL; `stop()`."""
+    """initdb + pg_ctl start in a new folder under the system's temporary folder (one the 'postgres'
+    user can reach); `database(name)` creates one and returns its URL; `stop()` removes it all."""
 
-    def __init__(self, folder: Path):
+    def __init__(self):
         binaries = postgres_binaries()
         if binaries is None:
             raise FileNotFoundError("PostgreSQL server binaries (initdb, pg_ctl) not found; Debian: "
                                     "apt-get install postgresql")
+        folder = Path(tempfile.mkdtemp(prefix="wb-postgres-"))
         self.bin, self.folder, self.port = binaries, folder, free_port()
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        folder.mkdir(parents=True, exist_ok=True)
         if self.as_user:
             shutil.chown(folder, "postgres")
         self._run("initdb", "-D", str(folder / "data"), "-U", "wb", "--auth=trust")
@@ -51,7 +53,9 @@ class Postgres:
                   f"-p {self.port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=300", "start")
 
     def _run(self, tool: str, *args: str) -> None:
-        subprocess.run([*self.as_user, str(self.bin / tool), *args], check=True, capture_output=True, timeout=120)
+        done = subprocess.run([*self.as_user, str(self.bin / tool), *args], capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise RuntimeError(f"{tool} failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-2000:]}")
 
     def database(self, name: str) -> str:
         import psycopg  # the driver, in the postgres and test extras
@@ -108,7 +112,7 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--mlflow-workers", type=int, default=2)
     folder = parser.parse_args().folder.resolve()
-    postgres = Postgres(folder / "postgres")
+    postgres = Postgres()
     try:
         storage = postgres.database("optuna")
         server = MlflowServer(postgres.database("mlflow"), folder / "artifacts", folder / "mlflow-server.log",
