@@ -45,11 +45,22 @@ def test_resume_of_a_non_run_exits_2(tmp_path):
     assert result.exit_code == 2 and "config.json" in result.output
 
 
-def test_help_lists_every_config_key():
-    result = runner.invoke(app, ["train", "--help"])
+def test_wb_config_lists_every_config_key_and_train_help_points_at_it():
+    result = runner.invoke(app, ["config"])
     assert result.exit_code == 0
-    for key in ("meanflow.ratio", "meanflow.tangent", "net.time_cond", "meanflow.cfg_kappa", "train.ema_decay"):
+    for key in ("meanflow.ratio", "meanflow.tangent", "net.time_cond", "meanflow.cfg_kappa", "train.ema_decay",
+                "train.nproc"):
         assert key in result.output
+    assert "wb config" in runner.invoke(app, ["train", "--help"]).output
+
+
+def test_the_cli_starts_without_importing_torch_mlflow_or_optuna():
+    """What keeps `wb --help` and every argument error fast: the heavy libraries load in the commands."""
+    import subprocess
+    import sys
+
+    code = "import sys, workbench.cli; print(sorted(m for m in ('torch', 'mlflow', 'optuna', 'pandas') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
 def test_dry_run_prints_config(tmp_path):
