@@ -6,9 +6,13 @@ import sys
 import time
 
 import mlflow
+import optuna
+import pytest
 from typer.testing import CliRunner
 
+from workbench.ablate import trials_name
 from workbench.cli import app
+from workbench.studies import load_study
 
 from conftest import tiny_study
 
@@ -40,6 +44,21 @@ def test_two_workers_one_finished_child_per_cell_then_only_new_cells(tmp_path, m
                                                    "ratio=0.5 seed=1"]
     assert runs["metrics.energy_1nfe"].notna().all() and (runs["params.meanflow.ratio"].isin(["0.0", "0.5"])).all()
     assert runs["tags.wb.config_hash"].nunique() == 4
+    # The MLflow UI opens the experiment in its model-training view; the parent row shows each setting's mean.
+    client = mlflow.MlflowClient()
+    assert client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"] == "custom_model_development"
+    parent_metrics = client.get_run(parents["run_id"].iloc[0]).data.metrics
+    for value in ("0.0", "0.5"):
+        mine = runs[runs["params.meanflow.ratio"] == value]["metrics.energy_1nfe"]
+        assert parent_metrics[f"energy_1nfe/{value}"] == pytest.approx(mine.mean())
+    # Optuna holds each cell's settings as params (what optuna-dashboard's importance and slice views read).
+    spec = load_study(study)
+    trials = optuna.load_study(study_name=trials_name(spec), storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert sorted((t.params["ratio"], t.params["seed"]) for t in trials) == [("0.0", 0), ("0.0", 1), ("0.5", 0),
+                                                                            ("0.5", 1)]
+    assert {t.values[0] for t in trials} == set(runs["metrics.energy_1nfe"])
+    assert set(optuna.importance.get_param_importances(optuna.load_study(
+        study_name=trials_name(spec), storage=f"sqlite:///{tmp_path / 'optuna.db'}"))) == {"ratio", "seed"}
 
     again = CliRunner().invoke(app, ["ablate", str(study), "--workers", "2"])  # nothing left to run
     assert again.exit_code == 0 and len(children()[0]) == 4
@@ -52,6 +71,10 @@ def test_two_workers_one_finished_child_per_cell_then_only_new_cells(tmp_path, m
     runs, parents = children()
     assert len(parents) == 1 and len(runs) == 6
     assert runs.groupby("tags.wb.config_hash").size().max() == 1
+    # A new value is a new Optuna parameter space: a new Optuna study holding all 6 cells, 4 recorded from MLflow.
+    trials = optuna.load_study(study_name=trials_name(load_study(study)), storage=f"sqlite:///{tmp_path / 'optuna.db'}"
+                               ).trials
+    assert sorted(t.params["ratio"] for t in trials) == ["0.0", "0.0", "0.5", "0.5", "1.0", "1.0"]
 
 
 def test_killed_launcher_resumes_with_every_cell_exactly_once(tmp_path):

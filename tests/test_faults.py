@@ -16,7 +16,7 @@ import pytest
 import torch
 from optuna.storages import RDBStorage
 
-from workbench.ablate import ClaimingStorage
+from workbench.ablate import ClaimingStorage, trials_name
 
 from conftest import tiny_study
 
@@ -104,7 +104,8 @@ def test_a_stopped_launcher_checkpoints_its_cells_and_a_rerun_continues_them(tmp
     took = time.time() - asked
     output = (tmp_path / "launcher.log").read_text()
     assert "Traceback" not in output and f"stopped ({signal.Signals(signum).name})" in output, output
-    assert "run `wb ablate" in output and "again to continue" in output
+    # the rerun command as this launcher was started (python -m workbench.cli here; wb or .venv/bin/wb from a shell)
+    assert f"run `{Path(sys.executable).name} -m workbench.cli ablate {study}` again to continue" in output, output
 
     runs, parents = _runs(tmp_path)
     assert parents["status"].tolist() == ["KILLED"] and set(runs["status"]) == {"KILLED"} and len(runs) == 2, output
@@ -323,7 +324,8 @@ def test_a_killed_worker_is_found_by_heartbeat_and_its_cell_continues_from_its_c
     assert resumed["run_id"] == run.info.run_id and resumed["tags.wb.attempts"] == "2"
     for run_id in runs["run_id"]:
         assert _loss_steps(client, run_id) == list(range(10, 1501, 10))  # no gap, no duplicated step
-    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'optuna.db'}").get_trials()
+    trials = optuna.load_study(study_name=trials_name(load_study(study)), storage=f"sqlite:///{tmp_path / 'optuna.db'}"
+                               ).get_trials()
     assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE", "FAIL"]  # the dead attempt, failed
 
 

@@ -7,12 +7,13 @@ import subprocess
 import sys
 import time
 
-import mlflow
 import optuna
 import pytest
 import torch
 
+from workbench.ablate import trials_name
 from workbench.servers import MlflowServer, Postgres, postgres_binaries
+from workbench.studies import load_study
 
 from conftest import tiny_study
 
@@ -37,16 +38,18 @@ def mlflow_server(postgres, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_launcher_and_two_wb_workers_run_one_study_through_an_mlflow_server(tmp_path, postgres, mlflow_server):
-    """Three worker processes (a launcher's and two `wb worker`s, each in a folder of its own as on
-    separate machines) on one PostgreSQL storage and one MLflow server reached over HTTP."""
+def test_two_launchers_and_a_wb_worker_run_one_study_through_an_mlflow_server(tmp_path, postgres, mlflow_server):
+    """Three worker processes on one PostgreSQL storage and one MLflow server reached over HTTP, each in a
+    folder of its own as on separate machines: two launchers' (`wb ablate --workers 1`; the second joins
+    once the first has prepared the study) and a launcher-less `wb worker`. Every launcher waits for the
+    whole study, so all three exit 0 only once every cell has finished."""
     from mlflow import MlflowClient
 
     storage, (tracking, server_artifacts) = postgres("optuna_server"), mlflow_server
     study = tmp_path / "tiny.toml"
     study.write_text(tiny_study(1500, "values = [0.0, 0.25, 0.5, 1.0]"))  # 8 cells of ~5 s
     stores = ["--threads", "1", "--storage", storage, "--tracking-uri", tracking]
-    machines = [tmp_path / name for name in ("launcher", "worker1", "worker2")]
+    machines = [tmp_path / name for name in ("launcher1", "launcher2", "worker")]
     for folder in machines:
         folder.mkdir()
     logs = [(folder / "out.log").open("w") for folder in machines]
@@ -57,9 +60,10 @@ def test_a_launcher_and_two_wb_workers_run_one_study_through_an_mlflow_server(tm
     while "[tiny]" not in (machines[0] / "out.log").read_text():  # prepared: the queue and the parent run exist
         assert launcher.poll() is None and time.time() < deadline, (machines[0] / "out.log").read_text()
         time.sleep(0.5)
-    workers = [subprocess.Popen([*cli, "worker", str(study), *stores], cwd=folder, stdout=log, stderr=log)
-               for folder, log in zip(machines[1:], logs[1:])]
-    codes = [p.wait(timeout=600) for p in (launcher, *workers)]
+    others = [subprocess.Popen([*cli, *command, str(study), *stores], cwd=folder, stdout=log, stderr=log)
+              for command, folder, log in zip((["ablate", "--workers", "1", "--no-report"], ["worker"]), machines[1:],
+                                              logs[1:])]
+    codes = [p.wait(timeout=600) for p in (launcher, *others)]
     output = "".join((folder / "out.log").read_text() for folder in machines)
     assert codes == [0, 0, 0], output
     assert "View run" not in output  # MLflow's per-run URL lines are switched off
@@ -74,7 +78,7 @@ def test_a_launcher_and_two_wb_workers_run_one_study_through_an_mlflow_server(tm
     assert len(cells) == 8 and {r.info.status for r in cells} == {"FINISHED"}
     assert len({r.data.tags["wb.config_hash"] for r in cells}) == 8
     assert {r.data.tags["mlflow.parentRunId"] for r in cells} == {parents[0].info.run_id}
-    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    trials = optuna.load_study(study_name=trials_name(load_study(study)), storage=storage).get_trials()
     complete = [t.user_attrs["cell"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert sorted(complete) == sorted(r.data.tags["wb.config_hash"] for r in cells)
     # All three trained (each worker process tags its runs with its host and pid).
@@ -90,35 +94,6 @@ def test_a_launcher_and_two_wb_workers_run_one_study_through_an_mlflow_server(tm
     assert weights and all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     assert len(list(server_artifacts.rglob("ema.pt"))) == 8
     assert not any((folder / "mlartifacts").exists() for folder in machines)
-
-
-@pytest.mark.slow
-def test_two_launchers_share_one_study_and_each_cell_runs_once(tmp_path, postgres):
-    storage, tracking = postgres("optuna"), postgres("mlflow")
-    study = tmp_path / "tiny.toml"
-    study.write_text(tiny_study(1500, "values = [0.0, 0.25, 0.5, 1.0]"))  # 8 cells of ~4 s: the second joins in time
-    # Two "machines" on this one: a worker and a thread each, so they do not oversubscribe the cores.
-    command = [sys.executable, "-m", "workbench.cli", "ablate", str(study), "--workers", "1", "--threads", "1",
-               "--storage", storage, "--tracking-uri", tracking, "--no-report"]
-    logs = [(tmp_path / f"machine{i}.log").open("w") for i in (1, 2)]
-    # The first launcher creates the schemas, the experiment and the queue; a second machine joins
-    # once it runs (concurrent first-time schema creation is not safe on any database).
-    first = subprocess.Popen(command, cwd=tmp_path, stdout=logs[0], stderr=logs[0])
-    deadline = time.time() + 120
-    while "[tiny]" not in (tmp_path / "machine1.log").read_text():
-        assert first.poll() is None and time.time() < deadline, (tmp_path / "machine1.log").read_text()
-        time.sleep(0.5)
-    second = subprocess.Popen(command, cwd=tmp_path, stdout=logs[1], stderr=logs[1])
-    assert first.wait(timeout=600) == 0 and second.wait(timeout=600) == 0, \
-        (tmp_path / "machine1.log").read_text() + (tmp_path / "machine2.log").read_text()
-
-    mlflow.set_tracking_uri(tracking)
-    runs = mlflow.search_runs(experiment_names=["tiny"])
-    cells, parents = runs[runs["tags.wb.role"] != "study"], runs[runs["tags.wb.role"] == "study"]
-    assert len(parents) == 1 and parents["status"].iloc[0] == "FINISHED"
-    assert len(cells) == 8 and set(cells["status"]) == {"FINISHED"} and cells["tags.wb.config_hash"].nunique() == 8
-    # Both machines trained: each worker process logs its host and pid with every run.
-    assert cells["tags.wb.worker"].nunique() == 2, cells["tags.wb.worker"].value_counts()
 
 
 def test_a_postgres_url_without_its_driver_exits_2_naming_the_extra(tmp_path, monkeypatch):

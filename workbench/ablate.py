@@ -10,6 +10,7 @@ whose MLflow run finished before the kill is recorded as complete instead.
 """
 from __future__ import annotations
 
+import datetime
 import multiprocessing
 import os
 import time
@@ -57,6 +58,32 @@ def optuna_storage(stores: Stores, max_retry: int = 3) -> optuna.storages.RDBSto
                            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry))
 
 
+def distributions(study: Study) -> dict[str, optuna.distributions.CategoricalDistribution]:
+    """Each axis (by name) and the seed as a categorical Optuna parameter: an ablation's trials carry their
+    settings as params, so optuna-dashboard's importance, slice and parallel-coordinate views work on it."""
+    axes = {axis.name: optuna.distributions.CategoricalDistribution(list(axis.labels)) for axis in study.axes}
+    return axes | {"seed": optuna.distributions.CategoricalDistribution(list(study.seeds))}
+
+
+def trials_name(study: Study) -> str:
+    """The Optuna study of an ablation: its name and a digest of its settings. Optuna fixes a parameter's
+    choices once recorded, so a study file that adds a value to an axis gets a new Optuna study; prepare()
+    records the cells finished in MLflow into it, so none runs twice."""
+    import hashlib
+    import json
+
+    space = {name: list(d.choices) for name, d in distributions(study).items()}
+    return f"{study.name}.{hashlib.sha256(json.dumps(space, default=str).encode()).hexdigest()[:8]}"
+
+
+def cell_params(cell) -> dict:
+    return dict(cell.settings) | {"seed": cell.seed}
+
+
+def enqueue(trials_study: optuna.Study, cell) -> None:
+    trials_study.enqueue_trial(cell_params(cell), user_attrs={"cell": cell.key, "name": cell.run_name})
+
+
 def prepare(study: Study, stores: Stores) -> tuple[str, str, optuna.Study]:
     """Creates (or finds) the experiment, parent run and Optuna study; enqueues unfinished cells.
 
@@ -65,8 +92,10 @@ def prepare(study: Study, stores: Stores) -> tuple[str, str, optuna.Study]:
     client = MlflowClient(stores.tracking_uri)
     experiment_id = tracking.experiment_id(client, study.name, stores.artifacts)
     parent_id = tracking.parent_run(client, experiment_id, study.name, study.description, study_file_text(study))
+    tracking.share_view(client, experiment_id, study.metric, [key for axis in study.axes for key in axis.keys],
+                        list(dict.fromkeys(",".join(label for _, label in c.settings) for c in study.cells())))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    trials_study = optuna.create_study(study_name=study.name, storage=optuna_storage(stores),
+    trials_study = optuna.create_study(study_name=trials_name(study), storage=optuna_storage(stores),
                                        direction="minimize", load_if_exists=True)
     optuna.storages.fail_stale_trials(trials_study)
     for trial in trials_study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
@@ -78,15 +107,17 @@ def prepare(study: Study, stores: Stores) -> tuple[str, str, optuna.Study]:
         TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING) or DIVERGED in t.user_attrs}
     # A worker killed after its MLflow run finished but before Optuna recorded the trial left a
     # finished cell behind a failed trial: record it as complete rather than train it again.
+    by_key = {cell.key: cell for cell in study.cells()}
     for key, run in finished_cells(client, parent_id).items():
-        if key not in taken:
+        if key not in taken and key in by_key:
             trials_study.add_trial(optuna.trial.create_trial(
                 state=TrialState.COMPLETE, value=run.data.metrics.get(study.metric, float("inf")),
+                params=cell_params(by_key[key]), distributions=distributions(study),
                 user_attrs={"cell": key, "name": run.info.run_name, "mlflow_run_id": run.info.run_id}))
             taken.add(key)
     for cell in study.cells():
         if cell.key not in taken:
-            trials_study.enqueue_trial({}, user_attrs={"cell": cell.key, "name": cell.run_name})
+            enqueue(trials_study, cell)
     tracking.reopen(client, parent_id)
     return experiment_id, parent_id, trials_study
 
@@ -111,14 +142,16 @@ def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, 
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(study_path)
-    cells = {cell.key: cell for cell in study.cells()}
+    cells, axes = {cell.key: cell for cell in study.cells()}, distributions(study)
     client = MlflowClient(stores.tracking_uri)
-    trials_study = optuna.load_study(study_name=study.name, storage=optuna_storage(stores))
+    trials_study = optuna.load_study(study_name=trials_name(study), storage=optuna_storage(stores))
 
     def objective(trial: optuna.Trial) -> float:
         cell = cells.get(trial.user_attrs.get("cell"))
         if cell is None:  # another worker took the last enqueued cell first; ask() made a fresh trial
             raise optuna.TrialPruned()
+        for name, distribution in axes.items():  # the enqueued values: the cell's settings become its params
+            trial.suggest_categorical(name, distribution.choices)
         finished = tracking.finished_child(client, parent_id, cell.key)
         if finished is not None:  # a worker died after its run finished, before Optuna recorded the trial
             trial.set_user_attr("mlflow_run_id", finished.info.run_id)
@@ -138,7 +171,7 @@ def worker(study_path: str, stores: Stores, experiment_id: str, parent_id: str, 
             raise
         except Interrupted as err:  # queued again at once: the next worker or launch continues it
             trial.set_user_attr(INTERRUPTED, err.step)
-            trials_study.enqueue_trial({}, user_attrs={"cell": cell.key, "name": cell.run_name})
+            enqueue(trials_study, cell)
             raise
         return metrics.get(study.metric, float("nan"))
 
@@ -162,9 +195,10 @@ def run_study(study: Study, stores: Stores, workers: int, progress=print, thread
         trials_study, lambda slot: context.Process(target=worker, args=(
             str(study.path), stores, experiment_id, parent_id, threads, gpus.for_slot(slot, gpu_ids or []))),
         min(workers, waiting), running=lambda: counts(study, trials_study)["running"],
-        status=lambda: progress(status_line(study, trials_study, total, started)))
+        status=lambda: progress(status_line(study, trials_study, total, started, min(workers, waiting))))
     client = MlflowClient(stores.tracking_uri)
     summary = counts(study, trials_study)
+    tracking.log_setting_means(client, parent_id, study.metric)
     status = "KILLED" if stopped_by else "FINISHED" if summary["done"] == total else "FAILED"
     tracking.end_run(client, parent_id, status, keep_end_time=not waiting)  # nothing ran: keep the end time
     return {"experiment_id": experiment_id, "parent_run_id": parent_id, **summary, "total": total,
@@ -173,11 +207,13 @@ def run_study(study: Study, stores: Stores, workers: int, progress=print, thread
 
 def finish_parent(study: Study, stores: Stores, parent_id: str) -> str:
     """After a launcher-less worker (`wb worker`): the last one out ends the parent run; says where the study is."""
-    trials_study = optuna.load_study(study_name=study.name, storage=optuna_storage(stores))
+    trials_study = optuna.load_study(study_name=trials_name(study), storage=optuna_storage(stores))
     c, total = counts(study, trials_study), len(study.cells())
     waiting = trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     if not c["running"] and not waiting:
-        tracking.end_run(MlflowClient(stores.tracking_uri), parent_id, "FINISHED" if c["done"] == total else "FAILED")
+        client = MlflowClient(stores.tracking_uri)
+        tracking.log_setting_means(client, parent_id, study.metric)
+        tracking.end_run(client, parent_id, "FINISHED" if c["done"] == total else "FAILED")
     return f"{c['done']}/{total} cells finished, {c['failed']} failed, {len(c['running'])} running elsewhere"
 
 
@@ -226,15 +262,22 @@ def counts(study: Study, trials_study: optuna.Study) -> dict:
             "interrupted": len(interrupted)}
 
 
-def status_line(study: Study, trials_study: optuna.Study, total: int, started: float) -> str:
+def status_line(study: Study, trials_study: optuna.Study, total: int, started: float, workers: int = 1) -> str:
+    """One line: cells done / running / failed, elapsed, and the time left: the work not done yet (the mean
+    cell time for each cell not started, less what the running ones have done) spread over the workers,
+    so it does not jump as cells start and finish."""
     c = counts(study, trials_study)
     elapsed = time.time() - started
-    durations = [t.duration.total_seconds() for t in trials_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                 if t.duration]
+    trials = trials_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    durations = [t.duration.total_seconds() for t in trials if t.state == TrialState.COMPLETE and t.duration]
     remaining = ""
     if durations and c["done"] < total:
-        parallel = max(1, len(c["running"]))
-        remaining = f", ~{(total - c['done']) * (sum(durations) / len(durations)) / parallel / 60:.1f} min left"
+        mean = sum(durations) / len(durations)
+        now = datetime.datetime.now()
+        running = [min(mean, (now - t.datetime_start).total_seconds()) for t in trials
+                   if t.state == TrialState.RUNNING and t.datetime_start]
+        left = max(0.0, (total - c["done"]) * mean - sum(running)) / max(1, workers)
+        remaining = f", ~{left / 60:.1f} min left"
     return (f"[{study.name}] {c['done']}/{total} cells done, {len(c['running'])} running"
             f"{': ' + '; '.join(c['running']) if c['running'] else ''}, {c['failed']} failed, "
             f"{elapsed / 60:.1f} min elapsed{remaining}")

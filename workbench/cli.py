@@ -55,6 +55,21 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _wb() -> str:
+    """The command that runs wb as this process was run, for hints the user can paste: `wb` when that is
+    on PATH, else the entry point's path (.venv/bin/wb after the Quickstart), else python -m workbench.cli."""
+    import shutil
+    import sys
+
+    here = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    found = shutil.which("wb")
+    if found and here and Path(found).resolve() == here:
+        return "wb"
+    if here and here.name == "wb" and here.is_file():
+        return str(here.relative_to(Path.cwd())) if here.is_relative_to(Path.cwd()) else str(here)
+    return f"{Path(sys.executable).name} -m workbench.cli"
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
@@ -70,17 +85,19 @@ def _stopped(signal_name: str, what: str, again: str) -> None:
 
 @app.command(epilog="Every config key for --set, with its default and allowed values: wb config")
 def train(
-    data: Annotated[Optional[str], typer.Option(help="Data set (shortcut for --set data.name=...).")] = None,
-    net: Annotated[Optional[str], typer.Option(help="Network: mlp, unet or dit (net.arch).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (train.steps).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Training seed (train.seed).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Config override KEY=VALUE; repeatable.")] = None,
-    run_dir: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/DATA-NET-TIME].")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last checkpoint.")] = None,
+    data: Annotated[Optional[str], typer.Option(metavar="NAME", help="Data set (shortcut for --set data.name=...).")] = None,
+    net: Annotated[Optional[str], typer.Option(metavar="ARCH", help="Network: mlp, unet or dit (net.arch).")] = None,
+    steps: Annotated[Optional[int], typer.Option(metavar="N", help="Optimizer steps (train.steps).")] = None,
+    seed: Annotated[Optional[int], typer.Option(metavar="N", help="Training seed (train.seed).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", metavar="KEY=VALUE", help="Config override KEY=VALUE; repeatable.")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(metavar="DIR", help="Run folder [default: runs/DATA-NET-TIME].")] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        metavar="DIR", help="Continue the run in this folder from its last checkpoint.")] = None,
     nproc: Annotated[Optional[int], typer.Option(
-        min=1, help="Processes training the run data-parallel on this machine, started with torchrun (train.nproc); "
-                    "for several machines run `torchrun ... -m workbench.cli train` yourself.")] = None,
-    dry_run: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
+        metavar="N", min=1, help="Processes training the run data-parallel on this machine, started with torchrun "
+        "(train.nproc); for several machines run `torchrun ... -m workbench.cli train` yourself.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
 ) -> None:
     """Train one MeanFlow model; writes config.json, checkpoint.pt, metrics.jsonl and samples.png."""
     from workbench.config import ConfigError, RunConfig, with_overrides
@@ -138,8 +155,9 @@ def _torchrun(nproc: int, args: list[str]) -> int:
 
 @app.command("eval")
 def eval_(
-    run: Annotated[Path, typer.Argument(help="Run folder written by wb train.")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="eval.* override KEY=VALUE; repeatable.")] = None,
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder written by wb train.")],
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", metavar="KEY=VALUE", help="eval.* override KEY=VALUE; repeatable.")] = None,
 ) -> None:
     """Re-evaluate a saved run's EMA checkpoint (2D: energy distance, sliced W2; images: FID, KID); writes eval.json."""
     from workbench.config import RunConfig, with_overrides
@@ -179,24 +197,26 @@ def config() -> None:
 
 @app.command()
 def ablate(
-    study: Annotated[str, typer.Argument(help="Study name in studies/ (e.g. quick) or a path to a .toml file.")],
+    study: Annotated[str, typer.Argument(metavar="STUDY", help="Study name in studies/ (e.g. quick) or a path to a .toml file.")],
     workers: Annotated[Optional[int], typer.Option(
-        min=1, help="Local worker processes, threads split between them [default: one per GPU, else one per CPU "
-                    "core; measured faster than one worker with all threads, benchmarks/study_workers.py].")] = None,
-    gpus: Annotated[Optional[str], typer.Option(help=GPUS_HELP)] = None,
+        metavar="N", min=1, help="Local worker processes, threads split between them [default: one per GPU, else one "
+        "per CPU core; measured faster than one worker with all threads, benchmarks/study_workers.py].")] = None,
+    gpus: Annotated[Optional[str], typer.Option(metavar="all|IDS", help=GPUS_HELP)] = None,
     threads: Annotated[Optional[int], typer.Option(
-        min=1, help="Torch threads per worker [default: the CPU cores split between the workers]; lower it when "
-                    "other launchers share the machine.")] = None,
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL [default: sqlite:///optuna.db].")] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
-    share_checkpoints: Annotated[bool, typer.Option(
+        metavar="N", min=1, help="Torch threads per worker [default: the CPU cores split between the workers]; lower "
+        "it when other launchers share the machine.")] = None,
+    storage: Annotated[Optional[str], typer.Option(
+        metavar="URL", help="Optuna storage URL [default: sqlite:///optuna.db].")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(
+        metavar="URI", help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
+    share_checkpoints: Annotated[bool, typer.Option("--share-checkpoints",
         help="Upload every checkpoint to the cell's MLflow run, so that a cell whose machine is lost continues "
              "on another (one upload per train.checkpoint_every steps).")] = False,
-    prepare_only: Annotated[bool, typer.Option(
+    prepare_only: Annotated[bool, typer.Option("--prepare-only",
         help="Create the stores and queue the cells, then exit; `wb worker` processes (a job array) run them.")] = False,
-    dry_run: Annotated[bool, typer.Option(help="Print the table of cells and exit.")] = False,
-    no_report: Annotated[bool, typer.Option(help="Skip rendering reports/<study>/README.md at the end.")] = False,
-    reports: Annotated[str, typer.Option(help="Where the report goes.")] = "reports",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the table of cells and exit.")] = False,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip rendering reports/<study>/README.md at the end.")] = False,
+    reports: Annotated[str, typer.Option(metavar="DIR", help="Where the report goes.")] = "reports",
 ) -> None:
     """Run every cell (config x seed) of a study, resumably, as MLflow child runs under one parent run."""
     from workbench.studies import StudyError, load_study
@@ -208,12 +228,14 @@ def ablate(
     if not spec.axes:
         _fail(f"{spec.path}: no [[axes]] to ablate; it is a search: wb search {spec.name}")
     cells = spec.cells()
-    typer.echo(f"study {spec.name}: {len(cells)} cells, metric {spec.metric}, budget ~{spec.budget_minutes:g} min")
+    expected = ("" if not spec.budget_minutes else f", about {spec.budget_minutes:g} min with 2 workers on 2 CPU cores "
+                "(measured)" if spec.budget_minutes < 1000 else ", sized for GPUs (no CPU estimate)")
+    typer.echo(f"study {spec.name}: {len(cells)} cells, metric {spec.metric}{expected}")
     if dry_run:
         for cell in cells:
             typer.echo(f"  {cell.key}  {cell.run_name}")
         return
-    from workbench.ablate import run_study, terminal_progress
+    from workbench.ablate import run_study, terminal_progress, trials_name
     from workbench.tracking import StoreError
 
     try:
@@ -226,20 +248,23 @@ def ablate(
         _, _, trials_study = prepare(spec, stores)
         done = counts(spec, trials_study)["done"]
         typer.echo(f"prepared: {len(cells) - done} cells queued, {done} finished; run them with "
-                   f"wb worker {study} --storage {stores.storage} --tracking-uri {stores.tracking_uri}")
+                   f"{_wb()} worker {study} --storage {stores.storage} --tracking-uri {stores.tracking_uri}")
         return
     gpu_ids, workers = _gpu_workers(gpus, workers)
     summary = run_study(spec, stores, workers, progress=terminal_progress(), threads=threads, gpu_ids=gpu_ids)
     if summary["stopped_by"]:
         _stopped(summary["stopped_by"], f"{summary['done']}/{summary['total']} cells finished, "
-                 f"{summary['interrupted']} stopped at a checkpoint", f"wb ablate {study}")
+                 f"{summary['interrupted']} stopped at a checkpoint", f"{_wb()} ablate {study}")
     typer.echo(f"{summary['done']}/{summary['total']} cells finished, {summary['failed']} failed"
                + (f" ({summary['diverged']} diverged: NaN/inf loss, not run again)" if summary["diverged"] else "")
                + f", {summary['seconds'] / 60:.1f} min")
     typer.echo(f"MLflow: {stores.tracking_uri} (experiment {spec.name}, parent run {summary['parent_run_id']})")
-    typer.echo(f"Optuna: {stores.storage} (study {spec.name})")
-    typer.echo(f"Browse: {stores.tracking_uri}" if stores.tracking_uri.startswith(("http:", "https:"))
-               else f"Browse: wb ui --tracking-uri {stores.tracking_uri}")
+    typer.echo(f"Optuna: {stores.storage} (study {trials_name(spec)})")
+    from workbench.tracking import view_url
+
+    typer.echo(f"Browse: {view_url(stores.tracking_uri, summary['experiment_id'])}"
+               if stores.tracking_uri.startswith(("http:", "https:"))
+               else f"Browse: {_wb()} ui --tracking-uri {stores.tracking_uri}  (it prints each study's link)")
     if not no_report:
         from workbench.report import render
 
@@ -250,21 +275,24 @@ def ablate(
 
 @app.command()
 def search(
-    study: Annotated[str, typer.Argument(help="Study name in studies/ (one with a [search] section) or a .toml path.")],
+    study: Annotated[str, typer.Argument(
+        metavar="STUDY", help="Study name in studies/ (one with a [search] section) or a .toml path.")],
     trials: Annotated[Optional[int], typer.Option(
-        min=1, help="Trials in all [default: the study's search.trials]; a rerun adds the missing ones.")] = None,
+        metavar="N", min=1, help="Trials in all [default: the study's search.trials]; a rerun adds the missing ones.")] = None,
     workers: Annotated[Optional[int], typer.Option(
-        min=1, help="Local worker processes [default: one per GPU, else one per CPU core].")] = None,
-    gpus: Annotated[Optional[str], typer.Option(help=GPUS_HELP)] = None,
+        metavar="N", min=1, help="Local worker processes [default: one per GPU, else one per CPU core].")] = None,
+    gpus: Annotated[Optional[str], typer.Option(metavar="all|IDS", help=GPUS_HELP)] = None,
     threads: Annotated[Optional[int], typer.Option(
-        min=1, help="Torch threads per worker [default: the CPU cores split between the workers].")] = None,
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL [default: sqlite:///optuna.db].")] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
-    prepare_only: Annotated[bool, typer.Option(
+        metavar="N", min=1, help="Torch threads per worker [default: the CPU cores split between the workers].")] = None,
+    storage: Annotated[Optional[str], typer.Option(
+        metavar="URL", help="Optuna storage URL [default: sqlite:///optuna.db].")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(
+        metavar="URI", help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
+    prepare_only: Annotated[bool, typer.Option("--prepare-only",
         help="Create the stores and queue the trials, then exit; `wb worker` processes (a job array) run them.")] = False,
-    dry_run: Annotated[bool, typer.Option(help="Print the search space and exit.")] = False,
-    no_report: Annotated[bool, typer.Option(help="Skip rendering reports/<study>/search.md at the end.")] = False,
-    reports: Annotated[str, typer.Option(help="Where the report goes.")] = "reports",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the search space and exit.")] = False,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip rendering reports/<study>/search.md at the end.")] = False,
+    reports: Annotated[str, typer.Option(metavar="DIR", help="Where the report goes.")] = "reports",
 ) -> None:
     """Optuna search over a study's [search] space: a trial per sampled config (one run per seed), pruned on
     the eval.every scores, resumable, as MLflow child runs under one parent run; writes the best config as
@@ -302,7 +330,7 @@ def search(
 
         c = counts(prepare(spec, stores, trials)[2])
         typer.echo(f"prepared: {c['waiting']} trials queued, {c['complete'] + c['pruned'] + c['failed']} ended; run "
-                   f"them with wb worker {study} --storage {stores.storage} --tracking-uri {stores.tracking_uri}")
+                   f"them with {_wb()} worker {study} --storage {stores.storage} --tracking-uri {stores.tracking_uri}")
         return
     from workbench.ablate import terminal_progress
 
@@ -311,7 +339,7 @@ def search(
                          gpu_ids=gpu_ids)
     if summary["stopped_by"]:
         _stopped(summary["stopped_by"], f"{summary['complete'] + summary['pruned']}/{summary['target']} trials "
-                 "ended, the running ones queued again with their params", f"wb search {study}")
+                 "ended, the running ones queued again with their params", f"{_wb()} search {study}")
     typer.echo(f"{summary['complete']} complete, {summary['pruned']} pruned, {summary['failed']} failed of "
                f"{summary['target']} trials, {summary['seconds'] / 60:.1f} min")
     best = summary["best"]
@@ -331,11 +359,13 @@ def search(
 
 @app.command()
 def report(
-    studies: Annotated[Optional[list[str]], typer.Argument(help="Study names as recorded (e.g. table1a).")] = None,
-    suite: Annotated[bool, typer.Option(help="Also write reports/table1/README.md over table1a-f.")] = False,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
+    studies: Annotated[Optional[list[str]], typer.Argument(
+        metavar="STUDY...", help="Study names as recorded (e.g. table1a).")] = None,
+    suite: Annotated[bool, typer.Option("--suite", help="Also write reports/table1/README.md over table1a-f.")] = False,
+    tracking_uri: Annotated[Optional[str], typer.Option(
+        metavar="URI", help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
     storage: Annotated[Optional[str], typer.Option(
-        help="Optuna storage URL of a search [default: sqlite:///optuna.db].")] = None,
+        metavar="URL", help="Optuna storage URL of a search [default: sqlite:///optuna.db].")] = None,
     out: Annotated[Path, typer.Option(help="Reports folder.")] = Path("reports"),
 ) -> None:
     """Render reports/<study>/README.md (an ablation: tables beside the paper, curves, samples) and
@@ -381,18 +411,27 @@ def _render_recorded(name: str, stores, out: Path) -> list[Path]:
     if find_parent(client, name, "search") is not None:
         pages.append(render_search(name, stores.tracking_uri, stores.storage, out))
     if not pages:
-        raise ReportError(f"study {name!r}: no runs in the tracking store {stores.tracking_uri} (run `wb ablate {name}` "
-                          f"or `wb search {name}` first, or pass --tracking-uri)")
+        from workbench.studies import available, did_you_mean
+
+        recorded = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+        hint = (f"; recorded there: {', '.join(recorded)}{did_you_mean(name, recorded)}" if recorded
+                else "; it holds no study yet")
+        wb = _wb()
+        run = f" (run `{wb} ablate {name}` or `{wb} search {name}` first, or pass --tracking-uri)" if name in available() else ""
+        raise ReportError(f"study {name!r}: no runs in the tracking store {stores.tracking_uri}{run}{hint}")
     return pages
 
 
 @app.command()
 def worker(
-    study: Annotated[str, typer.Argument(help="Study name in studies/ or a .toml path, prepared with --prepare-only.")],
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL [default: sqlite:///optuna.db].")] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads [default: every CPU core].")] = None,
-    share_checkpoints: Annotated[bool, typer.Option(
+    study: Annotated[str, typer.Argument(
+        metavar="STUDY", help="Study name in studies/ or a .toml path, prepared with --prepare-only.")],
+    storage: Annotated[Optional[str], typer.Option(
+        metavar="URL", help="Optuna storage URL [default: sqlite:///optuna.db].")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(
+        metavar="URI", help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
+    threads: Annotated[Optional[int], typer.Option(metavar="N", min=1, help="Torch threads [default: every CPU core].")] = None,
+    share_checkpoints: Annotated[bool, typer.Option("--share-checkpoints",
         help="Upload every checkpoint to the cell's MLflow run (see wb ablate --share-checkpoints).")] = False,
 ) -> None:
     """Take a prepared study's cells (or search trials) from its storage until none is left, then exit 0:
@@ -420,21 +459,27 @@ def worker(
     kind = search if role == "search" else ablate
     kind.worker(str(spec.path), stores, parent.info.experiment_id, parent.info.run_id, threads or os.cpu_count() or 1)
     if stopping.requested:
-        _stopped(stopping.requested[0], "the running cell stopped at a checkpoint", f"wb worker {study}")
+        _stopped(stopping.requested[0], "the running cell stopped at a checkpoint", f"{_wb()} worker {study}")
     typer.echo(f"worker: nothing left to take; {kind.finish_parent(spec, stores, parent.info.run_id)}")
 
 
 @app.command()
 def calibrate(
-    plan: Annotated[Path, typer.Option(help="Calibration plan: studies and candidate budgets.")] = Path(
+    plan: Annotated[Path, typer.Option(metavar="FILE", help="Calibration plan: studies and candidate budgets.")] = Path(
         "studies/calibration.toml"),
-    budget: Annotated[Optional[list[str]], typer.Option(help="Run only this budget (repeatable) [default: all].")] = None,
-    study: Annotated[Optional[list[str]], typer.Option(help="Run only this study (repeatable) [default: all].")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Local worker processes [default: one per CPU core].")] = None,
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL [default: sqlite:///optuna.db].")] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
-    report_only: Annotated[bool, typer.Option(help="Only render reports/calibration/README.md from the store.")] = False,
-    reports: Annotated[Path, typer.Option(help="Reports folder.")] = Path("reports"),
+    budget: Annotated[Optional[list[str]], typer.Option(
+        metavar="NAME", help="Run only this budget (repeatable) [default: all].")] = None,
+    study: Annotated[Optional[list[str]], typer.Option(
+        metavar="NAME", help="Run only this study (repeatable) [default: all].")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        metavar="N", min=1, help="Local worker processes [default: one per CPU core].")] = None,
+    storage: Annotated[Optional[str], typer.Option(
+        metavar="URL", help="Optuna storage URL [default: sqlite:///optuna.db].")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(
+        metavar="URI", help="MLflow tracking URI [default: sqlite:///mlflow.db].")] = None,
+    report_only: Annotated[bool, typer.Option(
+        "--report-only", help="Only render reports/calibration/README.md from the store.")] = False,
+    reports: Annotated[Path, typer.Option(metavar="DIR", help="Reports folder.")] = Path("reports"),
 ) -> None:
     """Run the Table 1 studies under each candidate budget of the plan (resumably) and write
     reports/calibration/README.md: seed noise against the spread between settings, agreement with the paper."""
@@ -453,7 +498,7 @@ def calibrate(
             if summaries and summaries[-1][1]["stopped_by"]:
                 name, summary = summaries[-1]
                 _stopped(summary["stopped_by"], f"{name}: {summary['done']}/{summary['total']} cells finished, "
-                         f"{summary['interrupted']} stopped at a checkpoint", "wb calibrate")
+                         f"{summary['interrupted']} stopped at a checkpoint", f"{_wb()} calibrate")
             for name, summary in summaries:
                 typer.echo(f"{name}: {summary['done']}/{summary['total']} cells finished, "
                            f"{summary['failed']} failed, {summary['seconds'] / 60:.1f} min")
@@ -466,16 +511,34 @@ def calibrate(
 
 @app.command()
 def ui(
-    tracking_uri: Annotated[str, typer.Option(help="MLflow tracking URI.")] = "sqlite:///mlflow.db",
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    tracking_uri: Annotated[str, typer.Option(metavar="URI", help="MLflow tracking URI.")] = "sqlite:///mlflow.db",
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port on 127.0.0.1.")] = 5000,
 ) -> None:
-    """Start the MLflow UI for the tracking store on 127.0.0.1."""
+    """Start the MLflow UI for the tracking store on 127.0.0.1: one quiet server process (no per-request
+    log, no background job runners: wb submits no MLflow jobs)."""
     import subprocess
     import sys
 
-    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)")
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
-                                      "--host", "127.0.0.1", "--port", str(port)]))
+    from mlflow import MlflowClient
+
+    from workbench.tracking import require_store, view_url
+
+    try:
+        require_store(tracking_uri)
+    except ValueError as err:
+        _fail(str(err))
+    base = f"http://127.0.0.1:{port}"
+    typer.echo(f"MLflow UI on {base} (Ctrl-C stops it); each study's runs, sorted by its metric:")
+    for experiment in MlflowClient(tracking_uri).search_experiments():
+        if experiment.name != "Default":
+            typer.echo(f"  {experiment.name}: {view_url(base, experiment.experiment_id)}")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1", "--uvicorn-opts", "--log-level warning --no-access-log"]
+    try:
+        code = subprocess.call(command, env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
 
 
 if __name__ == "__main__":

@@ -47,21 +47,34 @@ def image_grid(images: torch.Tensor, path: Path, title: str) -> None:
 # Report figures (workbench/report.py): small PNGs readable at page width. ---------------------------
 
 def axis_errorbars(table, metric: str, axis_name: str, path: Path) -> None:
-    """Our mean +/- std per setting (left axis) beside the paper's FID (right axis, its own scale)."""
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    x = range(len(table))
-    ax.errorbar(x, table["mean"], yerr=table["std"].fillna(0), fmt="o-", capsize=4, color="C0", label="ours")
-    ax.set_xticks(list(x), table["value"], rotation=20 if max(map(len, table["value"])) > 6 else 0)
-    ax.set_xlabel(axis_name)
-    ax.set_ylabel(f"{metric} (ours)", color="C0")
-    if table["paper"].notna().any():
-        twin = ax.twinx()
-        twin.plot(x, table["paper"], "s--", color="C3", label="paper")
-        twin.set_ylabel("paper FID (ImageNet)", color="C3")
-    ax.set_title(f"{metric} per {axis_name}: ours (mean ± std over seeds) and the paper's")
-    ax.title.set_fontsize(9)
+    """Per setting, our mean +/- std over seeds (left panel) and, in a panel of its own, the paper's FID:
+    two scales never share an axis, and settings are categories, so no line joins them."""
+    has_paper = table["paper"].notna().any()
+    fig, axes = plt.subplots(1, 2 if has_paper else 1, figsize=(10 if has_paper else 6, 3.6), squeeze=False)
+    x, labels = list(range(len(table))), list(table["value"])
+    rotation = 20 if max(map(len, labels)) > 6 else 0
+    ours = axes[0][0]
+    ours.errorbar(x, table["mean"], yerr=table["std"].fillna(0), fmt="o", markersize=7, capsize=6, elinewidth=2,
+                  color="C0")
+    for xi, (mean, n) in enumerate(zip(table["mean"], table["n"])):
+        if not math.isnan(mean):
+            ours.annotate(f"n={n}", (xi, mean), textcoords="offset points", xytext=(9, 0), fontsize=8, va="center")
+    ours.set_xticks(x, labels, rotation=rotation)
+    ours.set_xlim(-0.5, len(x) - 0.5)
+    ours.set_xlabel(axis_name)
+    ours.set_ylabel(f"{metric} (lower is better)")
+    ours.set_title(f"ours: {metric}, mean ± std over seeds", fontsize=10)
+    ours.grid(axis="y", alpha=0.3)
+    if has_paper:
+        paper = axes[0][1]
+        paper.bar(x, table["paper"], color="C3", alpha=0.7, width=0.5)
+        paper.set_xticks(x, labels, rotation=rotation)
+        paper.set_xlabel(axis_name)
+        paper.set_ylabel("FID (lower is better)")
+        paper.set_title("the paper's ImageNet FID (its own scale)", fontsize=10)
+        paper.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

@@ -17,7 +17,8 @@ from workbench import stats, tracking
 from workbench.studies import Study, parse_study
 
 # Columns of Record.cells that are not settings: the rest (axes, seed) identify a cell.
-RECORD_COLUMNS = ("key", "status", "run_id", "metric", "metric_2nfe", "wall", "end", "commit", "metrics")
+RECORD_COLUMNS = ("key", "status", "run_id", "metric", "metric_2nfe", "metric_fm", "fm_name", "wall", "end", "commit",
+                  "metrics")
 
 
 class ReportError(ValueError):
@@ -70,12 +71,16 @@ def _outcome(attempts: list, metric: str) -> dict:
         diverged = any(r.data.tags.get(tracking.FAIL_REASON, "").startswith(tracking.DIVERGED) for r in attempts)
         status = ("running" if any(r.info.status == "RUNNING" for r in attempts) else "diverged" if diverged
                   else "failed" if attempts else "missing")
-        return {"status": status, "run_id": None, "metric": math.nan, "metric_2nfe": math.nan, "wall": math.nan,
+        return {"status": status, "run_id": None, "metric": math.nan, "metric_2nfe": math.nan, "metric_fm": math.nan,
+                "fm_name": "", "wall": math.nan,
                 "end": 0, "commit": None, "metrics": {}}
     run = max(finished, key=lambda run: run.info.end_time or 0)
     metrics = run.data.metrics
+    # the Flow Matching Euler baseline the run scored with the same metric (eval.fm_steps; fewest steps first)
+    fm = sorted((k for k in metrics if k.startswith(metric.replace("_1nfe", "_fm"))), key=lambda k: (len(k), k))
     return {"status": "finished", "run_id": run.info.run_id, "metric": metrics.get(metric, math.nan),
             "metric_2nfe": metrics.get(metric.replace("_1nfe", "_2nfe"), math.nan),
+            "metric_fm": metrics[fm[0]] if fm else math.nan, "fm_name": fm[0] if fm else "",
             "wall": metrics.get("wb_wall_seconds", math.nan), "end": run.info.end_time or 0,
             "commit": run.data.tags.get(tracking.COMMIT, "unknown"), "metrics": dict(metrics)}
 
@@ -92,7 +97,9 @@ def axis_table(record: Record, axis_index: int) -> pd.DataFrame:
         rows.append({"value": label, "n": len(values), "cells": len(mine),
                      "mean": values.mean() if len(values) else math.nan,
                      "std": values.std(ddof=1) if len(values) > 1 else math.nan,
-                     "mean_2nfe": done.loc[done[axis.name] == label, "metric_2nfe"].mean(),
+                     **_spread(done.loc[done[axis.name] == label, "metric_2nfe"].dropna(), "2nfe"),
+                     **_spread(done.loc[done[axis.name] == label, "metric_fm"].dropna(), "fm"),
+                     "fm_name": next(iter(done.loc[done[axis.name] == label, "fm_name"].dropna()), ""),
                      "paper": math.nan if paper is None else float(paper),
                      "failed": int((mine["status"] == "failed").sum()), "missing": int((mine["status"] == "missing").sum()),
                      "diverged": int((mine["status"] == "diverged").sum()),
@@ -108,6 +115,11 @@ def axis_table(record: Record, axis_index: int) -> pd.DataFrame:
         table["p_vs_best"] = [p for p, _ in tests]
         table["worse_on"] = [worse for _, worse in tests]
     return table
+
+
+def _spread(values: pd.Series, name: str) -> dict[str, float]:
+    return {f"mean_{name}": values.mean() if len(values) else math.nan,
+            f"std_{name}": values.std(ddof=1) if len(values) > 1 else math.nan}
 
 
 def best_value(table: pd.DataFrame, column: str = "mean") -> str | None:

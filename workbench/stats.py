@@ -14,17 +14,22 @@ def best(values: pd.Series):
     return values.idxmin() if values.notna().any() else None
 
 
+MIN_PAIRS = 3  # a paired t-test on 2 pairs has 1 degree of freedom: its p-value says next to nothing
+MIN_SETTINGS = 3  # Kendall tau over 2 settings is +1 or -1 by construction
+
+
 def paired_test(done: pd.DataFrame, axis_name: str, best_label: str, label: str, keys: list[str]) -> tuple[float, str]:
     """Against `best_label`, over cells that share every column in `keys` (the seed, the other axes): the
     two-sided paired t-test's p-value on the log of the metric (distances vary by factors across seeds,
-    and a diverged seed would otherwise swamp the test), and on how many of the pairs `label` is worse ("3/3")."""
+    and a diverged seed would otherwise swamp the test), NaN with fewer than MIN_PAIRS pairs, and on how
+    many of the pairs `label` is worse ("3/3")."""
     if label == best_label:
         return math.nan, ""
     a = done[done[axis_name] == best_label].set_index(keys)["metric"]
     b = done[done[axis_name] == label].set_index(keys)["metric"]
     pairs = pd.concat([a, b], axis=1, join="inner").dropna()
     worse = f"{int((pairs.iloc[:, 1] > pairs.iloc[:, 0]).sum())}/{len(pairs)}" if len(pairs) else ""
-    if len(pairs) < 2 or np.allclose(pairs.iloc[:, 0], pairs.iloc[:, 1]):
+    if len(pairs) < MIN_PAIRS or np.allclose(pairs.iloc[:, 0], pairs.iloc[:, 1]):
         return math.nan, worse
     if (pairs > 0).all().all():
         pairs = np.log(pairs)
@@ -32,9 +37,10 @@ def paired_test(done: pd.DataFrame, axis_name: str, best_label: str, label: str,
 
 
 def kendall_tau(table: pd.DataFrame) -> tuple[float, int]:
-    """Kendall tau between our means and the paper's values over the settings that have both, and their count."""
+    """Kendall tau between our means and the paper's values over the settings that have both (NaN with
+    fewer than MIN_SETTINGS), and their count."""
     both = table.dropna(subset=["mean", "paper"])
-    if len(both) < 2:
+    if len(both) < MIN_SETTINGS:
         return math.nan, len(both)
     return float(stats.kendalltau(both["mean"], both["paper"]).statistic), len(both)
 

@@ -249,9 +249,28 @@ def check_metric(study: Study, cells: list[Cell]) -> None:
                              f"lower-is-better metric, one of: {', '.join(lower)}")
 
 
+SHIPPED = Path(__file__).parent.parent / "studies"
+
+
+def available() -> list[str]:
+    """Names of the studies `wb ablate NAME` finds: ./studies/*.toml and the shipped ones."""
+    return sorted({p.stem for folder in (Path("studies"), SHIPPED) for p in folder.glob("*.toml")} - {"calibration"})
+
+
+def did_you_mean(name: str, names: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def resolve_path(path: str | Path) -> Path:
-    candidates = [Path(path), Path("studies") / f"{path}.toml", Path(__file__).parent.parent / "studies" / f"{path}.toml"]
+    candidates = [Path(path), Path("studies") / f"{path}.toml", SHIPPED / f"{path}.toml"]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise StudyError(f"study {str(path)!r} not found (looked at {', '.join(map(str, candidates))})")
+    if str(path).endswith(".toml") or "/" in str(path):
+        raise StudyError(f"study file {str(path)!r} not found")
+    names = available()
+    raise StudyError(f"study {str(path)!r} not found (no file {path}, no studies/{path}.toml){did_you_mean(str(path), names)} "
+                     f"Studies: {', '.join(names)}")

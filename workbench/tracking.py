@@ -152,12 +152,62 @@ def git_commit() -> str:
         return "unknown"
 
 
+# MLflow 3's UI opens an experiment in the view this tag names; without it, in the GenAI view (traces)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(client: MlflowClient, name: str, artifacts: str | None) -> str:
     """The experiment of study `name`, created with its artifacts under `artifacts`/<name> if new (None:
-    where the tracking server puts them)."""
+    where the tracking server puts them), tagged to open in the MLflow UI's model-training view."""
     experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(
-        name, artifact_location=f"{artifacts}/{name}" if artifacts else None)
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=f"{artifacts}/{name}" if artifacts else None,
+                                        tags=EXPERIMENT_KIND)
+    for key, value in EXPERIMENT_KIND.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+VIEW_KEY = "wb"  # the experiment's shared runs-table view (tag mlflow.sharedViewState.wb), opened by view_url()
+
+
+def share_view(client: MlflowClient, experiment_id: str, metric: str, axis_keys: list[str], labels: list[str]) -> None:
+    """The runs table as a study is read: every run flat, sorted by the metric, with columns for the
+    metric (and its 2-NFE score), each setting's mean on the parent run, the axes' params and the seed.
+    MLflow 3's table shows no metric column until one is ticked; its shared views (a JSON experiment tag,
+    opened with ?viewStateShareKey=) are how a link opens with them."""
+    columns = ["attributes.`Run Name`", f"metrics.`{metric}`", f"metrics.`{metric.replace('_1nfe', '_2nfe')}`",
+               *(f"metrics.`{metric}/{metric_key(label)}`" for label in labels),
+               *(f"params.`{key}`" for key in axis_keys), f"tags.`{SEED}`"]
+    state = {"selectedColumns": columns, "orderByKey": f"metrics.`{metric}`", "orderByAsc": True}
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(state))
+
+
+def view_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs in the MLflow UI at `base`: the model-training view, the shared table view."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+
+
+def metric_key(text: str) -> str:
+    """A setting's label as part of an MLflow metric name (letters, digits, _ - . / and spaces)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", text.replace("%", "pct"))
+
+
+def log_setting_means(client: MlflowClient, parent_id: str, metric: str) -> dict[str, float]:
+    """On the study's parent run: the mean of `metric` over the finished cells of each setting (tag
+    wb.value), as metrics `<metric>/<setting>`, so the parent row of the runs table shows the result."""
+    by_setting: dict[str, list[float]] = {}
+    for run in child_runs(client, parent_id, status="FINISHED"):
+        if metric in run.data.metrics and VALUE in run.data.tags:
+            by_setting.setdefault(run.data.tags[VALUE], []).append(run.data.metrics[metric])
+    means = {f"{metric}/{metric_key(setting)}": sum(v) / len(v) for setting, v in by_setting.items()}
+    if means:
+        now = int(time.time() * 1000)
+        client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in means.items()])
+    return means
 
 
 def find_parent(client: MlflowClient, name: str, role: str = "study") -> Run | None:
