@@ -33,7 +33,7 @@ def test_two_workers_one_finished_child_per_cell_then_only_new_cells(tmp_path, m
     study = write(tmp_path / "tiny.toml")
     result = CliRunner().invoke(app, ["ablate", str(study), "--workers", "2"])
     assert result.exit_code == 0, result.output
-    assert "4/4 cells finished" in result.output and "wb ui" in result.output
+    assert "4/4 cells finished" in result.output and " ui --tracking-uri " in result.output
     report = (tmp_path / "reports/tiny/README.md").read_text()
     assert "Report: reports/tiny/README.md" in result.output and "4/4 finished" in report
     runs, parents = children()

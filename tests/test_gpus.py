@@ -48,7 +48,7 @@ def test_each_worker_gets_its_own_gpu_id_and_records_it(tmp_path, monkeypatch):
     """The plumbing, on a CPU machine: two workers get CUDA_VISIBLE_DEVICES 3 and 5 (and train on the CPU)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    (tmp_path / "tiny.toml").write_text(tiny_study(300, "values = [0.0, 0.5]"))
+    (tmp_path / "tiny.toml").write_text(tiny_study(100, "values = [0.0, 0.5]"))
     result = CliRunner().invoke(app, ["ablate", "tiny.toml", "--gpus", "3,5", "--threads", "1", "--no-report"])
     assert result.exit_code == 0, result.output
     assert "warning: --gpus 3,5: no CUDA device is visible here" in result.output

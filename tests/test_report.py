@@ -62,7 +62,7 @@ def test_table_cells_equal_the_runs_statistics(store, tmp_path):
     assert math.isclose(float(rows["half"][1].split()[0]), half.iloc[0], rel_tol=1e-3)
     assert rows["all"][1] == "failed (0/2)" and rows["all"][4] == "" and rows["all"][3] == "67.32"
     assert "cells: 3/6 finished, 2 failed, 1 missing" in text
-    assert "Not tested against the best (fewer than 2 seeds paired with it)" in text  # 'half' has one seed left
+    assert "Not tested against the best (n too small: fewer than 3 seeds paired with it" in text  # 'half': 1 seed left
     # paper ranks: 328.91 > 67.32 > 63.14
     assert [rows[v][5] for v in ("FM", "half", "all")] == ["3", "1", "2"]
     for figure in ("ratio.png", "eval.png", "loss.png", "samples.png", "samples_2nfe.png"):

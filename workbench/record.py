@@ -97,9 +97,9 @@ def axis_table(record: Record, axis_index: int) -> pd.DataFrame:
         rows.append({"value": label, "n": len(values), "cells": len(mine),
                      "mean": values.mean() if len(values) else math.nan,
                      "std": values.std(ddof=1) if len(values) > 1 else math.nan,
-                     **_spread(done.loc[done[axis.name] == label, "metric_2nfe"].dropna(), "2nfe"),
-                     **_spread(done.loc[done[axis.name] == label, "metric_fm"].dropna(), "fm"),
-                     "fm_name": next(iter(done.loc[done[axis.name] == label, "fm_name"].dropna()), ""),
+                     **_spread(_column(done, axis.name, label, "metric_2nfe"), "2nfe"),
+                     **_spread(_column(done, axis.name, label, "metric_fm"), "fm"),
+                     "fm_name": next(iter(_column(done, axis.name, label, "fm_name")), ""),
                      "paper": math.nan if paper is None else float(paper),
                      "failed": int((mine["status"] == "failed").sum()), "missing": int((mine["status"] == "missing").sum()),
                      "diverged": int((mine["status"] == "diverged").sum()),
@@ -115,6 +115,11 @@ def axis_table(record: Record, axis_index: int) -> pd.DataFrame:
         table["p_vs_best"] = [p for p, _ in tests]
         table["worse_on"] = [worse for _, worse in tests]
     return table
+
+
+def _column(done: pd.DataFrame, axis_name: str, label: str, column: str) -> pd.Series:
+    """One recorded column over a setting's finished cells (empty where the record has no such column)."""
+    return done.loc[done[axis_name] == label, column].dropna() if column in done else pd.Series(dtype=object)
 
 
 def _spread(values: pd.Series, name: str) -> dict[str, float]:
