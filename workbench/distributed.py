@@ -24,6 +24,7 @@ import datetime
 import multiprocessing
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -144,6 +145,7 @@ def ranks(nproc: int, helper, args: tuple, threads: int | None = None) -> Iterat
         _join(env | {"RANK": "0"})
         yield current()
         ok = True
+        dist.barrier()  # the other ranks wait here for rank 0's evaluation; then all leave the group together
     finally:
         for key, value in saved.items():
             if value is None:
@@ -185,10 +187,22 @@ def _run_rank(env: dict[str, str], threads: int | None, helper, args: tuple) -> 
     if threads:
         torch.set_num_threads(threads)
     _join(env)
+    code = 0
     try:
         helper(*args)
+        dist.barrier()
     except Interrupted:
         pass  # rank 0 saved the checkpoint
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        # Leave without the interpreter's teardown: destroying torch.distributed's C++ objects at exit can
+        # abort ('terminate called without an active exception'), which would fail a finished run.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

@@ -46,9 +46,10 @@ def image_grid(images: torch.Tensor, path: Path, title: str) -> None:
 
 # Report figures (workbench/report.py): small PNGs readable at page width. ---------------------------
 
-def axis_errorbars(table, metric: str, axis_name: str, path: Path) -> None:
-    """Per setting, our mean +/- std over seeds (left panel) and, in a panel of its own, the paper's FID:
-    two scales never share an axis, and settings are categories, so no line joins them."""
+def axis_errorbars(table, metric: str, axis_name: str, path: Path, over: str = "seeds") -> None:
+    """Per setting, our mean +/- std over `over` (seeds, and the other axes' settings of a study with
+    several) in the left panel and, in a panel of its own, the paper's FID: two scales never share an
+    axis, and settings are categories, so no line joins them."""
     has_paper = table["paper"].notna().any()
     fig, axes = plt.subplots(1, 2 if has_paper else 1, figsize=(10 if has_paper else 6, 3.6), squeeze=False)
     x, labels = list(range(len(table))), list(table["value"])
@@ -63,7 +64,7 @@ def axis_errorbars(table, metric: str, axis_name: str, path: Path) -> None:
     ours.set_xlim(-0.5, len(x) - 0.5)
     ours.set_xlabel(axis_name)
     ours.set_ylabel(f"{metric} (lower is better)")
-    ours.set_title(f"ours: {metric}, mean ± std over seeds", fontsize=10)
+    ours.set_title(f"ours: {metric}, mean ± std over {over}", fontsize=10)
     ours.grid(axis="y", alpha=0.3)
     if has_paper:
         paper = axes[0][1]
@@ -80,21 +81,27 @@ def axis_errorbars(table, metric: str, axis_name: str, path: Path) -> None:
 
 def curves(history, metric: str, title: str, path: Path, log_y: bool = False) -> None:
     """Per setting: mean over seeds vs step, with a band from the lowest to the highest seed."""
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    for i, (setting, rows) in enumerate(history.groupby("setting", sort=False)):
+    groups = list(history.groupby("setting", sort=False))
+    many = len(groups) > 6  # the legend goes beside the plot, and colours come from a 20-colour map
+    fig, ax = plt.subplots(figsize=(9 if many else 6.5, 3.6))
+    colours = plt.get_cmap("tab20" if len(groups) > 10 else "tab10")
+    for i, (setting, rows) in enumerate(groups):
         by_step = rows.groupby("step")["value"]
         mean, low, high = by_step.mean(), by_step.min(), by_step.max()
-        ax.plot(mean.index, mean.values, color=f"C{i}", label=setting)
-        ax.fill_between(mean.index, low.values, high.values, color=f"C{i}", alpha=0.2, linewidth=0)
+        ax.plot(mean.index, mean.values, color=colours(i % colours.N), label=setting)
+        ax.fill_between(mean.index, low.values, high.values, color=colours(i % colours.N), alpha=0.15, linewidth=0)
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel(metric)
     ax.set_title(f"{title}: mean over seeds, band = min to max")
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=7)
+    ax.title.set_fontsize(10)
+    if many:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(groups) // 16)
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

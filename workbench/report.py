@@ -157,7 +157,9 @@ def render(name: str, tracking_uri: str, out_root: Path = Path("reports")) -> Pa
         lines += [f"## {axis.name} ({', '.join(axis.keys)})", "", markdown_table(table, study.metric), "",
                   verdict(table), ""]
         figure = f"{slug(axis.name)}.png"
-        plots.axis_errorbars(table, study.metric, axis.name, out / figure)
+        others = [a.name for a in study.axes if a.name != axis.name]
+        plots.axis_errorbars(table, study.metric, axis.name, out / figure,
+                             over="seeds" + "".join(f" and every {name}" for name in others))
         lines += [f"![{study.metric} per {axis.name}]({figure})", ""]
     if config.data.name in EXACT_REFERENCES:
         lines += quality_section(record, config)
