@@ -119,6 +119,8 @@ def test_a_stopped_launcher_checkpoints_its_cells_and_a_rerun_continues_them(tmp
                                              "a rerun continues from it"
         saved[cell.key] = step
     print(f"stopped within {took:.1f} s at steps {sorted(saved.values())}")
+    if signum == signal.SIGTERM:
+        return  # what a rerun does with the checkpoints does not depend on the signal: the Ctrl-C case checks it
 
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import multiprocessing
+import multiprocessing.connection
 import os
 import time
 
@@ -219,7 +220,7 @@ def finish_parent(study: Study, stores: Stores, parent_id: str) -> str:
 
 def supervise(trials_study: optuna.Study, new_worker, wanted: int, running, status) -> str | None:
     """Starts `wanted` local worker processes (new_worker(slot) makes the one of slot 0..wanted-1; a
-    replacement gets its dead predecessor's slot, and so its GPU) and calls status() every 2 s while
+    replacement gets its dead predecessor's slot, and so its GPU) and calls status() every 2 s (and when a worker exits) while
     one lives or running() says trials run elsewhere (other launchers, machines), so that this
     launcher's exit status covers the whole study. A trial whose worker died (here or elsewhere) turns
     stale after the storage's grace period: it is failed and its copy queued, which a live worker takes
@@ -232,7 +233,12 @@ def supervise(trials_study: optuna.Study, new_worker, wanted: int, running, stat
         launcher.start(processes)
         while not launcher.requested and (any(p.is_alive() for p in processes) or running()):
             status()
-            time.sleep(2)
+            alive = [p.sentinel for p in processes if p.is_alive()]
+            # up to 2 s, less when a worker exits: the last one out ends the launch at once
+            if alive:
+                multiprocessing.connection.wait(alive, timeout=2)
+            else:
+                time.sleep(2)
             optuna.storages.fail_stale_trials(trials_study)
             dead = [slot for slot, process in slots.items() if not process.is_alive()]
             if dead and replaced < wanted and trials_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
