@@ -261,8 +261,41 @@ def test_a_killed_cell_continues_from_its_checkpoint_in_the_same_run_bit_for_bit
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     steps = [m.step for m in client.get_metric_history(runs["run_id"].iloc[0], "loss")]
     assert sorted(steps) == list(range(10, 401, 10))  # no gap, no duplicated step
-    assert not (tmp_path / "wb-cells" / cell.key).exists()  # finished: its folder is gone
+    assert not (tmp_path / "wb-cells").exists()  # finished: its folder is gone, and the empty wb-cells/ with it
     ema = torch.load(client.download_artifacts(runs["run_id"].iloc[0], "ema.pt", str(tmp_path)), weights_only=False)
     torch.set_num_threads(max(1, os.cpu_count() or 1))  # as the one worker trained
     reference = train(cell.config, tmp_path / "uninterrupted", progress=False).ema.state_dict()
     assert ema.keys() == reference.keys() and all(torch.equal(ema[k], reference[k]) for k in ema)
+
+
+def test_time_left_costs_each_cell_by_its_setting_and_schedules_the_rest_on_the_free_workers(tmp_path):
+    import datetime
+
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import FrozenTrial, TrialState
+
+    from workbench.ablate import time_left
+
+    study = load_study(write(tmp_path / "tiny.toml", values="[0.0, 0.5, 1.0]"))
+    cells = study.cells()  # (0.0, seed 0), (0.0, 1), (0.5, 0), (0.5, 1), (1.0, 0), (1.0, 1)
+    trials_study = optuna.create_study()
+    now = datetime.datetime.now()
+
+    def add(cell, state, started_s_ago, took_s=None):
+        start = now - datetime.timedelta(seconds=started_s_ago)
+        trials_study.add_trial(FrozenTrial(
+            number=0, trial_id=0, state=state, value=1.0 if state == TrialState.COMPLETE else None, values=None,
+            datetime_start=start, datetime_complete=start + datetime.timedelta(seconds=took_s) if took_s else None,
+            params={"x": 0.0}, distributions={"x": FloatDistribution(0, 1)}, user_attrs={"cell": cell.key},
+            system_attrs={}, intermediate_values={}))
+
+    add(cells[0], TrialState.WAITING, 0)
+    assert time_left(study, trials_study, 2) is None  # nothing finished: no estimate
+    add(cells[0], TrialState.COMPLETE, 100, 10)
+    add(cells[2], TrialState.COMPLETE, 100, 30)
+    add(cells[1], TrialState.RUNNING, 4)
+    # Setting 0.0 costs 10 s, 0.5 costs 30 s, 1.0 (none finished) the mean of all, 20 s. Two workers free
+    # after 0 and 6 s (the running 0.0 cell needs 10 - 4 more); (0.5, 1) goes to the first: 30; (1.0, 0)
+    # to the one free at 6: 26; (1.0, 1) to the one free at 26: 46.
+    assert time_left(study, trials_study, 2) == pytest.approx(46, abs=0.5)
+    assert time_left(study, trials_study, 1) == pytest.approx(6 + 30 + 20 + 20, abs=0.5)

@@ -202,6 +202,8 @@ def run_study(study: Study, stores: Stores, workers: int, progress=print, thread
     tracking.log_setting_means(client, parent_id, study.metric)
     status = "KILLED" if stopped_by else "FINISHED" if summary["done"] == total else "FAILED"
     tracking.end_run(client, parent_id, status, keep_end_time=not waiting)  # nothing ran: keep the end time
+    if status == "FINISHED" and os.path.isdir(stores.cells) and not os.listdir(stores.cells):
+        os.rmdir(stores.cells)  # every cell finished: no checkpoint left to continue from
     return {"experiment_id": experiment_id, "parent_run_id": parent_id, **summary, "total": total,
             "seconds": time.time() - started, "stopped_by": stopped_by}
 
@@ -269,24 +271,46 @@ def counts(study: Study, trials_study: optuna.Study) -> dict:
 
 
 def status_line(study: Study, trials_study: optuna.Study, total: int, started: float, workers: int = 1) -> str:
-    """One line: cells done / running / failed, elapsed, and the time left: the work not done yet (the mean
-    cell time for each cell not started, less what the running ones have done) spread over the workers,
-    so it does not jump as cells start and finish."""
+    """One line: cells done / running / failed, elapsed, and the time left (time_left)."""
     c = counts(study, trials_study)
     elapsed = time.time() - started
-    trials = trials_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    durations = [t.duration.total_seconds() for t in trials if t.state == TrialState.COMPLETE and t.duration]
-    remaining = ""
-    if durations and c["done"] < total:
-        mean = sum(durations) / len(durations)
-        now = datetime.datetime.now()
-        running = [min(mean, (now - t.datetime_start).total_seconds()) for t in trials
-                   if t.state == TrialState.RUNNING and t.datetime_start]
-        left = max(0.0, (total - c["done"]) * mean - sum(running)) / max(1, workers)
-        remaining = f", ~{left / 60:.1f} min left"
+    left = time_left(study, trials_study, workers) if c["done"] < total else None
+    remaining = f", ~{left / 60:.1f} min left" if left is not None else ""
     return (f"[{study.name}] {c['done']}/{total} cells done, {len(c['running'])} running"
             f"{': ' + '; '.join(c['running']) if c['running'] else ''}, {c['failed']} failed, "
             f"{elapsed / 60:.1f} min elapsed{remaining}")
+
+
+def time_left(study: Study, trials_study: optuna.Study, workers: int) -> float | None:
+    """Seconds until the last cell finishes, None before any has: each cell costs the mean time of the
+    finished cells of its setting (settings differ: MeanFlow at ratio 1 takes longer than Flow Matching),
+    or of all finished cells for a setting none has finished yet; the running ones need the rest of
+    theirs, and the cells not started go, in order, to whichever of the `workers` is free first (so the
+    last cell of an odd count runs alone)."""
+    setting = {cell.key: cell.settings for cell in study.cells()}
+    trials = [t for t in trials_study.get_trials(deepcopy=False) if t.user_attrs.get("cell") in setting]
+    seconds: dict = {}
+    for t in trials:
+        if t.state == TrialState.COMPLETE and t.duration:
+            seconds.setdefault(setting[t.user_attrs["cell"]], []).append(t.duration.total_seconds())
+    if not seconds:
+        return None
+    overall = [x for xs in seconds.values() for x in xs]
+
+    def cost(cell: str) -> float:
+        xs = seconds.get(setting[cell], overall)
+        return sum(xs) / len(xs)
+
+    now = datetime.datetime.now()
+    done = {t.user_attrs["cell"] for t in trials if t.state == TrialState.COMPLETE}
+    running = {t.user_attrs["cell"]: t for t in trials if t.state == TrialState.RUNNING and t.datetime_start}
+    free = sorted(max(0.0, cost(k) - (now - t.datetime_start).total_seconds()) for k, t in running.items())
+    free = sorted(free + [0.0] * max(0, workers - len(free)))
+    for cell in setting:
+        if cell not in done and cell not in running:
+            free[0] += cost(cell)
+            free.sort()
+    return max(free)
 
 
 def terminal_progress():

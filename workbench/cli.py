@@ -229,7 +229,8 @@ def ablate(
         _fail(f"{spec.path}: no [[axes]] to ablate; it is a search: wb search {spec.name}")
     cells = spec.cells()
     expected = ("" if not spec.budget_minutes else f", about {spec.budget_minutes:g} min with 2 workers on 2 CPU cores "
-                "(measured)" if spec.budget_minutes < 1000 else ", sized for GPUs (no CPU estimate)")
+                "(measured on a Xeon; up to 2x on slower CPUs)" if spec.budget_minutes < 1000
+                else ", sized for GPUs (no CPU estimate)")
     typer.echo(f"study {spec.name}: {len(cells)} cells, metric {spec.metric}{expected}")
     if dry_run:
         for cell in cells:
