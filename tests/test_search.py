@@ -164,9 +164,11 @@ def test_killed_search_restarts_to_n_trials_without_running_a_finished_one_again
     while time.time() < deadline:
         time.sleep(0.5)
         if "[tiny search]" in (tmp_path / "launcher.log").read_text():  # the stores exist
-            trials, _ = recorded(tmp_path)
-            states = [t.state for t in trials]
-            if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+            trials, runs = recorded(tmp_path)
+            running = [t.number for t in trials if t.state == TrialState.RUNNING]
+            # mid-trial: one trial complete, the next one's runs of both seeds started
+            if TrialState.COMPLETE in [t.state for t in trials] and running and \
+                    sum(r.data.tags["wb.trial"] == str(running[0]) for r in runs) == 2:
                 break
     os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and its worker, mid-trial
     launcher.wait()
