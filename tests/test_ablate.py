@@ -294,8 +294,17 @@ def test_time_left_costs_each_cell_by_its_setting_and_schedules_the_rest_on_the_
     add(cells[0], TrialState.COMPLETE, 100, 10)
     add(cells[2], TrialState.COMPLETE, 100, 30)
     add(cells[1], TrialState.RUNNING, 4)
+    for cell in cells[3:]:
+        add(cell, TrialState.WAITING, 0)
+    add(cells[5], TrialState.FAIL, 100, 5)  # a failed trial of a queued cell costs nothing by itself
     # Setting 0.0 costs 10 s, 0.5 costs 30 s, 1.0 (none finished) the mean of all, 20 s. Two workers free
     # after 0 and 6 s (the running 0.0 cell needs 10 - 4 more); (0.5, 1) goes to the first: 30; (1.0, 0)
     # to the one free at 6: 26; (1.0, 1) to the one free at 26: 46.
     assert time_left(study, trials_study, 2) == pytest.approx(46, abs=0.5)
     assert time_left(study, trials_study, 1) == pytest.approx(6 + 30 + 20 + 20, abs=0.5)
+    # A cell that failed and is not queued again (diverged) is not waited for.
+    finished = optuna.create_study()
+    for trial in trials_study.get_trials():
+        if trial.user_attrs["cell"] != cells[4].key or trial.state != TrialState.WAITING:
+            finished.add_trial(trial)
+    assert time_left(study, finished, 1) == pytest.approx(6 + 30 + 20, abs=0.5)

@@ -222,8 +222,8 @@ def finish_parent(study: Study, stores: Stores, parent_id: str) -> str:
 
 def supervise(trials_study: optuna.Study, new_worker, wanted: int, running, status) -> str | None:
     """Starts `wanted` local worker processes (new_worker(slot) makes the one of slot 0..wanted-1; a
-    replacement gets its dead predecessor's slot, and so its GPU) and calls status() every 2 s (and when a worker exits) while
-    one lives or running() says trials run elsewhere (other launchers, machines), so that this
+    replacement gets its dead predecessor's slot, and so its GPU) and calls status() every 2 s, and when a
+    worker exits, while one lives or running() says trials run elsewhere (other launchers, machines), so that this
     launcher's exit status covers the whole study. A trial whose worker died (here or elsewhere) turns
     stale after the storage's grace period: it is failed and its copy queued, which a live worker takes
     or a replacement started here (at most `wanted` replacements). On SIGINT or SIGTERM the workers are
@@ -285,8 +285,8 @@ def time_left(study: Study, trials_study: optuna.Study, workers: int) -> float |
     """Seconds until the last cell finishes, None before any has: each cell costs the mean time of the
     finished cells of its setting (settings differ: MeanFlow at ratio 1 takes longer than Flow Matching),
     or of all finished cells for a setting none has finished yet; the running ones need the rest of
-    theirs, and the cells not started go, in order, to whichever of the `workers` is free first (so the
-    last cell of an odd count runs alone)."""
+    theirs, and the queued ones go, in order, to whichever of the `workers` is free first (so the last
+    cell of an odd count runs alone)."""
     setting = {cell.key: cell.settings for cell in study.cells()}
     trials = [t for t in trials_study.get_trials(deepcopy=False) if t.user_attrs.get("cell") in setting]
     seconds: dict = {}
@@ -302,12 +302,13 @@ def time_left(study: Study, trials_study: optuna.Study, workers: int) -> float |
         return sum(xs) / len(xs)
 
     now = datetime.datetime.now()
-    done = {t.user_attrs["cell"] for t in trials if t.state == TrialState.COMPLETE}
     running = {t.user_attrs["cell"]: t for t in trials if t.state == TrialState.RUNNING and t.datetime_start}
-    free = sorted(max(0.0, cost(k) - (now - t.datetime_start).total_seconds()) for k, t in running.items())
+    done = {t.user_attrs["cell"] for t in trials if t.state == TrialState.COMPLETE}
+    queued = {t.user_attrs["cell"] for t in trials if t.state == TrialState.WAITING} - done
+    free = [max(0.0, cost(k) - (now - t.datetime_start).total_seconds()) for k, t in running.items()]
     free = sorted(free + [0.0] * max(0, workers - len(free)))
     for cell in setting:
-        if cell not in done and cell not in running:
+        if cell in queued and cell not in running:
             free[0] += cost(cell)
             free.sort()
     return max(free)
