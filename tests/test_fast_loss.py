@@ -166,3 +166,24 @@ def test_dropout_takes_one_pass_for_u_and_its_derivative():
     torch.manual_seed(0)
     eval_loss, _ = meanflow_loss(net.eval(), x, t, r, noise, mf())  # no dropout at eval: "tangent" is exact
     torch.testing.assert_close(eval_loss, meanflow_loss(net, x, t, r, noise, mf(), dudt=JVP_MODES["whole"])[0])
+
+
+def test_official_cifar10_network_with_augmentation_labels():
+    """The official CIFAR-10 network (reduced width; attention, FIR resampling) with its augmentation labels as
+    extra inputs: every fast mode gives the whole-batch loss and gradients, and the labels reach the loss."""
+    net = randomized(small_net("songunet", shape=(3, 8, 8), augment_dim=6, channels=16, channel_mult=(1, 2),
+                               blocks=1, attn_resolutions=(4,), dropout=0.0))
+    x, t, r, noise, _, _ = inputs(0.5, shape=(3, 8, 8))
+    cond = {"augment_labels": torch.randn(B, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)}
+    results = {}
+    for mode in ("whole", "tangent", "subset"):
+        net.zero_grad()
+        loss, _ = meanflow_loss(net, x, t, r, noise, mf(adaptive_p=0.75), dudt=JVP_MODES[mode], cond=cond)
+        loss.backward()
+        results[mode] = loss.detach(), [p.grad.clone() for p in net.parameters()]
+    for mode in ("tangent", "subset"):
+        assert_close_to_scale(results[mode][0], results["whole"][0])
+        for got, expected in zip(results[mode][1], results["whole"][1]):
+            assert_close_to_scale(got, expected)
+    unconditioned, _ = meanflow_loss(net, x, t, r, noise, mf(adaptive_p=0.75))
+    assert (unconditioned - results["whole"][0]).abs() > 1e-6

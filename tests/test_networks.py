@@ -7,7 +7,9 @@ from workbench.meanflow import NETWORKS, TIME_CONDITIONINGS
 
 from conftest import small_net
 
-SHAPES = {"mlp": (2,), "unet": (1, 8, 8), "dit": (3, 8, 8)}
+SHAPES = {"mlp": (2,), "unet": (1, 8, 8), "songunet": (3, 8, 8), "dit": (3, 8, 8)}
+# the official CIFAR-10 network at a width that runs in a test: two levels, attention at 4x4 and in the middle
+SMALL = {"songunet": dict(channels=16, channel_mult=(1, 2), blocks=1, attn_resolutions=(4,), dropout=0.0)}
 
 
 @pytest.mark.parametrize("arch", list(NETWORKS))
@@ -15,7 +17,7 @@ SHAPES = {"mlp": (2,), "unet": (1, 8, 8), "dit": (3, 8, 8)}
 @pytest.mark.parametrize("num_classes", [0, 4])
 def test_forward_jvp_backward(arch, time_cond, num_classes):
     shape = SHAPES[arch]
-    net = small_net(arch, time_cond, num_classes, shape, dtype=torch.float32)
+    net = small_net(arch, time_cond, num_classes, shape, dtype=torch.float32, **SMALL.get(arch, {}))
     z = torch.randn(3, *shape)
     t, r = torch.tensor([0.9, 0.5, 0.2]), torch.tensor([0.1, 0.5, 0.0])
     labels = torch.tensor([0, 4, 2]) if num_classes else None
@@ -41,3 +43,28 @@ def test_image_net_rejects_indivisible_shapes():
         small_net("unet", shape=(1, 6, 6), channel_mult=(1, 2, 2))
     with pytest.raises(ValueError, match="divisible"):
         small_net("dit", shape=(1, 7, 7), patch_size=2)
+
+
+def test_official_cifar10_network_has_the_official_parameter_count():
+    """Gsunshine/py-meanflow's SongUNet with its CIFAR-10 config and --use_edm_aug (augment_dim 6): 55,932,419
+    parameters (counted by instantiating that code); without the augmentation input 6 x 512 fewer."""
+    count = lambda net: sum(p.numel() for p in net.parameters())
+    official = small_net("songunet", shape=(3, 32, 32), dtype=torch.float32, augment_dim=6)
+    assert count(official) == 55_932_419
+    assert count(small_net("songunet", shape=(3, 32, 32), dtype=torch.float32)) == 55_932_419 - 6 * 512
+    blocks = [m for m in official.modules() if type(m).__name__ == "Block"]
+    assert len(blocks) == 3 * 4 + 2 + 2 + 2 + 3 * 5  # encoder 3 x 4, 2 downsampling, middle 2, 2 upsampling, decoder 3 x 5
+    assert sum(b.attention for b in blocks) == 4 + 1 + 1  # encoder at 16x16, the middle block, decoder's last at 16x16
+    assert all(n.eps == 1e-6 and n.num_groups == 32 for n in official.modules() if isinstance(n, torch.nn.GroupNorm))
+
+
+def test_songunet_sees_the_augmentation_labels_and_zeros_mean_none():
+    torch.manual_seed(0)
+    net = small_net("songunet", shape=(3, 8, 8), augment_dim=6, **SMALL["songunet"])
+    torch.nn.init.normal_(net.out_conv.weight)  # the official near-zero last conv would hide every input
+    z, t, r = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0.9, 0.4]), torch.tensor([0.2, 0.4])
+    t, r = t.double(), r.double()
+    plain = net(z, t, r)
+    assert torch.equal(plain, net(z, t, r, augment_labels=torch.zeros(2, 6, dtype=torch.float64)))
+    assert not torch.allclose(plain, net(z, t, r, augment_labels=torch.ones(2, 6, dtype=torch.float64)))
+    assert not torch.allclose(plain, net(z, t, r - 0.1))  # (t, t - r): moving r moves u

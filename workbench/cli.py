@@ -86,7 +86,7 @@ def _stopped(signal_name: str, what: str, again: str) -> None:
 @app.command(epilog="Every config key for --set, with its default and allowed values: wb config")
 def train(
     data: Annotated[Optional[str], typer.Option(metavar="NAME", help="Data set (shortcut for --set data.name=...).")] = None,
-    net: Annotated[Optional[str], typer.Option(metavar="ARCH", help="Network: mlp, unet or dit (net.arch).")] = None,
+    net: Annotated[Optional[str], typer.Option(metavar="ARCH", help="Network: mlp, unet, songunet or dit (net.arch).")] = None,
     steps: Annotated[Optional[int], typer.Option(metavar="N", help="Optimizer steps (train.steps).")] = None,
     seed: Annotated[Optional[int], typer.Option(metavar="N", help="Training seed (train.seed).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option(

@@ -32,6 +32,11 @@ class DataConfig(_Frozen):
     data_dir: str = F("data", "where torchvision sets live (MNIST/raw, cifar-10-batches-py)")
     download: bool = F(False, "let torchvision download a missing set (needs internet)")
     labels: bool = F(True, "use the set's class labels (class-conditional model, guidance); false: unconditional")
+    hflip: bool = F(False, "images: flip each training image horizontally with probability 1/2 (official CIFAR-10)")
+    augment_p: float = F(0.0, "images: probability of each transform of EDM's AugmentPipe as the official CIFAR-10 "
+                         "recipe uses it (0.12 there): scale, anisotropic scale, fractional translation, plus an "
+                         "x-flip of every other image; the network is conditioned on the 6 augmentation labels "
+                         "(net.arch = songunet); 0 = off", ge=0, le=1)
 
 
 class MLPConfig(_Frozen):
@@ -46,6 +51,15 @@ class UNetConfig(_Frozen):
     dropout: float = F(0.0, "dropout rate inside residual blocks", ge=0, lt=1)
 
 
+class SongUNetConfig(_Frozen):
+    """The official CIFAR-10 network of MeanFlow (EDM's DDPM++ SongUNet); the defaults are the official ones."""
+    channels: int = F(128, "model_channels: base channel count", ge=8)
+    channel_mult: tuple[int, ...] = F((2, 2, 2), "per resolution level; H = W divisible by 2^(levels - 1)")
+    blocks: int = F(4, "residual blocks per encoder level (decoder: one more)", ge=1)
+    attn_resolutions: tuple[int, ...] = F((16,), "resolutions with self-attention (and always the middle block)")
+    dropout: float = F(0.2, "dropout before each block's second conv", ge=0, lt=1)
+
+
 class DiTConfig(_Frozen):
     hidden: int = F(128, "token width", ge=8)
     depth: int = F(4, "transformer blocks", ge=1)
@@ -58,6 +72,7 @@ class NetConfig(_Frozen):
     time_cond: Literal[tuple(TIME_CONDITIONINGS)] = F("(t,t-r)", "which of t, r, t - r are embedded (Table 1c)")
     mlp: MLPConfig = MLPConfig()
     unet: UNetConfig = UNetConfig()
+    songunet: SongUNetConfig = SongUNetConfig()
     dit: DiTConfig = DiTConfig()
 
 

@@ -15,6 +15,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from workbench import distributed
+from workbench.augment import AUGMENT_DIM, apply_augment, draw_augment
 from workbench.config import ConfigError, RunConfig
 from workbench.data import Dataset, load_data
 from workbench.meanflow import NETWORKS, meanflow_loss, sample_t_r
@@ -89,6 +90,13 @@ def build_net(config: RunConfig, data: Dataset) -> nn.Module:
     if arch != "mlp" and data.kind == "points":
         raise ConfigError(f"net.arch={arch!r} needs images or latents; data.name={config.data.name!r} is 2D points (use mlp)")
     options = getattr(config.net, arch).model_dump()
+    if config.data.augment_p > 0:
+        if arch != "songunet":
+            raise ConfigError(f"data.augment_p={config.data.augment_p}: the augmentation labels condition only "
+                              f"net.arch='songunet' (net.arch={arch!r}); set data.augment_p=0")
+        options["augment_dim"] = AUGMENT_DIM
+    if (config.data.augment_p > 0 or config.data.hflip) and data.kind != "images":
+        raise ConfigError(f"data.hflip / data.augment_p augment images; data.name={config.data.name!r} is {data.kind}")
     try:
         return NETWORKS[arch](data.shape, data.num_classes, config.net.time_cond, **options)
     except ValueError as err:
@@ -126,7 +134,24 @@ def draw_batch(data: Dataset, config: RunConfig, generator: torch.Generator) -> 
     if data.labels is not None and data.num_classes:
         labels = data.labels[index]
         dropped = torch.rand(batch_size, generator=generator) < config.meanflow.class_drop
-    return {"x": data.x[index], "t": t, "r": r, "noise": noise, "labels": labels, "dropped": dropped}
+    # Augmentation parameters (applied on the device by augment_batch); none drawn when off, so
+    # runs without augmentation draw the same numbers as before it existed.
+    hflip = torch.rand(batch_size, generator=generator) < 0.5 if config.data.hflip else None
+    augment = draw_augment(batch_size, config.data.augment_p, generator) if config.data.augment_p > 0 else None
+    return {"x": data.x[index], "t": t, "r": r, "noise": noise, "labels": labels, "dropped": dropped,
+            "hflip": hflip, "augment": augment}
+
+
+def augment_batch(batch: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """The batch's images after the official CIFAR-10 transforms (a flip, then the AugmentPipe), and the
+    network's extra inputs ({"augment_labels": (B, 6)} with the pipe, else None)."""
+    x = batch["x"]
+    if batch["hflip"] is not None:
+        x = torch.where(batch["hflip"].to(x.device)[:, None, None, None], x.flip(3), x)
+    if batch["augment"] is None:
+        return x, None
+    x, labels = apply_augment(x, batch["augment"])
+    return x, {"augment_labels": labels}
 
 
 def save_checkpoint(path: Path, step: int, net, ema, optimizer, generator: torch.Generator) -> None:
@@ -210,10 +235,11 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
         # Sample x, t, r, noise, class dropout (the global batch; this rank's rows of it).
         batch = {k: (group.shard(v).to(device) if v is not None else None)
                  for k, v in draw_batch(data, config, generator).items()}
+        x, cond = augment_batch(batch)
         # Loss (bf16 autocast outside the JVP when asked for).
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.precision == "bf16"):
-            loss, metrics = meanflow_loss(net, batch["x"], batch["t"], batch["r"], batch["noise"], config.meanflow,
-                                          labels=batch["labels"], dropped=batch["dropped"])
+            loss, metrics = meanflow_loss(net, x, batch["t"], batch["r"], batch["noise"], config.meanflow,
+                                          labels=batch["labels"], dropped=batch["dropped"], cond=cond)
         # Update weights (gradients, loss and the stop flag averaged over data-parallel ranks).
         for param_group in optimizer.param_groups:
             param_group["lr"] = learning_rate(step, config)

@@ -1,6 +1,6 @@
 """How the MeanFlow loss gets u and d/dt u: four strategies with the same results.
 
-A strategy dudt(net, z, t, r, v, labels, tangent) returns u = net(z, t, r, labels) (with gradient) and
+A strategy dudt(net, z, t, r, v, labels, tangent, cond) returns u = net(z, t, r, labels, **cond) (with gradient) and
 the JVP of net along (v, dr, dt) over (z, r, t) (no gradient; zeros where r = t, whose target term is
 multiplied by t - r = 0). All four give the same loss and gradients (tests/test_fast_loss.py) and
 differ in cost (benchmarks/train_step.py):
@@ -24,54 +24,55 @@ from .jvp import recorded_layer_outputs, time_derivative
 
 Net = Callable[..., torch.Tensor]
 Tensor = torch.Tensor
-DuDt = Callable[..., tuple[Tensor, Tensor]]  # (net, z, t, r, v, labels, (dr, dt)) -> (u, d/dt u)
+DuDt = Callable[..., tuple[Tensor, Tensor]]  # (net, z, t, r, v, labels, (dr, dt), cond) -> (u, d/dt u)
+Cond = dict[str, Tensor] | None  # more per-sample network inputs, e.g. {"augment_labels": (B, 6)}
 
 # The JVP tangent's (dr, dt) beside v over (z, r, t) (Table 1b); only (v,0,1) is the true d/dt u.
 TANGENTS = {"(v,0,1)": (0.0, 1.0), "(v,0,0)": (0.0, 0.0), "(v,1,0)": (1.0, 0.0), "(v,1,1)": (1.0, 1.0)}
 
 
 def whole_batch(net: Net, z: Tensor, t: Tensor, r: Tensor, v: Tensor, labels: Tensor | None,
-                tangent: tuple[float, float]) -> tuple[Tensor, Tensor]:
+                tangent: tuple[float, float], cond: Cond = None) -> tuple[Tensor, Tensor]:
     """u and its JVP from one torch.func.jvp over the batch (fp32 even under bf16 autocast)."""
     dr, dt = tangent
     with torch.autocast(z.device.type, enabled=False):
-        return torch.func.jvp(lambda z_, r_, t_: net(z_, t_, r_, labels), (z, r, t),
+        return torch.func.jvp(lambda z_, r_, t_: net(z_, t_, r_, labels, **(cond or {})), (z, r, t),
                               (v, torch.full_like(r, dr), torch.full_like(t, dt)))
 
 
 def jvp_rows_only(net: Net, z: Tensor, t: Tensor, r: Tensor, v: Tensor, labels: Tensor | None,
-                  tangent: tuple[float, float]) -> tuple[Tensor, Tensor]:
+                  tangent: tuple[float, float], cond: Cond = None) -> tuple[Tensor, Tensor]:
     """A plain forward for the r = t rows, whole_batch for the r != t rows."""
     jvp_rows, fm_rows = (r != t).nonzero().squeeze(1), (r == t).nonzero().squeeze(1)
     if not len(fm_rows):
-        return whole_batch(net, z, t, r, v, labels, tangent)
+        return whole_batch(net, z, t, r, v, labels, tangent, cond)
     if not len(jvp_rows):
-        return net(z, t, r, labels), torch.zeros_like(v)
+        return net(z, t, r, labels, **(cond or {})), torch.zeros_like(v)
     u_jvp, du_dt = whole_batch(net, z[jvp_rows], t[jvp_rows], r[jvp_rows], v[jvp_rows], _pick(labels, jvp_rows),
-                               tangent)
-    u_fm = net(z[fm_rows], t[fm_rows], r[fm_rows], _pick(labels, fm_rows))
+                               tangent, pick_cond(cond, jvp_rows))
+    u_fm = net(z[fm_rows], t[fm_rows], r[fm_rows], _pick(labels, fm_rows), **(pick_cond(cond, fm_rows) or {}))
     order = torch.argsort(torch.cat([fm_rows, jvp_rows]))  # back to batch order
     return torch.cat([u_fm, u_jvp])[order], torch.cat([torch.zeros_like(v[fm_rows]), du_dt])[order]
 
 
 def tangent_pass(net: Net, z: Tensor, t: Tensor, r: Tensor, v: Tensor, labels: Tensor | None,
-                 tangent: tuple[float, float]) -> tuple[Tensor, Tensor]:
+                 tangent: tuple[float, float], cond: Cond = None) -> tuple[Tensor, Tensor]:
     """An ordinary forward for u, then time_derivative over the r != t rows on its recorded layer outputs."""
     jvp_rows = (r != t).nonzero().squeeze(1)
     if not len(jvp_rows):
-        return net(z, t, r, labels), torch.zeros_like(v)
+        return net(z, t, r, labels, **(cond or {})), torch.zeros_like(v)
     with recorded_layer_outputs(net) as outputs:
-        u = net(z, t, r, labels)
+        u = net(z, t, r, labels, **(cond or {}))
     du_dt = time_derivative(net, z[jvp_rows], t[jvp_rows], r[jvp_rows], v[jvp_rows], _pick(labels, jvp_rows),
-                            *tangent, layer_outputs=outputs, rows=jvp_rows)
+                            *tangent, layer_outputs=outputs, rows=jvp_rows, cond=pick_cond(cond, jvp_rows))
     return u, torch.zeros_like(v).index_put((jvp_rows,), du_dt)
 
 
 def auto(net: Net, z: Tensor, t: Tensor, r: Tensor, v: Tensor, labels: Tensor | None,
-         tangent: tuple[float, float]) -> tuple[Tensor, Tensor]:
+         tangent: tuple[float, float], cond: Cond = None) -> tuple[Tensor, Tensor]:
     """tangent_pass, or jvp_rows_only for a network with active dropout."""
     strategy = jvp_rows_only if _has_active_dropout(net) else tangent_pass
-    return strategy(net, z, t, r, v, labels, tangent)
+    return strategy(net, z, t, r, v, labels, tangent, cond)
 
 
 JVP_MODES: dict[str, DuDt] = {"auto": auto, "tangent": tangent_pass, "subset": jvp_rows_only, "whole": whole_batch}
@@ -79,6 +80,11 @@ JVP_MODES: dict[str, DuDt] = {"auto": auto, "tangent": tangent_pass, "subset": j
 
 def _pick(a: Tensor | None, index: Tensor) -> Tensor | None:
     return None if a is None else a[index]
+
+
+def pick_cond(cond: Cond, index: Tensor) -> Cond:
+    """The rows `index` of every per-sample conditioning tensor."""
+    return None if cond is None else {key: _pick(value, index) for key, value in cond.items()}
 
 
 def _has_active_dropout(net: Net) -> bool:

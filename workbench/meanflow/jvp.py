@@ -41,12 +41,13 @@ _NORMS = (nn.GroupNorm, nn.LayerNorm)
 def time_derivative(
     net: Net, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, z_tangent: torch.Tensor,
     labels: torch.Tensor | None, dr: float, dt: float, layer_outputs: LayerOutputs | None = None,
-    rows: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None, cond: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """JVP of net(z, t, r, labels) along (z_tangent, dt, dr): for (v, 1, 0) this is d/dt u(z, r, t).
 
     fp32 (outside any autocast), no gradient. layer_outputs: from recorded_layer_outputs around an
-    ordinary forward over a batch whose samples `rows` (indices) are these; their primals are reused."""
+    ordinary forward over a batch whose samples `rows` (indices) are these; their primals are reused.
+    cond: more per-sample inputs passed to net as keywords (no tangent)."""
     with torch.no_grad(), torch.autocast(z.device.type, enabled=False), fwAD.dual_level() as level, ExitStack() as stack:
         inputs = (_make_dual(z, z_tangent, level), _make_dual(t, torch.full_like(t, dt), level),
                   _make_dual(r, torch.full_like(r, dr), level), labels)
@@ -56,7 +57,7 @@ def time_derivative(
         scalar_ops = _ScalarArithmetic(level) if _SCALAR_ARITHMETIC.get(net, True) else None
         if scalar_ops is not None:
             stack.enter_context(scalar_ops)
-        out = net(*inputs)
+        out = net(*inputs, **(cond or {}))
         if scalar_ops is not None and isinstance(net, nn.Module):
             _SCALAR_ARITHMETIC[net] = scalar_ops.seen
         tangent = fwAD.unpack_dual(out, level=level).tangent

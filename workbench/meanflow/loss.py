@@ -25,16 +25,19 @@ Net = Callable[..., torch.Tensor]
 def meanflow_loss(
     net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, e: torch.Tensor, config: MeanFlowConfig,
     labels: torch.Tensor | None = None, dropped: torch.Tensor | None = None, dudt: DuDt = auto,
+    cond: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """MeanFlow loss for data x (B, ...), times t >= r (B,), noise e like x; returns (loss, detached metrics).
 
     labels (B,) ints and dropped (B,) bools: class dropout gives those samples the null class
-    net.num_classes and the unguided target. dudt: how (u, d/dt u) are computed (meanflow/dudt.py)."""
+    net.num_classes and the unguided target. dudt: how (u, d/dt u) are computed (meanflow/dudt.py).
+    cond: more per-sample network inputs, passed as keywords (the augmentation labels of the
+    official CIFAR-10 recipe: {"augment_labels": (B, 6)})."""
     if labels is not None and dropped is not None:
         labels = torch.where(dropped, torch.full_like(labels, net.num_classes), labels)
     z = (1 - _expand(t, x)) * x + _expand(t, x) * e                                  # Eq. 1
-    v = guided_velocity(net, z, t, e - x, labels, dropped, config)                    # v, or v~ (Eq. 13)
-    u, du_dt = dudt(net, z, t, r, v, labels, TANGENTS[config.tangent])                # u and JVP (Eq. 8)
+    v = guided_velocity(net, z, t, e - x, labels, dropped, config, cond)              # v, or v~ (Eq. 13)
+    u, du_dt = dudt(net, z, t, r, v, labels, TANGENTS[config.tangent], cond)          # u and JVP (Eq. 8)
     u_tgt = (v - _expand(t - r, x) * du_dt).detach()                                  # Eq. 10, stop-gradient
     err = (u - u_tgt).pow(2).flatten(1).sum(dim=1)                                    # ||Delta||^2 per sample
     weight = adaptive_weight(err, config.adaptive_p, config.adaptive_c)               # Sec. 4.3
@@ -46,7 +49,7 @@ def meanflow_loss(
 
 def guided_velocity(
     net: Net, z: torch.Tensor, t: torch.Tensor, v: torch.Tensor, labels: torch.Tensor | None,
-    dropped: torch.Tensor | None, config: MeanFlowConfig,
+    dropped: torch.Tensor | None, config: MeanFlowConfig, cond: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """v~ = w v + kappa u(z, t, t | c) + (1 - w - kappa) u(z, t, t | null) (Eq. 13 / 19), no gradient.
 
@@ -57,9 +60,9 @@ def guided_velocity(
         return v
     with torch.no_grad():
         null = torch.full_like(labels, net.num_classes)
-        v_tilde = omega * v + (1.0 - omega - kappa) * net(z, t, t, null)
+        v_tilde = omega * v + (1.0 - omega - kappa) * net(z, t, t, null, **(cond or {}))
         if kappa != 0.0:
-            v_tilde = v_tilde + kappa * net(z, t, t, labels)
+            v_tilde = v_tilde + kappa * net(z, t, t, labels, **(cond or {}))
     guided = (t >= config.cfg_t_lo) & (t <= config.cfg_t_hi)
     if dropped is not None:
         guided = guided & ~dropped

@@ -1,11 +1,12 @@
 """Network registry: name -> constructor(data_shape, num_classes, time_cond, **arch_options).
 
 Architecture options are keyword-only and have no defaults here: their defaults and bounds live
-in workbench/config.py (net.mlp, net.unet, net.dit). Every network is called net(z, t, r, labels=None)
+in workbench/config.py (net.mlp, net.unet, net.songunet, net.dit). Every network is called net(z, t, r, labels=None)
 and returns the average velocity u, shaped like z.
 """
 from .dit import DiT
 from .mlp import MLP
+from .songunet import SongUNet
 from .unet import UNet
 
-NETWORKS = {"mlp": MLP, "unet": UNet, "dit": DiT}
+NETWORKS = {"mlp": MLP, "unet": UNet, "songunet": SongUNet, "dit": DiT}
