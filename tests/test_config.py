@@ -18,7 +18,7 @@ def test_overrides_are_typed():
 @pytest.mark.parametrize("override, message", [
     ("meanflow.ratio=1.5", "meanflow.ratio='1.5': Input should be less than or equal to 1"),
     ("meanflow.ratoi=1", "unknown key 'meanflow.ratoi': meanflow has keys ratio, "),
-    ("net.arch=vit", "net.arch='vit': Input should be 'mlp', 'unet' or 'dit'"),
+    ("net.arch=vit", "net.arch='vit': Input should be 'mlp', 'unet', 'songunet' or 'dit'"),
     ("meanflow.tangent=(v,0,2)", "meanflow.tangent='(v,0,2)': Input should be '(v,0,1)', '(v,0,0)', '(v,1,0)' or '(v,1,1)'"),
     ("meanflow.t_dist=gauss(0,1)", "meanflow.t_dist='gauss(0,1)': time distribution"),
     ("train.steps=ten", "train.steps='ten': Input should be a valid integer"),

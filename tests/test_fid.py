@@ -28,12 +28,35 @@ def test_fid_of_the_reference_against_itself_is_zero(scorer):
     assert abs(scores["fid"]) < 1e-3
 
 
-def test_features_of_a_set_smaller_than_half_a_batch(scorer):
-    """clean-fid runs full batches of 250; 16 images are padded, then cut, row for row."""
+def test_features_do_not_depend_on_the_batching(scorer):
     images = fid.to_uint8(load_data("digits", "test").x)
-    small = fid.features(images[:16], scorer.extractor, scorer.fn_resize)
+    small = scorer.features(images[:16])
     assert small.shape == (16, 128)
-    np.testing.assert_allclose(small, fid.features(images, scorer.extractor, scorer.fn_resize)[:16], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(small, scorer.features(images)[:16], rtol=1e-5, atol=1e-6)
+    resized = fid.features(images[:16], scorer.make_extractor(torch.device("cpu")), fid.keep_size, batch_size=5)
+    torch.testing.assert_close(resized, small, rtol=1e-5, atol=1e-6)  # clean-fid's per-image path, same features
+
+
+def test_running_statistics_equal_numpys_on_the_same_features():
+    """Chunks of different sizes, features far from zero (the case a plain sum of squares loses digits in)."""
+    g = np.random.default_rng(0)
+    feats = 1e3 + g.standard_normal((1000, 64)) @ g.standard_normal((64, 64))
+    stats = fid.RunningStats()
+    for part in np.split(feats, [7, 300, 301, 999]):
+        stats.update(torch.from_numpy(part))
+    mu, sigma = stats.mean_cov()
+    np.testing.assert_allclose(mu, feats.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(feats, rowvar=False), rtol=1e-9, atol=1e-9)
+
+
+def test_streamed_score_equals_the_score_of_all_images_at_once(scorer):
+    images = load_data("digits", "test").x + 0.2 * torch.randn(297, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    whole = scorer.score(images, seed=1)
+    streamed = scorer.score_stream(images.split(50), seed=1)
+    assert streamed["fid"] == pytest.approx(whole["fid"], rel=1e-9) and streamed["kid"] == pytest.approx(whole["kid"], rel=1e-6)
+    feats = scorer.features(fid.to_uint8(images)).double().numpy()  # against np.cov of the same features
+    expected = fid.fid_kid(feats, scorer.ref_mu, scorer.ref_sigma, scorer.ref_feats, seed=1)
+    assert whole["fid"] == pytest.approx(expected["fid"], rel=1e-6) and whole["kid"] == pytest.approx(expected["kid"], rel=1e-5)
 
 
 def test_user_files_get_their_own_cache_key(tmp_path):
@@ -61,14 +84,16 @@ def test_matches_clean_fid_compute_fid_over_png_folders(scorer, tmp_path):
         for i, image in enumerate(fid.to_uint8(images)):
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / folder / f"{i:05d}.png")
     theirs = cleanfid.compute_fid(str(tmp_path / "gen"), str(tmp_path / "ref"), mode="clean",
-                                  custom_feat_extractor=scorer.extractor, custom_fn_resize=fid.keep_size,
+                                  custom_feat_extractor=scorer.make_extractor(torch.device("cpu")),
+                                  custom_fn_resize=fid.keep_size,
                                   device=torch.device("cpu"), num_workers=0, verbose=False)
     assert abs(scorer.score(generated)["fid"] - theirs) < 1e-3
 
 
 def test_kid_is_seeded(scorer):
-    images = load_data("digits", "test").x
+    images = load_data("digits", "test").x + 0.5 * torch.randn(297, 1, 8, 8, generator=torch.Generator().manual_seed(4))
     assert scorer.score(images, seed=3)["kid"] == scorer.score(images, seed=3)["kid"]
+    assert scorer.score(images, seed=3)["kid"] != scorer.score(images, seed=4)["kid"]  # the seed picks the subsets
 
 
 def test_offline_inception_names_the_file_and_never_downloads(monkeypatch, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from workbench.config import ConfigError, with_overrides
-from workbench.evaluate import evaluator_for, latent_metrics
+from workbench.evaluate import evaluator_for, flat_statistics, latent_metrics
 from workbench.pictures import save_run_pictures
 from workbench.studies import load_study
 from workbench.train import train
@@ -30,7 +30,8 @@ def test_fd_of_latents_is_the_squared_mean_shift_for_a_point_mass():
     """Generated latents all equal c; reference N(0, I)-like sample: FD = |mu - c|^2 + tr(Sigma)."""
     reference = torch.randn(4000, 2, 2, 2, generator=torch.Generator().manual_seed(0))
     c = torch.full((1, 2, 2, 2), 0.5)
-    score = latent_metrics(Constant(c), reference, nfe=(1,), num_samples=500)["fdlatent_1nfe"]
+    stats = flat_statistics(reference.split(1000))
+    score = latent_metrics(Constant(c), stats, (2, 2, 2), nfe=(1,), num_samples=500)["fdlatent_1nfe"]
     flat = reference.flatten(1).double()
     expected = float((flat.mean(0) - 0.5).pow(2).sum() + torch.cov(flat.T).trace())
     assert math.isclose(score, expected, rel_tol=1e-6)

@@ -33,7 +33,8 @@ class InterruptingTracker(JsonlTracker):
             raise Interrupt
 
 
-@pytest.mark.parametrize("extra", [{}, {"data.name": "gaussians", "meanflow.cfg_omega": 2.0}])
+@pytest.mark.parametrize("extra", [{}, {"data.name": "gaussians", "meanflow.cfg_omega": 2.0},
+                                   {"train.ema_decays": "0.9,0.5", "train.ema_every": 4, "eval.raw": True}])
 def test_resume_continues_exactly(tmp_path, extra):
     config = with_overrides(RunConfig(), {**TINY, **extra, "optim.decay": "cosine", "optim.warmup_steps": 4})
     straight = train(config, tmp_path / "straight", progress=False)
@@ -43,11 +44,42 @@ def test_resume_continues_exactly(tmp_path, extra):
     resumed = train(config, tmp_path / "resumed", resume=True, progress=False)
     for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
         assert torch.equal(a, b)
+    assert straight.extra_emas.keys() == resumed.extra_emas.keys() == ({"ema0.9", "ema0.5"} if extra.get("eval.raw") else set())
+    for name, ema in straight.extra_emas.items():  # checkpoint at step 10, mid-way between EMA updates 8 and 12
+        assert all(torch.equal(a, b) for a, b in zip(ema.state_dict().values(), resumed.extra_emas[name].state_dict().values()))
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["net"]
     b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["net"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [5, 10, 15, 20]  # rows after the checkpoint (step 15) were dropped and redone once
+
+
+def test_every_ema_rate_is_the_average_of_the_weights_at_its_update_steps(tmp_path):
+    """ema_every = 4 over 12 steps: updates after steps 4, 8, 12, the first a copy, then rate^4 each; the checkpoint
+    keeps every rate; load_ema gives each one and the raw weights; a resume with other rates is refused."""
+    config = with_overrides(RunConfig(), {**TINY, "train.steps": 12, "train.checkpoint_every": 4, "train.ema_decay": 0.9,
+                                          "train.ema_decays": "0.5", "train.ema_every": 4})
+    snapshots = []
+    for steps in (4, 8, 12):
+        run = tmp_path / f"to{steps}"
+        train(with_overrides(config, {"train.steps": steps}), run, progress=False)
+        snapshots.append(torch.load(run / "checkpoint.pt", weights_only=False)["net"])
+    from workbench.train import load_ema
+
+    for rate, which in ((0.9, ""), (0.5, "ema0.5")):
+        expected = {k: v.double() for k, v in snapshots[0].items()}
+        for snapshot in snapshots[1:]:
+            d = rate ** 4
+            expected = {k: d * expected[k] + (1 - d) * snapshot[k].double() for k in expected}
+        got = load_ema(tmp_path / "to12", config, which).state_dict()
+        assert all(torch.allclose(got[k].double(), expected[k], rtol=0, atol=1e-6) for k in expected)
+    raw = load_ema(tmp_path / "to12", config, "raw").state_dict()
+    assert all(torch.equal(raw[k], snapshots[-1][k]) for k in raw)
+    with pytest.raises(ConfigError, match="keeps the EMAs"):
+        load_ema(tmp_path / "to12", config, "ema0.99")
+    with pytest.raises(ConfigError, match="ema_decays must not change"):
+        train(with_overrides(config, {"train.steps": 16, "train.ema_decays": "0.6"}), tmp_path / "to12", resume=True,
+              progress=False)
 
 
 def test_run_folder_contents(tmp_path):

@@ -135,3 +135,15 @@ def _s(factor: float, n: int, device) -> torch.Tensor:
 def _s2(sx: float, sy: float, n: int, device) -> torch.Tensor:
     """(n, 3, 3) scaling by (sx, sy)."""
     return torch.diag(torch.tensor([sx, sy, 1.0], dtype=torch.float64, device=device)).expand(n, 3, 3)
+
+
+def augment_batch(batch: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """The batch's images after the official CIFAR-10 transforms (a flip, then the AugmentPipe), and the
+    network's extra inputs ({"augment_labels": (B, 6)} with the pipe, else None)."""
+    x = batch["x"]
+    if batch["hflip"] is not None:
+        x = torch.where(batch["hflip"].to(x.device)[:, None, None, None], x.flip(3), x)
+    if batch["augment"] is None:
+        return x, None
+    x, labels = apply_augment(x, batch["augment"])
+    return x, {"augment_labels": labels}

@@ -121,12 +121,31 @@ class TrainConfig(_Frozen):
     batch_size: int = F(512, "samples per optimizer step", ge=1)
     seed: int = F(0, "seeds init, batches, t, r, noise and class dropout", ge=0, lt=2**31)
     ema_decay: float = F(0.999, "EMA of weights used for sampling; 0 = raw weights", ge=0, lt=1)
+    ema_decays: tuple[float, ...] = F((), "more EMA rates kept beside ema_decay (official CIFAR-10: 0.99995, 0.9996), "
+                                      "each in the checkpoint and scored at every evaluation (metric names end in "
+                                      "_ema<rate>, e.g. fid_1nfe_ema0.99995)")
+    ema_every: int = F(1, "steps between EMA updates, each with rate^ema_every (official CIFAR-10: 16)", ge=1)
+    tf32: bool = F(True, "CUDA: float32 matrix products and convolutions in TF32 (the official code's "
+                   "set_float32_matmul_precision('high'))")
     precision: Literal["fp32", "bf16"] = F("fp32", "bf16 autocast outside the JVP (the JVP stays fp32)")
     device: Literal["auto", "cpu", "cuda"] = F("auto", "auto = cuda when available")
     checkpoint_every: int = F(1000, "steps between checkpoints (--resume continues from the last)", ge=1)
     log_every: int = F(50, "steps between logged metric rows", ge=1)
     nproc: int = F(1, "processes training this run data-parallel, each on batch_size / nproc rows (gloo on CPU, "
                    "NCCL on GPU; wb train starts them with torchrun)", ge=1)
+
+    @field_validator("ema_decays")
+    @classmethod
+    def _rates(cls, rates: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < rate < 1 for rate in rates) or len(set(rates)) != len(rates):
+            raise ValueError(f"EMA rates must be distinct numbers in (0, 1), got {rates}")
+        return rates
+
+    @model_validator(mode="after")
+    def _extra_rates(self) -> TrainConfig:
+        if self.ema_decay in self.ema_decays:
+            raise ValueError(f"ema_decays={self.ema_decays} repeats ema_decay={self.ema_decay}")
+        return self
 
     @model_validator(mode="after")
     def _shards(self) -> TrainConfig:
@@ -145,6 +164,8 @@ class SampleConfig(_Frozen):
 
 class EvalConfig(_Frozen):
     nfe: tuple[int, ...] = F((1, 2), "MeanFlow step counts scored (metric names end in _1nfe, _2nfe)")
+    raw: bool = F(False, "also score the raw (not averaged) weights, metric names ending in _raw (as the official "
+                  "CIFAR-10 code does)")
     fm_steps: tuple[int, ...] = F((50,), "Flow Matching Euler step counts scored as a baseline (_fm50)")
     num_samples: int = F(4000, "samples scored at the end (toy: against this many held-out points)", ge=2)
     every: int = F(0, "steps between evaluations during training (curves); 0 = only at the end", ge=0)
@@ -153,6 +174,9 @@ class EvalConfig(_Frozen):
     features: Literal["auto", "classifier", "inception", "latent"] = F(
         "auto", "image features: classifier trained on the labels (offline) or clean-fid Inception; "
         "auto = classifier when the data has labels; latent data: Frechet distance of the latents themselves")
+    inception_mode: Literal["clean", "legacy_tensorflow"] = F(
+        "clean", "clean-fid's Inception mode: clean (PIL resize, clean-fid's own numbers) or legacy_tensorflow (the "
+        "TF-Inception FID most papers report, and what the official MeanFlow CIFAR-10 evaluation computes)")
     cache_dir: str = F("data/cache", "where classifier weights and reference features are cached")
 
     @field_validator("nfe", "fm_steps")

@@ -11,7 +11,7 @@ scores comparable across cells.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,8 @@ from workbench.data import (
     load_data,
     support_cells,
 )
-from workbench.fid import ImageScorer, fid_kid, image_scorer
+from workbench.emas import ema_suffix
+from workbench.fid import ImageScorer, RunningStats, frechet, image_scorer
 from workbench.meanflow import sample
 
 
@@ -53,21 +54,29 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, num_projections: int = 
     return float((px - py).pow(2).mean().sqrt())
 
 
+def samplers(nfe: tuple[int, ...], fm_steps: tuple[int, ...]) -> dict[str, tuple[bool, int]]:
+    """Metric-name suffix -> (Flow Matching Euler?, steps): {'1nfe': (False, 1), ..., 'fm50': (True, 50)}."""
+    return {f"{k}nfe": (False, k) for k in nfe} | {f"fm{k}": (True, k) for k in fm_steps}
+
+
 @torch.no_grad()
-def generate(net: nn.Module, shape: tuple[int, ...], nfe: tuple[int, ...], fm_steps: tuple[int, ...],
-             num_samples: int, seed: int, chunk: int = 1000) -> dict[str, torch.Tensor]:
-    """{'1nfe': (N, *shape), ..., 'fm50': ...} on the CPU. Sample i uses noise (seed, i) and, for a
-    class-conditional net, label i mod num_classes, so every cell scores the same noise."""
+def sample_chunks(net: nn.Module, shape: tuple[int, ...], euler: bool, steps: int, num_samples: int, seed: int,
+                  chunk: int = 1000) -> Iterator[torch.Tensor]:
+    """Samples 0..num_samples-1 in chunks of (chunk, *shape) on the net's device. Sample i uses noise (seed, i)
+    and, for a class-conditional net, label i mod num_classes, so every cell scores the same noise."""
     device = next(net.parameters()).device
-    samplers = {f"{k}nfe": (False, k) for k in nfe} | {f"fm{k}": (True, k) for k in fm_steps}  # name: (euler, steps)
-    out = {name: [] for name in samplers}
     for start in range(0, num_samples, chunk):
         index = range(start, min(start + chunk, num_samples))
         noise = index_noise(seed, index, shape).to(device)
         labels = torch.tensor(index, device=device) % net.num_classes if net.num_classes else None
-        for name, (euler, steps) in samplers.items():
-            out[name].append(sample(net, noise, steps, labels, euler=euler).float().cpu())
-    return {name: torch.cat(chunks) for name, chunks in out.items()}
+        yield sample(net, noise, steps, labels, euler=euler).float()
+
+
+def generate(net: nn.Module, shape: tuple[int, ...], nfe: tuple[int, ...], fm_steps: tuple[int, ...],
+             num_samples: int, seed: int, chunk: int = 1000) -> dict[str, torch.Tensor]:
+    """{'1nfe': (N, *shape), ..., 'fm50': ...} on the CPU (sample_chunks of every sampler, gathered)."""
+    return {name: torch.cat([x.cpu() for x in sample_chunks(net, shape, euler, steps, num_samples, seed, chunk)])
+            for name, (euler, steps) in samplers(nfe, fm_steps).items()}
 
 
 def support_scores(x: torch.Tensor, data_name: str, labels: torch.Tensor | None = None) -> dict[str, float]:
@@ -187,39 +196,58 @@ def toy_references(data_name: str, num_samples: int, seed: int = 0, conditional:
 
 def image_metrics(net: nn.Module, scorer: ImageScorer, shape: tuple[int, ...], nfe: tuple[int, ...] = (1, 2),
                   fm_steps: tuple[int, ...] = (), num_samples: int = 10_000, seed: int = 0) -> dict[str, float]:
-    """clean-fid FID and KID of generated images: {'fid_1nfe': ..., 'kid_1nfe': ..., 'fid_fm50': ...}."""
+    """clean-fid FID (and KID) of generated images: {'fid_1nfe': ..., 'kid_1nfe': ..., 'fid_fm50': ...}, the
+    features computed on the net's device as the samples come."""
+    scorer.to(next(net.parameters()).device)
     metrics = {}
-    for name, x in generate(net, shape, nfe, fm_steps, num_samples, seed).items():
-        metrics |= {f"{metric}_{name}": value for metric, value in scorer.score(x, seed).items()}
+    for name, (euler, steps) in samplers(nfe, fm_steps).items():
+        scores = scorer.score_stream(sample_chunks(net, shape, euler, steps, num_samples, seed), seed)
+        metrics |= {f"{metric}_{name}": value for metric, value in scores.items()}
     return metrics
 
 
-def latent_metrics(net: nn.Module, reference: torch.Tensor, nfe: tuple[int, ...] = (1, 2),
-                   fm_steps: tuple[int, ...] = (), num_samples: int = 10_000, seed: int = 0) -> dict[str, float]:
-    """Frechet distance between generated and reference latents, flattened: {'fdlatent_1nfe': ...}.
-    A proxy for FID when no decoder is at hand; its scale is not FID's."""
-    flat = reference.flatten(1).double().numpy()
-    mu, sigma = flat.mean(axis=0), np.cov(flat, rowvar=False)
-    return {f"fdlatent_{name}": fid_kid(x.flatten(1).double().numpy(), mu, sigma, None, seed)["fid"]
-            for name, x in generate(net, tuple(reference.shape[1:]), nfe, fm_steps, num_samples, seed).items()}
+def flat_statistics(chunks: Iterable[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of flattened tensors, accumulated chunk by chunk (float64 sums on their device)."""
+    stats = RunningStats()
+    for chunk in chunks:
+        stats.update(chunk.flatten(1))
+    return stats.mean_cov()
+
+
+def latent_metrics(net: nn.Module, reference: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...],
+                   nfe: tuple[int, ...] = (1, 2), fm_steps: tuple[int, ...] = (), num_samples: int = 10_000,
+                   seed: int = 0) -> dict[str, float]:
+    """Frechet distance between generated latents and the reference's (mean, covariance) of flattened
+    latents: {'fdlatent_1nfe': ...}. A cheap proxy during training; its scale is not FID's."""
+    return {f"fdlatent_{name}": frechet(*flat_statistics(sample_chunks(net, shape, euler, steps, num_samples, seed)),
+                                        *reference)
+            for name, (euler, steps) in samplers(nfe, fm_steps).items()}
 
 
 HIGHER_IS_BETTER = ("precision", "modes", "labelprec")  # every other evaluation metric: lower is better
 
 
 def metric_names(config: RunConfig) -> list[str]:
-    """The names of the final metrics evaluator_for(config) produces, without loading a model or a scorer."""
+    """The names of the final metrics a run of `config` logs, without loading a model or a scorer: those of
+    train.ema_decay's EMA, then each again for every extra EMA (fid_1nfe_ema0.99995) and the raw weights."""
+    names = _metric_names(config)
+    extra = [ema_suffix(d) for d in config.train.ema_decays] + (["raw"] if config.eval.raw else [])
+    return names + [f"{name}_{suffix}" for suffix in extra for name in names]
+
+
+def _metric_names(config: RunConfig) -> list[str]:
     ev, name = config.eval, config.data.name
-    samplers = [f"{k}nfe" for k in ev.nfe] + [f"fm{k}" for k in ev.fm_steps]
+    suffixes = list(samplers(ev.nfe, ev.fm_steps))
     if name in TOY_SETS:
         families = ["energy", "swd"]
         if name in EXACT_REFERENCES:
             labelled = config.data.labels and load_data(name, "test").num_classes
             families += ["precision", "tv", "modes", "transport"] + (["labelprec"] if labelled else [])
-        return [f"{family}_{s}" for s in samplers for family in families] + (["uerr"] if name in EXACT_REFERENCES else [])
+        return [f"{family}_{s}" for s in suffixes for family in families] + (["uerr"] if name in EXACT_REFERENCES else [])
     if name == "latents":
-        return [f"fdlatent_{s}" for s in samplers]
-    return [f"{family}_{s}" for s in samplers for family in ("fid", "kid")]
+        return [f"fdlatent_{s}" for s in suffixes]
+    families = ("fid",) if ev.features == "inception" else ("fid", "kid")  # KID needs the reference features
+    return [f"{family}_{s}" for s in suffixes for family in families]
 
 
 @dataclass
@@ -249,10 +277,11 @@ def evaluator_for(config: RunConfig) -> Evaluator:
         if ev.features not in ("auto", "latent"):
             raise ConfigError(f"eval.features={ev.features!r}: latents would need decoding to images first; "
                               "use latent (Frechet distance of the latents) or decode and score outside")
-        return Evaluator(lambda net, n: latent_metrics(net, data.x, ev.nfe, ev.fm_steps, n, ev.seed),
+        reference = flat_statistics(data.x.split(4096))
+        return Evaluator(lambda net, n: latent_metrics(net, reference, data.shape, ev.nfe, ev.fm_steps, n, ev.seed),
                          {"features": "latent (Frechet distance of flattened latents vs the training latents)",
                           "seed": ev.seed})
     kind = ev.features if ev.features != "auto" else ("classifier" if data.labels is not None else "inception")
-    scorer = image_scorer(config.data, kind, Path(ev.cache_dir), ev.seed)
+    scorer = image_scorer(config.data, kind, Path(ev.cache_dir), ev.seed, ev.inception_mode)
     return Evaluator(lambda net, n: image_metrics(net, scorer, data.shape, ev.nfe, ev.fm_steps, n, ev.seed),
                      {"features": scorer.name, "seed": ev.seed, **scorer.info})

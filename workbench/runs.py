@@ -94,6 +94,8 @@ class CellRun:
         uploads = time.perf_counter()
         self.tracker.flush()
         torch.save(result.ema.state_dict(), self.run_dir / "ema.pt")
+        for name, ema in result.extra_emas.items():  # train.ema_decays: ema_ema0.99995.pt, ...
+            torch.save(ema.state_dict(), self.run_dir / f"ema_{name}.pt")
         tracking.log_cell(self.client, self.run_id, {}, self.run_dir)
         self.tracker.seconds += time.perf_counter() - uploads
         tracking.log_cell(self.client, self.run_id, {}, finals={

@@ -358,7 +358,7 @@ def axis_label(run: Run, axis_name: str) -> str | None:
     return run.data.tags.get(f"{AXIS}.{axis_name}")
 
 
-CELL_ARTIFACTS = ("config.json", "eval.json", "ema.pt")  # and every samples*.png
+CELL_ARTIFACTS = ("config.json", "eval.json", "ema.pt")  # and every samples*.png and ema_*.pt (train.ema_decays)
 
 
 def log_cell(client: MlflowClient, run_id: str, params: dict, run_dir: Path | None = None,
@@ -372,6 +372,8 @@ def log_cell(client: MlflowClient, run_id: str, params: dict, run_dir: Path | No
             client.log_artifact(run_id, str(run_dir / name))
         for picture in sorted(run_dir.glob("samples*.png")):  # samples.png, samples_2nfe.png, ...
             client.log_artifact(run_id, str(picture))
+        for weights in sorted(run_dir.glob("ema_*.pt")):
+            client.log_artifact(run_id, str(weights))
     if finals:
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in finals.items()])

@@ -5,19 +5,20 @@ import math
 import os
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from workbench import distributed
-from workbench.augment import AUGMENT_DIM, apply_augment, draw_augment
+from workbench.augment import AUGMENT_DIM, augment_batch, draw_augment
 from workbench.config import ConfigError, RunConfig
 from workbench.data import Dataset, load_data
+from workbench.emas import ema_model, ema_models, score_all
 from workbench.meanflow import NETWORKS, meanflow_loss, sample_t_r
 from workbench.stopping import STOP, Interrupted
 from workbench.tracking import JsonlTracker, NullTracker, Tracker, write_eval
@@ -58,11 +59,12 @@ class DivergenceWatch:
 @dataclass
 class TrainResult:
     run_dir: Path
-    ema: nn.Module  # the EMA network, used for sampling and evaluation
+    ema: nn.Module  # the EMA network (train.ema_decay), used for sampling and evaluation
     steps_per_s: float
     final_loss: float
     metrics: dict[str, float]  # final evaluation (empty without an evaluator)
     data: Dataset  # the training set, on the run's device
+    extra_emas: dict[str, nn.Module] = field(default_factory=dict)  # train.ema_decays by metric suffix ("ema0.99995")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,10 +105,6 @@ def build_net(config: RunConfig, data: Dataset) -> nn.Module:
         raise ConfigError(f"net.{arch}: {err}") from None
 
 
-def ema_model(net: nn.Module, decay: float) -> AveragedModel:
-    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-
-
 def learning_rate(step: int, config: RunConfig) -> float:
     """Linear warmup to optim.lr, then constant or cosine decay to 0 at train.steps."""
     optim, total = config.optim, config.train.steps
@@ -142,21 +140,12 @@ def draw_batch(data: Dataset, config: RunConfig, generator: torch.Generator) -> 
             "hflip": hflip, "augment": augment}
 
 
-def augment_batch(batch: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-    """The batch's images after the official CIFAR-10 transforms (a flip, then the AugmentPipe), and the
-    network's extra inputs ({"augment_labels": (B, 6)} with the pipe, else None)."""
-    x = batch["x"]
-    if batch["hflip"] is not None:
-        x = torch.where(batch["hflip"].to(x.device)[:, None, None, None], x.flip(3), x)
-    if batch["augment"] is None:
-        return x, None
-    x, labels = apply_augment(x, batch["augment"])
-    return x, {"augment_labels": labels}
-
-
-def save_checkpoint(path: Path, step: int, net, ema, optimizer, generator: torch.Generator) -> None:
-    state = {"step": step, "net": net.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-             "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
+def save_checkpoint(path: Path, step: int, net, emas: dict[str, AveragedModel], optimizer,
+                    generator: torch.Generator) -> None:
+    """'ema' holds train.ema_decay's EMA, 'extra_emas' those of train.ema_decays by suffix."""
+    state = {"step": step, "net": net.state_dict(), "ema": emas[""].state_dict(),
+             "extra_emas": {name: ema.state_dict() for name, ema in emas.items() if name},
+             "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
     tmp = path.with_suffix(".tmp")
     try:
         torch.save(state, tmp)
@@ -210,17 +199,19 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
     if group.main and not resume and (run_dir / "config.json").exists():
         raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume or pick another --run-dir")
     device = distributed.device_for(group, resolve_device(config.train.device))
+    if device.type == "cuda":  # TF32 products (about 8x fp32 on an H100's tensor cores) or exact fp32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = config.train.tf32
     data = load_data(config.data.name, "train", path=config.data.path, data_dir=config.data.data_dir,
                      download=config.data.download, labels=config.data.labels)
     torch.manual_seed(config.train.seed)
     net = build_net(config, data).to(device)
-    ema = ema_model(net, config.train.ema_decay)
+    emas = ema_models(net, config)
     optimizer = make_optimizer(net, config)
     generator = torch.Generator().manual_seed(config.train.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path, start = run_dir / CHECKPOINT, 0
     if resume:
-        start = _restore(checkpoint_path, net, ema, optimizer, generator)
+        start = _restore(checkpoint_path, net, emas, optimizer, generator)
     elif group.main:
         (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
     tracker = tracker or JsonlTracker(run_dir / "metrics.jsonl", resume_step=start if resume else None)
@@ -252,7 +243,9 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
             watch.see(step + 1, "gradient norm", metrics["grad_norm"])
         optimizer.step()
         # Update EMA.
-        ema.update_parameters(net)
+        if (step + 1) % config.train.ema_every == 0:
+            for ema in emas.values():
+                ema.update_parameters(net)
         # Log (values are averaged since the last row; one .item() sync per row, not per step).
         loss_sum, loss_count = loss_sum + metrics["loss"], loss_count + 1
         if (step + 1) % config.train.log_every == 0 or step + 1 == config.train.steps:
@@ -266,7 +259,7 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
         # Evaluate (EMA weights, fewer samples than the final score).
         if evaluator and config.eval.every and (step + 1) % config.eval.every == 0 and step + 1 < config.train.steps:
             watch.check()
-            scores = evaluator(ema.module, config.eval.num_samples_during)
+            scores = score_all(evaluator, emas, net, config, config.eval.num_samples_during)
             tracker.log_metrics(scores, step + 1)
             yield step + 1, scores
         # Save checkpoint.
@@ -275,25 +268,25 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
             # The rows up to here reach the store before the checkpoint does: a run resumed from it
             # misses none (and its tracker skips the ones logged after it).
             tracker.flush()
-            save_checkpoint(checkpoint_path, step + 1, net, ema, optimizer, generator)
+            save_checkpoint(checkpoint_path, step + 1, net, emas, optimizer, generator)
             tracker.checkpointed(checkpoint_path)
         # Stop when asked to (SIGTERM, SIGINT: workbench.stopping), from a checkpoint of this step.
         if stop and step + 1 < config.train.steps:
             watch.check()
             if group.main:
                 tracker.flush()
-                save_checkpoint(checkpoint_path, step + 1, net, ema, optimizer, generator)
+                save_checkpoint(checkpoint_path, step + 1, net, emas, optimizer, generator)
                 tracker.checkpointed(checkpoint_path)
             bar.close()
             raise Interrupted(step + 1)
     bar.close()
 
-    final = evaluator(ema.module, config.eval.num_samples) if evaluator else {}
+    final = score_all(evaluator, emas, net, config, config.eval.num_samples) if evaluator else {}
     if final:
         tracker.log_metrics(final, config.train.steps)
         write_eval(run_dir, evaluator.info, config.eval.num_samples, final)
-    return TrainResult(run_dir, ema.module, last_row.get("steps_per_s", math.nan), last_row.get("loss", math.nan), final,
-                       data)
+    return TrainResult(run_dir, emas[""].module, last_row.get("steps_per_s", math.nan), last_row.get("loss", math.nan),
+                       final, data, {name: ema.module for name, ema in emas.items() if name})
 
 
 def _other_rank(config: RunConfig, run_dir: Path, resume: bool) -> None:
@@ -302,24 +295,38 @@ def _other_rank(config: RunConfig, run_dir: Path, resume: bool) -> None:
         pass
 
 
-def load_ema(run_dir: Path, config: RunConfig) -> nn.Module:
-    """The EMA network of a saved run (CPU), for sampling and evaluation."""
+def load_ema(run_dir: Path, config: RunConfig, which: str = "") -> nn.Module:
+    """An EMA network of a saved run (CPU), for sampling and evaluation: '' is train.ema_decay's, 'ema0.99995'
+    one of train.ema_decays, 'raw' the trained weights themselves."""
     checkpoint = run_dir / CHECKPOINT
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no checkpoint in this run folder")
     data = load_data(config.data.name, "train", path=config.data.path, data_dir=config.data.data_dir,
                      labels=config.data.labels)
-    ema = ema_model(build_net(config, data), config.train.ema_decay)
-    ema.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["ema"])
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    net = build_net(config, data)
+    if which == "raw":
+        net.load_state_dict(state["net"])
+        return net.eval()
+    kept = {"": state["ema"]} | state.get("extra_emas", {})
+    if which not in kept:
+        raise ConfigError(f"{checkpoint} keeps the EMAs {', '.join(repr(k) for k in kept)} (and 'raw'), not {which!r}")
+    ema = ema_model(net, 0.0)
+    ema.load_state_dict(kept[which])
     return ema.module
 
 
-def _restore(path: Path, net, ema, optimizer, generator: torch.Generator) -> int:
+def _restore(path: Path, net, emas: dict[str, AveragedModel], optimizer, generator: torch.Generator) -> int:
     if not path.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {path}")
     state = torch.load(path, map_location="cpu", weights_only=False)
     net.load_state_dict(state["net"])
-    ema.load_state_dict(state["ema"])
+    kept = {"": state["ema"]} | state.get("extra_emas", {})
+    if set(kept) != set(emas):
+        raise ConfigError(f"--resume: {path} keeps the EMAs {sorted(kept)}, this config asks for {sorted(emas)} "
+                          "(train.ema_decays must not change within a run)")
+    for name, ema in emas.items():
+        ema.load_state_dict(kept[name])
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
