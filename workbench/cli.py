@@ -230,9 +230,14 @@ def ablate(
     cells = spec.cells()
     expected = ("" if not spec.budget_minutes else f", about {spec.budget_minutes:g} min with 2 workers on 2 CPU cores "
                 "(measured on a Xeon; up to 2x on slower CPUs)" if spec.budget_minutes < 1000
-                else ", sized for GPUs (no CPU estimate)")
+                else f", sized for GPUs: about {spec.budget_minutes / 60:,.0f} GPU-hours (its description says how "
+                "that was estimated)")
     typer.echo(f"study {spec.name}: {len(cells)} cells, metric {spec.metric}{expected}")
     if dry_run:
+        typer.echo("every cell (the study's [base], over wb config's defaults):")
+        for key, value in spec.base.items():
+            typer.echo(f"  {key} = {value}")
+        typer.echo("cells:")
         for cell in cells:
             typer.echo(f"  {cell.key}  {cell.run_name}")
         return
