@@ -42,8 +42,8 @@ def assert_same(net, config, batch):
         torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-14)
         for a, b in zip(fast_grads, plain_grads):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-        for key in ("mse", "weight_mean", "frac_r_neq_t"):
-            torch.testing.assert_close(fast_metrics[key], plain_metrics[key], rtol=1e-12, atol=1e-14)
+        for key in ("mse", "weight_mean", "frac_r_neq_t"):  # float64 sums of up to 1e12 (randomized DiT): order moves 1e-12
+            torch.testing.assert_close(fast_metrics[key], plain_metrics[key], rtol=1e-11, atol=1e-14)
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.25, 0.5, 1.0])

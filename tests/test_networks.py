@@ -1,4 +1,6 @@
 """Every network x every time conditioning: forward, JVP and backward run; shapes hold."""
+import math
+
 import pytest
 import torch
 from torch.func import jvp
@@ -68,3 +70,33 @@ def test_songunet_sees_the_augmentation_labels_and_zeros_mean_none():
     assert torch.equal(plain, net(z, t, r, augment_labels=torch.zeros(2, 6, dtype=torch.float64)))
     assert not torch.allclose(plain, net(z, t, r, augment_labels=torch.ones(2, 6, dtype=torch.float64)))
     assert not torch.allclose(plain, net(z, t, r - 0.1))  # (t, t - r): moving r moves u
+
+
+def test_dit_b4_is_built_and_initialised_as_the_official_code():
+    """Gsunshine/meanflow models_dit.py: DiT-B/4 on 32x32x4 latents, 1000 classes, embedders of t and t - r with
+    256 frequencies, fixed sin-cos positions: 131,165,248 parameters; N(0, 0.02) time-MLP and label weights,
+    xavier-uniform attention / MLP / patch projections (fan-in C p^2), zero biases and zero adaLN and output."""
+    torch.manual_seed(0)
+    net = small_net("dit", num_classes=1000, shape=(4, 32, 32), dtype=torch.float32, hidden=768, depth=12, heads=12,
+                    patch_size=4)
+    assert sum(p.numel() for p in net.parameters()) == 131_165_248
+    assert "pos" not in dict(net.named_parameters()) and net.pos.shape == (1, 64, 768)
+    for embedder in net.cond.embedders:
+        assert embedder.mlp[0].in_features == 256 and abs(embedder.mlp[0].weight.std() - 0.02) < 1e-3
+    assert abs(net.cond.label_embedding.weight.std() - 0.02) < 1e-3
+    qkv = net.blocks[0].attn.qkv.weight
+    assert abs(qkv.abs().max() - math.sqrt(6 / (768 + 3 * 768))) < 1e-3 and not net.blocks[0].attn.qkv.bias.any()
+    patch = net.patchify.weight
+    assert abs(patch.abs().max() - math.sqrt(6 / (4 * 16 + 768))) < 2e-3
+    for zero in (net.blocks[3].adaLN[-1].weight, net.final_adaLN[-1].weight, net.final.weight, net.final.bias):
+        assert not zero.any()
+
+
+def test_dit_positions_are_2d_sin_cos_columns_then_rows():
+    from workbench.meanflow.dit import sincos_positions
+
+    pos = sincos_positions(8, 3, 3).double()  # dim 8: per axis 4 = [sin(w0 x), sin(w1 x), cos(w0 x), cos(w1 x)]
+    col, row = 2, 1  # patch 5 in row-major order
+    expected = [math.sin(col), math.sin(col / 100), math.cos(col), math.cos(col / 100),
+                math.sin(row), math.sin(row / 100), math.cos(row), math.cos(row / 100)]
+    torch.testing.assert_close(pos[row * 3 + col], torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=1e-7)

@@ -57,13 +57,13 @@ class Conditioning(nn.Module):
     guidance), and labels=None means null for every sample.
     """
 
-    def __init__(self, dim: int, time_cond: str, num_classes: int = 0):
+    def __init__(self, dim: int, time_cond: str, num_classes: int = 0, freq_dim: int = 128):
         super().__init__()
         if time_cond not in TIME_CONDITIONINGS:
             raise ValueError(f"time_cond {time_cond!r} not in {sorted(TIME_CONDITIONINGS)}")
         self.select = TIME_CONDITIONINGS[time_cond]
         n_scalars = len(self.select(torch.zeros(1), torch.zeros(1)))
-        self.embedders = nn.ModuleList(ScalarEmbedder(dim) for _ in range(n_scalars))
+        self.embedders = nn.ModuleList(ScalarEmbedder(dim, freq_dim) for _ in range(n_scalars))
         self.num_classes = num_classes
         self.label_embedding = nn.Embedding(num_classes + 1, dim) if num_classes else None
 

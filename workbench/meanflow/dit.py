@@ -1,4 +1,9 @@
-"""A small DiT (Peebles & Xie) with adaLN-Zero blocks, written so that torch.func.jvp works.
+"""DiT (Peebles & Xie) with adaLN-Zero blocks, as the official MeanFlow code builds and initialises it
+(Gsunshine/meanflow `models/models_dit.py`): fixed 2-D sin-cos patch positions, one 256-frequency
+sinusoidal + MLP embedder per time scalar (t and t - r) with N(0, 0.02) weights, an N(0, 0.02) label
+embedding with a null class, xavier-uniform attention, MLP and patch projections with zero biases, and
+zero adaLN modulations and output layer. DiT-B/4 on 32x32x4 latents with 1000 classes has 131,165,248
+parameters, the official count (tests/test_networks.py).
 
 The fused scaled_dot_product_attention kernels have no forward-mode AD, so attention here is the
 plain matmul-softmax form.
@@ -13,6 +18,17 @@ from .conditioning import Conditioning
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
+
+
+def sincos_positions(dim: int, height: int, width: int) -> torch.Tensor:
+    """(height * width, dim) fixed 2-D sin-cos positions (MAE's get_2d_sincos_pos_embed, row-major patches):
+    the first half encodes the column, the second the row, each as [sin, cos] of 10000^(-2i/(dim/2))."""
+    def axis(positions: torch.Tensor, d: int) -> torch.Tensor:
+        omega = 1.0 / 10_000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2))
+        out = positions.double().reshape(-1)[:, None] * omega[None]
+        return torch.cat([out.sin(), out.cos()], dim=1)
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return torch.cat([axis(cols, dim // 2), axis(rows, dim // 2)], dim=1).float()
 
 
 class Attention(nn.Module):
@@ -66,13 +82,31 @@ class DiT(nn.Module):
         if height % patch_size or width % patch_size or hidden % heads:
             raise ValueError(f"DiT: {height}x{width} not divisible by patch {patch_size}, or hidden {hidden} by heads {heads}")
         self.num_classes, self.patch, self.data_shape = num_classes, patch_size, data_shape
-        self.cond = Conditioning(hidden, time_cond, num_classes)
+        self.cond = Conditioning(hidden, time_cond, num_classes, freq_dim=256)
         self.patchify = nn.Conv2d(c_img, hidden, patch_size, stride=patch_size)
-        self.pos = nn.Parameter(0.02 * torch.randn(1, (height // patch_size) * (width // patch_size), hidden))
+        self.register_buffer("pos", sincos_positions(hidden, height // patch_size, width // patch_size)[None],
+                             persistent=False)
         self.blocks = nn.ModuleList(DiTBlock(hidden, heads) for _ in range(depth))
         self.final_norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.final_adaLN = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
         self.final = nn.Linear(hidden, patch_size * patch_size * c_img)
+        self._official_init()
+
+    def _official_init(self) -> None:
+        """The official initialisation (models_dit.py: DiTLinear, TimestepEmbedder, LabelEmbedder, PatchEmbed)."""
+        for block in self.blocks:
+            for layer in (block.attn.qkv, block.attn.proj, block.mlp[0], block.mlp[2]):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        for embedder in self.cond.embedders:
+            for layer in (embedder.mlp[0], embedder.mlp[2]):
+                nn.init.normal_(layer.weight, std=0.02)
+                nn.init.zeros_(layer.bias)
+        if self.cond.label_embedding is not None:
+            nn.init.normal_(self.cond.label_embedding.weight, std=0.02)
+        # the patch projection as a linear map of each flattened patch: fan_in = C p^2, fan_out = hidden
+        nn.init.xavier_uniform_(self.patchify.weight.view(self.patchify.weight.shape[0], -1))
+        nn.init.zeros_(self.patchify.bias)
         for layer in (self.final_adaLN[-1], self.final):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
