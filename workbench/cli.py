@@ -159,8 +159,9 @@ def eval_(
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", metavar="KEY=VALUE", help="eval.* override KEY=VALUE; repeatable.")] = None,
 ) -> None:
-    """Re-evaluate a saved run's EMA checkpoint (2D: energy distance, sliced W2; images: FID, KID); writes eval.json."""
+    """Re-evaluate a saved run's EMAs (2D: energy distance, sliced W2; images: FID, KID); writes eval.json."""
     from workbench.config import RunConfig, with_overrides
+    from workbench.emas import kept_weights
     from workbench.evaluate import evaluator_for
     from workbench.fid import FeatureError
     from workbench.tracking import write_eval
@@ -174,11 +175,85 @@ def eval_(
     try:
         config = with_overrides(RunConfig.model_validate_json((run / "config.json").read_text()), overrides)
         evaluator = evaluator_for(config)
-        metrics = evaluator(load_ema(run, config), config.eval.num_samples)
+        metrics = {}
+        for which in kept_weights(config):  # every EMA the run keeps (and the raw weights with eval.raw)
+            scores = evaluator(load_ema(run, config, which), config.eval.num_samples)
+            metrics |= {(f"{key}_{which}" if which else key): value for key, value in scores.items()}
         write_eval(run, evaluator.info, config.eval.num_samples, metrics)
     except (ValueError, FileNotFoundError, FeatureError) as err:  # ConfigError and DataError are ValueErrors
         _fail(str(err))
     _print_metrics(metrics)
+
+
+@app.command()
+def sample(
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run folder (wb train, or wb-cells/...) or an MLflow run id.")],
+    num: Annotated[int, typer.Option("--num", min=1, help="Samples to write.")] = 50_000,
+    out: Annotated[Path, typer.Option("--out", help="An .npz (ADM format: uint8 NHWC arr_0, labels) or a folder "
+                                      "for PNGs.")] = Path("samples.npz"),
+    ema: Annotated[str, typer.Option("--ema", help="Which weights: '' (train.ema_decay's EMA), an extra EMA "
+                                     "such as ema0.99995, or raw (run folders only).")] = "",
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Sampling steps (1 = one-step).")] = 1,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Noise seed; sample i uses (seed, i), as eval.seed does.")] = 0,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Samples per batch on the device.")] = 500,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    vae: Annotated[Optional[str], typer.Option("--vae", help="Latent runs: the AutoencoderKL folder that decodes "
+                                               "them [default: the run's eval.vae_path].")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow store of RUN when it is a "
+                                                        "run id.")] = None,
+) -> None:
+    """Write a trained model's samples for an external evaluator: sample i from noise (seed, i) and label i mod
+    classes, as wb's own evaluation draws them (labelled models sample their classes in turn)."""
+    from workbench.export import export_samples, run_model
+    from workbench.fid import FeatureError
+    from workbench.train import resolve_device
+
+    try:
+        config, net = run_model(run, ema, tracking_uri)
+        net = net.to(resolve_device(device)).eval()
+        data_shape, decode = _sample_shape(config, vae)
+        summary = export_samples(net, data_shape, num, out, steps, seed, batch, decode,
+                                 progress=lambda done, total: typer.echo(f"\r{done}/{total}", nl=False, err=True))
+    except (ValueError, FileNotFoundError, FeatureError) as err:
+        _fail(str(err))
+    typer.echo(f"\nwrote {summary['num']} samples of shape {summary['shape']} to {summary['out']}")
+
+
+def _sample_shape(config, vae: str | None):
+    """The model's input shape and, for latents, the decoder to images."""
+    from workbench.data import load_data
+    from workbench.vae import decode, load_vae
+
+    data = load_data(config.data.name, "train", path=config.data.path, data_dir=config.data.data_dir)
+    if data.kind == "points":
+        raise ValueError(f"data.name={config.data.name!r}: 2D points are no images; sample them with wb eval's pictures")
+    if data.kind != "latents":
+        return data.shape, None
+    decoder = load_vae(vae or config.eval.vae_path)
+    return data.shape, lambda z: decode(decoder.to(z.device), z, data.scale)
+
+
+@app.command()
+def encode(
+    folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="Images, one subfolder per class (ImageNet's train/).")],
+    vae: Annotated[str, typer.Option("--vae", help="AutoencoderKL folder (SD-VAE ft-MSE for the official recipe).")],
+    out: Annotated[Path, typer.Option("--out", help="The latent file to write (.npz).")] = Path("data/imagenet256_latents.npz"),
+    size: Annotated[int, typer.Option("--size", min=8, help="Centre-crop size in pixels (ADM's crop).")] = 256,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per batch on the device.")] = 64,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Encode an image folder into the latent file of data.name=latents: the posterior's mean and std (x 0.18215,
+    float16) and the class labels; training draws a fresh latent from them every step."""
+    from workbench.fid import FeatureError
+    from workbench.train import resolve_device
+    from workbench.vae import encode_folder
+
+    try:
+        summary = encode_folder(folder, vae, out, size, batch, resolve_device(device),
+                                progress=lambda done, total: typer.echo(f"\r{done}/{total}", nl=False, err=True))
+    except (ValueError, FeatureError) as err:
+        _fail(str(err))
+    typer.echo(f"\nwrote {summary['images']} latents {summary['shape']} ({summary['classes']} classes) to {summary['out']}")
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:

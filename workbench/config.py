@@ -177,6 +177,10 @@ class EvalConfig(_Frozen):
     inception_mode: Literal["clean", "legacy_tensorflow"] = F(
         "clean", "clean-fid's Inception mode: clean (PIL resize, clean-fid's own numbers) or legacy_tensorflow (the "
         "TF-Inception FID most papers report, and what the official MeanFlow CIFAR-10 evaluation computes)")
+    fid_reference: str = F("", ".npz of reference statistics ('mu' and 'sigma'; ImageNet 256: ADM's "
+                           "VIRTUAL_imagenet256_labeled.npz); empty = the train split's (CIFAR-10: clean-fid's)")
+    vae_path: str = F("", "latents scored as images (eval.features = inception): a local diffusers AutoencoderKL "
+                      "folder that decodes them (SD-VAE ft-MSE for the official ImageNet recipe)")
     cache_dir: str = F("data/cache", "where classifier weights and reference features are cached")
 
     @field_validator("nfe", "fm_steps")

@@ -7,7 +7,7 @@ Nothing downloads unless `download=True` is asked for explicitly.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +39,16 @@ class Dataset:
     labels: torch.Tensor | None  # (N,) int64 in [0, num_classes), or None when unlabelled
     num_classes: int
     kind: str  # "points", "images" or "latents"
+    std: torch.Tensor | None = None  # latents stored as a posterior: x is its mean, a training latent x + std * e
+    scale: float = 1.0  # latents: the factor they were multiplied by (SD-VAE 0.18215); the decoder divides it out
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
 
     def to(self, device: torch.device) -> Dataset:
-        labels = None if self.labels is None else self.labels.to(device)
-        return Dataset(self.x.to(device), labels, self.num_classes, self.kind)
+        move = lambda a: None if a is None else a.to(device)
+        return replace(self, x=self.x.to(device), labels=move(self.labels), std=move(self.std))
 
 
 # Toy 2D sets --------------------------------------------------------------------------------
@@ -175,18 +177,27 @@ def npz(split: str, path: str = "", **_) -> Dataset:
 
 
 def latents(split: str, path: str = "", **_) -> Dataset:
-    """A .npz of pre-encoded latents: 'latents' float (N, C, H, W), already scaled as the model should
-    see them (SD-VAE: x 0.18215), and optional 'labels' (N,) ints. One split: evaluation compares with
-    the training latents, as ImageNet FID compares with train statistics."""
+    """A .npz of pre-encoded latents, scaled as the model should see them (SD-VAE: x 0.18215): either the
+    encoder's posterior, 'mean' and 'std' (N, C, H, W), from which every step draws a fresh latent (the
+    official ImageNet recipe; `wb encode` writes such a file), or fixed 'latents' (N, C, H, W); float16 is
+    kept as float16 (half the memory). Optional 'labels' (N,) ints and 'scale' (the factor, for decoding).
+    One split: evaluation compares with the training latents."""
     file = Path(path)
     if not file.is_file():
-        raise DataError(f"data.path={path!r}: no such .npz file of latents (an array 'latents', N x C x H x W)")
+        raise DataError(f"data.path={path!r}: no such .npz file of latents ('mean' and 'std', or 'latents', N x C x H x W)")
     with np.load(file) as archive:
-        if "latents" not in archive or archive["latents"].ndim != 4:
-            raise DataError(f"{file}: needs a float array 'latents' (N x C x H x W); has {sorted(archive)}")
-        x = torch.tensor(archive["latents"], dtype=torch.float32)
+        keys = "mean" if "mean" in archive else "latents"
+        if keys not in archive or archive[keys].ndim != 4 or (keys == "mean" and archive.get("std") is None):
+            raise DataError(f"{file}: needs float arrays 'mean' and 'std' (N x C x H x W, a posterior), or 'latents'; "
+                            f"has {sorted(archive)}")
+        keep = lambda a: torch.from_numpy(np.ascontiguousarray(a if a.dtype == np.float16 else a.astype(np.float32)))
+        x = keep(archive[keys])
+        std = keep(archive["std"]) if keys == "mean" else None
+        if std is not None and std.shape != x.shape:
+            raise DataError(f"{file}: 'std' {tuple(std.shape)} must match 'mean' {tuple(x.shape)}")
         labels = torch.as_tensor(archive["labels"], dtype=torch.long) if "labels" in archive else None
-    return Dataset(x, labels, 0 if labels is None else int(labels.max()) + 1, "latents")
+        scale = float(archive["scale"]) if "scale" in archive else 1.0
+    return Dataset(x, labels, 0 if labels is None else int(labels.max()) + 1, "latents", std, scale)
 
 
 def folder(split: str, path: str = "", **_) -> Dataset:
@@ -232,6 +243,6 @@ def load_data(name: str, split: str = "train", *, path: str = "", data_dir: str 
     if name not in DATASETS:
         raise DataError(f"data.name={name!r}: not one of {', '.join(DATASETS)}")
     data = DATASETS[name](split, path=path, data_dir=data_dir, download=download)
-    return data if labels else Dataset(data.x, None, 0, data.kind)
+    return data if labels else replace(data, labels=None, num_classes=0)
 
 

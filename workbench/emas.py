@@ -30,6 +30,11 @@ def ema_models(net: nn.Module, config: RunConfig) -> dict[str, AveragedModel]:
     return {name: ema_model(net, rate ** every) for name, rate in rates.items()}
 
 
+def kept_weights(config: RunConfig) -> list[str]:
+    """Which weights a run of config scores: '' (train.ema_decay), each extra EMA, and 'raw' with eval.raw."""
+    return [""] + [ema_suffix(d) for d in config.train.ema_decays] + (["raw"] if config.eval.raw else [])
+
+
 def score_all(evaluator: Evaluator, emas: dict[str, AveragedModel], net: nn.Module, config: RunConfig,
               num_samples: int) -> dict[str, float]:
     """Scores of every kept EMA (and of the raw weights with eval.raw), each under its own metric names."""

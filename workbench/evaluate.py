@@ -195,13 +195,15 @@ def toy_references(data_name: str, num_samples: int, seed: int = 0, conditional:
 
 
 def image_metrics(net: nn.Module, scorer: ImageScorer, shape: tuple[int, ...], nfe: tuple[int, ...] = (1, 2),
-                  fm_steps: tuple[int, ...] = (), num_samples: int = 10_000, seed: int = 0) -> dict[str, float]:
+                  fm_steps: tuple[int, ...] = (), num_samples: int = 10_000, seed: int = 0,
+                  decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
     """clean-fid FID (and KID) of generated images: {'fid_1nfe': ..., 'kid_1nfe': ..., 'fid_fm50': ...}, the
-    features computed on the net's device as the samples come."""
+    features computed on the net's device as the samples come. decode: latents -> images in [-1, 1]."""
     scorer.to(next(net.parameters()).device)
     metrics = {}
     for name, (euler, steps) in samplers(nfe, fm_steps).items():
-        scores = scorer.score_stream(sample_chunks(net, shape, euler, steps, num_samples, seed), seed)
+        chunks = sample_chunks(net, shape, euler, steps, num_samples, seed)
+        scores = scorer.score_stream(map(decode, chunks) if decode else chunks, seed)
         metrics |= {f"{metric}_{name}": value for metric, value in scores.items()}
     return metrics
 
@@ -244,7 +246,7 @@ def _metric_names(config: RunConfig) -> list[str]:
             labelled = config.data.labels and load_data(name, "test").num_classes
             families += ["precision", "tv", "modes", "transport"] + (["labelprec"] if labelled else [])
         return [f"{family}_{s}" for s in suffixes for family in families] + (["uerr"] if name in EXACT_REFERENCES else [])
-    if name == "latents":
+    if name == "latents" and ev.features != "inception":
         return [f"fdlatent_{s}" for s in suffixes]
     families = ("fid",) if ev.features == "inception" else ("fid", "kid")  # KID needs the reference features
     return [f"{family}_{s}" for s in suffixes for family in families]
@@ -273,15 +275,46 @@ def evaluator_for(config: RunConfig) -> Evaluator:
                          {"features": f"points (energy distance, sliced W2 vs held-out split{exact})", "seed": ev.seed,
                           **({"exact_guidance": guidance} if exact else {})})
     data = load_data(name, "test", path=config.data.path, data_dir=config.data.data_dir)
+    if data.kind == "latents" and ev.features == "inception":
+        return decoded_image_evaluator(config, data)
     if data.kind == "latents":
-        if ev.features not in ("auto", "latent"):
-            raise ConfigError(f"eval.features={ev.features!r}: latents would need decoding to images first; "
-                              "use latent (Frechet distance of the latents) or decode and score outside")
-        reference = flat_statistics(data.x.split(4096))
+        if ev.features != "auto" and ev.features != "latent":
+            raise ConfigError(f"eval.features={ev.features!r}: latents are scored as latents (latent) or, decoded "
+                              "by eval.vae_path, with Inception (inception)")
+        reference = flat_statistics(posterior_samples(data, ev.seed))
         return Evaluator(lambda net, n: latent_metrics(net, reference, data.shape, ev.nfe, ev.fm_steps, n, ev.seed),
                          {"features": "latent (Frechet distance of flattened latents vs the training latents)",
                           "seed": ev.seed})
     kind = ev.features if ev.features != "auto" else ("classifier" if data.labels is not None else "inception")
-    scorer = image_scorer(config.data, kind, Path(ev.cache_dir), ev.seed, ev.inception_mode)
+    scorer = image_scorer(config.data, kind, Path(ev.cache_dir), ev.seed, ev.inception_mode, reference=ev.fid_reference)
     return Evaluator(lambda net, n: image_metrics(net, scorer, data.shape, ev.nfe, ev.fm_steps, n, ev.seed),
                      {"features": scorer.name, "seed": ev.seed, **scorer.info})
+
+
+def posterior_samples(data, seed: int, chunk: int = 4096) -> Iterator[torch.Tensor]:
+    """The data set's latents in chunks: fixed latents as they are, a posterior's mean and std as one draw each
+    (the noise from `seed`), so the reference has the spread the training latents have."""
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, len(data.x), chunk):
+        x = data.x[start:start + chunk].float()
+        if data.std is not None:
+            x = x + data.std[start:start + chunk].float() * torch.randn(x.shape, generator=generator)
+        yield x
+
+
+def decoded_image_evaluator(config: RunConfig, data) -> Evaluator:
+    """FID of generated latents decoded to images by eval.vae_path (SD-VAE), Inception features against
+    eval.fid_reference (ImageNet 256: ADM's statistics), as the official ImageNet evaluation computes it."""
+    from workbench.vae import decode, load_vae
+
+    ev = config.eval
+    if not ev.fid_reference:
+        raise ConfigError("eval.features='inception' on latents needs eval.fid_reference: the statistics of real "
+                          "images (ImageNet 256: ADM's VIRTUAL_imagenet256_labeled.npz)")
+    vae = load_vae(ev.vae_path)
+    scorer = image_scorer(config.data, "inception", Path(ev.cache_dir), ev.seed, ev.inception_mode,
+                          reference=ev.fid_reference)
+    return Evaluator(lambda net, n: image_metrics(net, scorer, data.shape, ev.nfe, ev.fm_steps, n, ev.seed,
+                                                  decode=lambda z: decode(vae, z, data.scale)),
+                     {"features": f"{scorer.name} of images decoded by {ev.vae_path}", "reference": ev.fid_reference,
+                      "seed": ev.seed})

@@ -292,10 +292,26 @@ class ImageScorer:
         return scores
 
 
+def reference_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of a user-supplied statistics .npz: 'mu' and 'sigma' (ADM's reference batches, clean-fid's
+    stats files) or 'ref_mu' and 'ref_sigma' (the official MeanFlow code's)."""
+    file = Path(path)
+    if not file.is_file():
+        raise FeatureError(f"eval.fid_reference={str(path)!r}: no such file; for ImageNet 256 put ADM's reference batch "
+                           "VIRTUAL_imagenet256_labeled.npz (https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
+                           "ref_batches/imagenet/256/VIRTUAL_imagenet256_labeled.npz) there")
+    with np.load(file) as ref:
+        for mu, sigma in (("mu", "sigma"), ("ref_mu", "ref_sigma")):
+            if mu in ref and sigma in ref:
+                return ref[mu], ref[sigma]
+    raise FeatureError(f"{file}: needs arrays 'mu' and 'sigma' (or 'ref_mu' and 'ref_sigma'); has {sorted(ref)}")
+
+
 def image_scorer(data: DataConfig | str, kind: str, cache_dir: Path, seed: int = 0, mode: str = "clean",
-                 device: torch.device | str = "cpu") -> ImageScorer:
-    """kind 'classifier' (offline; FID and KID) or 'inception' (clean-fid in `mode`; FID only). CIFAR-10 with
-    Inception uses clean-fid's precomputed train statistics; other sets their train split's, computed once."""
+                 device: torch.device | str = "cpu", reference: str = "") -> ImageScorer:
+    """kind 'classifier' (offline; FID and KID) or 'inception' (clean-fid in `mode`; FID only). The reference:
+    the `reference` statistics file when given; else CIFAR-10 with Inception uses clean-fid's precomputed train
+    statistics, other sets their train split's, computed once."""
     data, cache_dir, device = as_source(data), Path(cache_dir), torch.device(device)
     if kind == "classifier":
         model, accuracy = load_classifier(data, cache_dir, seed)
@@ -309,6 +325,10 @@ def image_scorer(data: DataConfig | str, kind: str, cache_dir: Path, seed: int =
         inception_extractor(torch.device("cpu"), mode)  # fails now, naming the file, if the weights are missing
         scorer = ImageScorer(f"inception-{mode}", lambda dev: inception_extractor(dev, mode),
                              build_resizer(mode) if mode == "clean" else None, device=device)
+    if reference:
+        scorer.ref_mu, scorer.ref_sigma = reference_file(reference)
+        scorer.info["reference"] = str(reference)
+        return scorer
     if kind == "inception" and data.name == "cifar10":
         stats = Path(cleanfid.__file__).parent / "stats" / f"cifar10_{mode}_train_32.npz"
         if not stats.is_file():

@@ -136,7 +136,10 @@ def draw_batch(data: Dataset, config: RunConfig, generator: torch.Generator) -> 
     # runs without augmentation draw the same numbers as before it existed.
     hflip = torch.rand(batch_size, generator=generator) < 0.5 if config.data.hflip else None
     augment = draw_augment(batch_size, config.data.augment_p, generator) if config.data.augment_p > 0 else None
-    return {"x": data.x[index], "t": t, "r": r, "noise": noise, "labels": labels, "dropped": dropped,
+    x = data.x[index].float()
+    if data.std is not None:  # a fresh latent from each image's posterior (the official ImageNet recipe)
+        x = x + data.std[index].float() * torch.randn((batch_size, *data.shape), generator=generator).to(x.device)
+    return {"x": x, "t": t, "r": r, "noise": noise, "labels": labels, "dropped": dropped,
             "hflip": hflip, "augment": augment}
 
 

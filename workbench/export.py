@@ -1,0 +1,99 @@
+"""`wb sample`: a trained model's samples written where any external evaluator can read them.
+
+Sample i is drawn from the noise (seed, i) and, for a class-conditional model, label i mod classes,
+exactly as the workbench's own evaluation draws it (workbench/evaluate.py sample_chunks), so the ADM
+evaluation suite or torch-fidelity scores the same images the workbench scored. Images go to an
+ADM-format .npz (uint8 NHWC 'arr_0', plus 'labels') or a folder of PNGs; latents are decoded first.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.config import ConfigError, RunConfig
+from workbench.data import load_data
+from workbench.evaluate import sample_chunks
+from workbench.train import build_net, load_ema
+
+
+def run_model(run: str, which: str = "", tracking_uri: str | None = None) -> tuple[RunConfig, nn.Module]:
+    """(config, network) of a run folder (config.json + checkpoint.pt) or of an MLflow run id (its config.json
+    and ema.pt / ema_<which>.pt artifacts). which: '' train.ema_decay's EMA, 'ema0.99995' an extra one, 'raw'."""
+    folder = Path(run)
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"{folder}: no config.json there (is it a run folder?)")
+        config = RunConfig.model_validate_json((folder / "config.json").read_text())
+        return config, load_ema(folder, config, which)
+    if not tracking_uri:
+        raise ConfigError(f"{run!r} is no run folder; for an MLflow run id pass --tracking-uri (e.g. sqlite:///mlflow.db)")
+    return _mlflow_model(run, which, tracking_uri)
+
+
+def _mlflow_model(run_id: str, which: str, tracking_uri: str) -> tuple[RunConfig, nn.Module]:
+    from mlflow import MlflowClient
+
+    from workbench.tracking import download
+
+    client = MlflowClient(tracking_uri)
+    name = f"ema_{which}.pt" if which else "ema.pt"
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            config_file = download(client, run_id, "config.json", Path(scratch))
+            weights = download(client, run_id, name, Path(scratch))
+        except Exception as err:  # an unknown run id: MLflow's own message says which
+            raise ConfigError(f"MLflow run {run_id!r} at {tracking_uri}: {err}") from None
+        if config_file is None or weights is None:
+            raise ConfigError(f"MLflow run {run_id!r} has no {'config.json' if config_file is None else name} artifact "
+                              "(weights are logged when a cell finishes; 'raw' only in a run folder's checkpoint)")
+        config = RunConfig.model_validate_json(config_file.read_text())
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    data = load_data(config.data.name, "train", path=config.data.path, data_dir=config.data.data_dir,
+                     labels=config.data.labels)
+    net = build_net(config, data)  # ema.pt holds the averaged network's own state dict (workbench/runs.py)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise ConfigError(f"MLflow run {run_id!r}: {name} does not fit its config.json's network ({err})") from None
+    return config, net.eval()
+
+
+def export_samples(net: nn.Module, shape: tuple[int, ...], num: int, out: Path, steps: int = 1, seed: int = 0,
+                   batch_size: int = 500, decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> dict:
+    """num samples of net (on its device, in batches) -> out: '.npz' (ADM format) or a folder of PNGs
+    (000000.png, ...). decode: latents -> images in [-1, 1]. The .npz is written whole or not at all."""
+    from workbench.fid import to_uint8
+
+    images, done = [], 0
+    png = out.suffix != ".npz"
+    if png:
+        out.mkdir(parents=True, exist_ok=True)
+    for chunk in sample_chunks(net, shape, False, steps, num, seed, batch_size):
+        x = to_uint8(decode(chunk) if decode else chunk).permute(0, 2, 3, 1).cpu().numpy()  # NHWC uint8
+        if png:
+            from PIL import Image
+
+            for i, image in enumerate(x):
+                Image.fromarray(image).save(out / f"{done + i:06d}.png")
+        else:
+            images.append(x)
+        done += len(x)
+        if progress:
+            progress(done, num)
+    labels = np.arange(num) % net.num_classes if net.num_classes else None
+    if not png:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".npz", delete=False) as tmp:
+            np.savez(tmp, arr_0=np.concatenate(images), **({"labels": labels} if labels is not None else {}))
+        Path(tmp.name).replace(out)
+    else:
+        (out / "samples.json").write_text(json.dumps({"num": num, "steps": steps, "seed": seed, "labels":
+                                                      "i mod classes" if labels is not None else None}))
+    return {"num": num, "shape": tuple(x.shape[1:]), "out": str(out), "labels": net.num_classes or None}
