@@ -7,6 +7,7 @@ import torch
 
 from workbench.config import ConfigError, with_overrides
 from workbench.evaluate import evaluator_for, flat_statistics, latent_metrics
+from workbench.fid import FeatureError
 from workbench.pictures import save_run_pictures
 from workbench.studies import load_study
 from workbench.train import train
@@ -52,19 +53,24 @@ def test_imagenet_study_smoke_runs_at_full_network_size(tmp_path):
     study = load_study("imagenet_table5")
     cell = study.cells()[-1]
     assert (cell.config.net.dit.hidden, cell.config.net.dit.depth, cell.config.net.dit.patch_size) == (768, 12, 4)
+    # scored by the latent distance here: the study's decoded-image FID needs the VAE and Inception weights
     config = with_overrides(cell.config, {"data.path": str(latents_file(tmp_path)), "train.steps": 2,
                                           "train.batch_size": 2, "train.device": "cpu", "eval.num_samples": 16,
-                                          "eval.nfe": "1", "eval.every": 0, "sample.num_images": 4})
+                                          "eval.nfe": "1", "eval.every": 0, "sample.num_images": 4,
+                                          "eval.features": "latent"})
     result = train(config, tmp_path / "run", progress=False, evaluator=evaluator_for(config))
     save_run_pictures(result.ema, result.data, config, tmp_path / "run", scored=True)
-    assert math.isfinite(result.metrics[study.metric]) and (tmp_path / "run" / "samples.png").is_file()
+    assert study.metric == "fid_1nfe" and math.isfinite(result.metrics["fdlatent_1nfe"])
+    assert (tmp_path / "run" / "samples.png").is_file()
 
 
-def test_latents_refuse_image_features(tmp_path):
+def test_latents_refuse_classifier_features_and_name_the_missing_vae(tmp_path):
     config = with_overrides(load_study("imagenet_table1a").cells()[0].config,
-                            {"data.path": str(latents_file(tmp_path)), "eval.features": "inception"})
-    with pytest.raises(ConfigError, match="eval.features='inception': latents would need decoding"):
+                            {"data.path": str(latents_file(tmp_path)), "eval.features": "classifier"})
+    with pytest.raises(ConfigError, match="eval.features='classifier': latents are scored as latents"):
         evaluator_for(config)
+    with pytest.raises(FeatureError, match="data/sd-vae-ft-mse"):
+        evaluator_for(with_overrides(config, {"eval.features": "inception"}))
 
 
 def test_cifar10_study_smoke_runs_at_full_network_size(tmp_path):
@@ -75,11 +81,13 @@ def test_cifar10_study_smoke_runs_at_full_network_size(tmp_path):
              labels=rng.integers(0, 10, 64))
     study = load_study("cifar10_table1a")
     cell = study.cells()[1]  # 25% r != t
+    assert cell.config.net.arch == "songunet" and cell.config.data.augment_p == 0.12 and not cell.config.data.labels
     config = with_overrides(cell.config, {"data.name": "npz", "data.path": str(tmp_path / "rgb.npz"),
                                           "train.steps": 2, "train.batch_size": 2, "train.device": "cpu",
                                           "eval.features": "classifier", "eval.cache_dir": str(tmp_path / "cache"),
                                           "eval.num_samples": 16, "eval.nfe": "1", "eval.fm_steps": "",
-                                          "eval.every": 0, "sample.num_images": 4})
+                                          "eval.every": 0, "sample.num_images": 4, "eval.raw": False,
+                                          "train.ema_decays": ""})  # one scored EMA: tests/test_recipes.py scores all
     result = train(config, tmp_path / "run", progress=False, evaluator=evaluator_for(config))
     save_run_pictures(result.ema, result.data, config, tmp_path / "run", scored=True)
     assert math.isfinite(result.metrics["fid_1nfe"]) and (tmp_path / "run" / "samples.png").is_file()
