@@ -65,7 +65,7 @@ def test_latents_loader_keeps_values_and_labels(tmp_path):
     assert ds.kind == "latents" and ds.shape == (4, 8, 8) and ds.num_classes == 4
     assert torch.equal(ds.x, torch.from_numpy(x)) and ds.labels.tolist() == [0, 3, 1, 2, 3]
     np.savez(tmp_path / "flat.npz", latents=x.reshape(5, -1))
-    with pytest.raises(DataError, match=r"flat.npz: needs a float array 'latents' \(N x C x H x W\)"):
+    with pytest.raises(DataError, match=r"flat.npz: needs float arrays 'mean' and 'std' \(N x C x H x W, a posterior\)"):
         load_data("latents", path=str(tmp_path / "flat.npz"))
     with pytest.raises(DataError, match="no such .npz file of latents"):
         load_data("latents", path=str(tmp_path / "missing.npz"))

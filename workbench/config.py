@@ -125,6 +125,8 @@ class TrainConfig(_Frozen):
                                       "each in the checkpoint and scored at every evaluation (metric names end in "
                                       "_ema<rate>, e.g. fid_1nfe_ema0.99995)")
     ema_every: int = F(1, "steps between EMA updates, each with rate^ema_every (official CIFAR-10: 16)", ge=1)
+    compile: bool = F(False, "torch.compile the loss (forward, whole-batch torch.func.jvp, backward), as the official "
+                      "CIFAR-10 code does; eager runs use the faster tangent pass, which compile cannot trace")
     tf32: bool = F(True, "CUDA: float32 matrix products and convolutions in TF32 (the official code's "
                    "set_float32_matmul_precision('high'))")
     precision: Literal["fp32", "bf16"] = F("fp32", "bf16 autocast outside the JVP (the JVP stays fp32)")

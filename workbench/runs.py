@@ -64,6 +64,8 @@ class CellRun:
         self.tracker = tracking.MlflowTracker(client, self.run_id, logged=logged, share_checkpoints=share_checkpoints)
         self.tracker.seconds = time.perf_counter() - self.started  # run creation and params count as tracking
         self.ended = False
+        on_gpu = tags[tracking.DEVICE].startswith("cuda")
+        self.system = tracking.system_metrics(client, self.run_id, on_gpu, resume=self.resume)
 
     def _earlier_attempt(self, experiment_id: str):
         if self._folder is not None or not (self.run_dir / CHECKPOINT).is_file() or not (self.folder / RUN_ID).is_file():
@@ -109,6 +111,8 @@ class CellRun:
         if self.ended:
             return
         self.ended = True
+        if self.system is not None:
+            self.system.finish()
         try:
             if self.tracker.lost is None:  # a store that stayed away is not waited for twice
                 self.tracker.flush()

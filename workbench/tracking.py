@@ -447,6 +447,19 @@ def retry_seconds() -> float:
     return float(os.environ.get("WB_TRACKING_RETRY_S", 300))
 
 
+def system_metrics(client: MlflowClient, run_id: str, on_gpu: bool, resume: bool = False):
+    """MLflow's own system-metrics monitor on a run that trains on a GPU (GPU utilisation and memory, CPU, disk,
+    network, as system/... metrics every 10 s), started; None on the CPU unless WB_SYSTEM_METRICS=1 asks for it.
+    Stop it with .finish()."""
+    if not (on_gpu or os.environ.get("WB_SYSTEM_METRICS") == "1"):
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=resume, tracking_uri=client.tracking_uri)
+    monitor.start()
+    return monitor
+
+
 class MlflowTracker:
     """Buffers metric rows and sends them with MlflowClient.log_batch every `flush_rows` rows.
 

@@ -19,7 +19,7 @@ from workbench.augment import AUGMENT_DIM, augment_batch, draw_augment
 from workbench.config import ConfigError, RunConfig
 from workbench.data import Dataset, load_data
 from workbench.emas import ema_model, ema_models, score_all
-from workbench.meanflow import NETWORKS, meanflow_loss, sample_t_r
+from workbench.meanflow import JVP_MODES, NETWORKS, meanflow_loss, sample_t_r
 from workbench.stopping import STOP, Interrupted
 from workbench.tracking import JsonlTracker, NullTracker, Tracker, write_eval
 
@@ -103,6 +103,16 @@ def build_net(config: RunConfig, data: Dataset) -> nn.Module:
         return NETWORKS[arch](data.shape, data.num_classes, config.net.time_cond, **options)
     except ValueError as err:
         raise ConfigError(f"net.{arch}: {err}") from None
+
+
+def loss_function(net: nn.Module, config: RunConfig) -> Callable[..., tuple[torch.Tensor, dict]]:
+    """(x, t, r, noise, labels, dropped, cond) -> (loss, metrics): eager with the default d/dt u strategy, or
+    with train.compile the whole-batch torch.func.jvp through torch.compile (compiled on the first call)."""
+    dudt = JVP_MODES["whole" if config.train.compile else "auto"]
+
+    def loss(x, t, r, noise, labels, dropped, cond):
+        return meanflow_loss(net, x, t, r, noise, config.meanflow, labels=labels, dropped=dropped, dudt=dudt, cond=cond)
+    return torch.compile(loss) if config.train.compile else loss
 
 
 def learning_rate(step: int, config: RunConfig) -> float:
@@ -221,6 +231,7 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
     data = data.to(device)
 
     params = [p for p in net.parameters() if p.requires_grad]
+    loss_fn = loss_function(net, config)
     bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, disable=not progress,
                desc=run_dir.name, dynamic_ncols=True)
     clock, loss_sum, loss_count, last_row = time.perf_counter(), 0.0, 0, {}
@@ -232,8 +243,7 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
         x, cond = augment_batch(batch)
         # Loss (bf16 autocast outside the JVP when asked for).
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.precision == "bf16"):
-            loss, metrics = meanflow_loss(net, x, batch["t"], batch["r"], batch["noise"], config.meanflow,
-                                          labels=batch["labels"], dropped=batch["dropped"], cond=cond)
+            loss, metrics = loss_fn(x, batch["t"], batch["r"], batch["noise"], batch["labels"], batch["dropped"], cond)
         # Update weights (gradients, loss and the stop flag averaged over data-parallel ranks).
         for param_group in optimizer.param_groups:
             param_group["lr"] = learning_rate(step, config)
@@ -255,7 +265,8 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
             watch.check()
             steps_per_s = loss_count / (time.perf_counter() - clock)
             last_row = {k: float(v) for k, v in group.mean(metrics).items()} | {
-                "loss": float(loss_sum) / loss_count, "lr": learning_rate(step, config), "steps_per_s": steps_per_s}
+                "loss": float(loss_sum) / loss_count, "lr": learning_rate(step, config), "steps_per_s": steps_per_s,
+                "images_per_s": steps_per_s * config.train.batch_size}
             tracker.log_metrics(last_row, step + 1)
             bar.set_postfix(loss=f"{last_row['loss']:.4f}", mse=f"{last_row['mse']:.4f}")
             clock, loss_sum, loss_count = time.perf_counter(), 0.0, 0
