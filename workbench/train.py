@@ -108,7 +108,7 @@ def build_net(config: RunConfig, data: Dataset) -> nn.Module:
 def loss_function(net: nn.Module, config: RunConfig) -> Callable[..., tuple[torch.Tensor, dict]]:
     """(x, t, r, noise, labels, dropped, cond) -> (loss, metrics): eager with the default d/dt u strategy, or
     with train.compile the whole-batch torch.func.jvp through torch.compile (compiled on the first call)."""
-    dudt = JVP_MODES["whole" if config.train.compile else "auto"]
+    dudt = JVP_MODES["whole" if config.train.compile and config.meanflow.ratio > 0 else "auto"]  # ratio 0: no JVP
 
     def loss(x, t, r, noise, labels, dropped, cond):
         return meanflow_loss(net, x, t, r, noise, config.meanflow, labels=labels, dropped=dropped, dudt=dudt, cond=cond)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .conditioning import TIME_CONDITIONINGS
+from .norms import GroupNorm
 
 SKIP_SCALE = math.sqrt(0.5)
 FIR = (1.0, 3.0, 3.0, 1.0)
@@ -38,8 +39,8 @@ def _init(layer: nn.Conv2d | nn.Linear, gain: float = 1.0) -> nn.Module:
     return layer
 
 
-def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, channels // 4), channels, eps=1e-6)
+def _group_norm(channels: int) -> GroupNorm:
+    return GroupNorm(min(32, channels // 4), channels, eps=1e-6)
 
 
 class Resample(nn.Module):

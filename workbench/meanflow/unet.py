@@ -5,10 +5,11 @@ import torch
 from torch import nn
 
 from .conditioning import Conditioning
+from .norms import GroupNorm
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(8, channels), channels)
+def _norm(channels: int) -> GroupNorm:
+    return GroupNorm(min(8, channels), channels)
 
 
 class ResBlock(nn.Module):
