@@ -60,6 +60,9 @@ RECIPE_AT_TEST_SIZE = """
 
 def test_official_cifar10_recipe_at_test_size_through_wb_ablate(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # MLflow's system metrics, which every CUDA cell records, asked for here on the CPU, sampled every second
+    monkeypatch.setenv("WB_SYSTEM_METRICS", "1")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     base = RECIPE_AT_TEST_SIZE.format(path=cifar_like(tmp_path / "cifar.npz"), cache=tmp_path / "cache")
     (tmp_path / "recipe.toml").write_text(f'name = "recipe"\nmetric = "fid_1nfe"\nseeds = [0]\n[base]\n{base}\n'
                                           '[[axes]]\nkey = "meanflow.ratio"\nvalues = [0.0, 0.75]\n')
@@ -72,6 +75,8 @@ def test_official_cifar10_recipe_at_test_size_through_wb_ablate(tmp_path, monkey
     for name in ("fid_1nfe", "fid_1nfe_ema0.5", "fid_1nfe_raw", "kid_1nfe_ema0.5"):
         assert cells[f"metrics.{name}"].notna().all() and (cells[f"metrics.{name}"] > 0).all(), name
     assert not cells["metrics.fid_1nfe"].equals(cells["metrics.fid_1nfe_ema0.5"])  # three weights, three scores
+    assert cells["metrics.system/cpu_utilization_percentage"].notna().all()
+    assert (cells["metrics.images_per_s"] > 0).all()
     client = mlflow.MlflowClient()
     artifacts = {a.path for a in client.list_artifacts(cells["run_id"].iloc[0])}
     assert {"ema.pt", "ema_ema0.5.pt", "eval.json", "samples.png"} <= artifacts
