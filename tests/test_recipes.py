@@ -80,6 +80,12 @@ def test_official_cifar10_recipe_at_test_size_through_wb_ablate(tmp_path, monkey
     client = mlflow.MlflowClient()
     artifacts = {a.path for a in client.list_artifacts(cells["run_id"].iloc[0])}
     assert {"ema.pt", "ema_ema0.5.pt", "eval.json", "samples.png"} <= artifacts
+    report = (tmp_path / "reports" / "recipe" / "README.md").read_text()  # says which EMA each number comes from
+    assert "## fid_1nfe per kept EMA" in report and "| EMA 0.9 (`fid_1nfe`, ranked above) | EMA 0.5 (`fid_1nfe_ema0.5`)" \
+        " | raw weights (`fid_1nfe_raw`) |" in report
+    ema_part = report.split("per kept EMA")[1]
+    row = next(line for line in ema_part.splitlines() if line.startswith("| 0.75 |"))
+    assert row.count("(1)") == 3 and row.count("**") == 2
 
 
 def test_wb_sample_writes_the_images_the_evaluation_scored(tmp_path):

@@ -87,6 +87,34 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
     return "\n".join(lines)
 
 
+def ema_section(record: Record, config, metric: str) -> list[str]:
+    """Which weights each number comes from: the metric of every kept EMA (and the raw weights) per setting of
+    the first axis, mean ± std (n) over its finished cells. Empty when the runs kept one EMA."""
+    finished = record.finished()
+    suffixes = sorted({key.removeprefix(f"{metric}_") for m in finished["metrics"] for key in m
+                       if key.startswith(f"{metric}_ema") or key == f"{metric}_raw"})
+    if not len(finished) or not suffixes:
+        return []
+    columns = [(f"EMA {config.train.ema_decay} (`{metric}`, ranked above)", metric)] + \
+        [(f"{'raw weights' if s == 'raw' else 'EMA ' + s.removeprefix('ema')} (`{metric}_{s}`)", f"{metric}_{s}")
+         for s in suffixes]
+    axis = record.study.axes[0].name
+    lines = [f"## {metric} per kept EMA", "", f"| {axis} | " + " | ".join(title for title, _ in columns) + " |",
+             "|" + "---|" * (len(columns) + 1)]
+    lowest = []
+    for label in record.study.axes[0].labels:
+        rows = finished[finished[axis] == label]["metrics"]
+        means = {key: pd.Series([m.get(key, math.nan) for m in rows], dtype=float) for _, key in columns}
+        best = min(means, key=lambda key: means[key].mean() if means[key].notna().any() else math.inf)
+        lowest.append(f"{label}: {dict((k, t) for t, k in columns)[best].split(' (')[0]}")
+        cells = [f"**{_spread(v.mean(), v.std())} ({v.notna().sum()})**" if key == best else
+                 f"{_spread(v.mean(), v.std())} ({v.notna().sum()})" for key, v in means.items()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", f"Lowest mean per {axis} (bold): {'; '.join(lowest)}. The EMAs of one run are not independent "
+              "replicates, so no test separates them; the tables above rank by the first column.", ""]
+    return lines
+
+
 # Curves -------------------------------------------------------------------------------------------
 
 def histories(record: Record, metric: str) -> pd.DataFrame:
@@ -161,6 +189,7 @@ def render(name: str, tracking_uri: str, out_root: Path = Path("reports")) -> Pa
         plots.axis_errorbars(table, study.metric, axis.name, out / figure,
                              over="seeds" + "".join(f" and every {name}" for name in others))
         lines += [f"![{study.metric} per {axis.name}]({figure})", ""]
+    lines += ema_section(record, config, study.metric)
     if config.data.name in EXACT_REFERENCES:
         lines += quality_section(record, config)
     if any("train.steps" in axis.keys for axis in study.axes):
