@@ -70,7 +70,8 @@ def batch(shape, size, ratio, augment, device, generator):
         x, labels = apply_augment(x, draw_augment(size, 0.12, generator))
         cond = {"augment_labels": labels}
     labels = torch.randint(0, 1000, (size,), generator=generator).to(device) if shape[0] == 4 else None
-    return x, t.to(device), r.to(device), torch.randn(size, *shape, generator=generator).to(device), labels, cond
+    rows = (r != t).nonzero().squeeze(1)  # on the CPU, as workbench/train.py finds them
+    return x, t.to(device), r.to(device), torch.randn(size, *shape, generator=generator).to(device), labels, cond, rows
 
 
 def time_steps(make_net, shape, size, augment, ratio, mode, seconds, device):
@@ -83,16 +84,16 @@ def time_steps(make_net, shape, size, augment, ratio, mode, seconds, device):
     compiled = mode == "compiled fp32/TF32"
     dudt = JVP_MODES["whole" if compiled and ratio > 0 else "auto"]  # Flow Matching needs no JVP
 
-    def loss_fn(x, t, r, e, labels, cond):
-        return meanflow_loss(net, x, t, r, e, config, labels=labels, dudt=dudt, cond=cond)[0]
+    def loss_fn(x, t, r, e, labels, cond, rows):
+        return meanflow_loss(net, x, t, r, e, config, labels=labels, dudt=dudt, cond=cond, rows=rows)[0]
     step_loss = torch.compile(loss_fn) if compiled else loss_fn
     generator = torch.Generator().manual_seed(0)
     batches = [batch(shape, size, ratio, augment, device, generator) for _ in range(4)]
 
     def step(i):
-        x, t, r, e, labels, cond = batches[i % len(batches)]
+        x, t, r, e, labels, cond, rows = batches[i % len(batches)]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "eager bf16"):
-            loss = step_loss(x, t, r, e, labels, cond)
+            loss = step_loss(x, t, r, e, labels, cond, None if compiled else rows)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -102,6 +103,17 @@ def time_steps(make_net, shape, size, augment, ratio, mode, seconds, device):
     for i in range(3 if not compiled else 6):  # warm-up (compilation included)
         step(i)
     sync()
+    syncs = 0
+    if not SMOKE:  # host synchronisations in one step (each a warning in this mode)
+        import warnings
+
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step(0)
+        torch.cuda.set_sync_debug_mode("default")
+        syncs = sum("synchroniz" in str(w.message) for w in caught)
+        sync()
     if not SMOKE:
         torch.cuda.reset_peak_memory_stats()
     start, steps = time.perf_counter(), 0
@@ -111,7 +123,7 @@ def time_steps(make_net, shape, size, augment, ratio, mode, seconds, device):
             steps += 1
         sync()
     elapsed = time.perf_counter() - start
-    return steps * size / elapsed, (torch.cuda.max_memory_allocated() / 2**30 if not SMOKE else 0.0)
+    return steps * size / elapsed, (torch.cuda.max_memory_allocated() / 2**30 if not SMOKE else 0.0), syncs
 
 
 @torch.no_grad()
@@ -161,22 +173,23 @@ def main() -> None:
     card = "smoke (CPU)" if SMOKE else torch.cuda.get_device_name()
     lines = [f"## GPU: {card} ({datetime.date.today()}, commit {commit}, torch {torch.__version__}, "
              f"{platform.node()})", "", "`python benchmarks/gpu.py`; one GPU, full training steps (loss, backward, Adam, EMA).",
-             "", "| network | batch | mode | objective | images/s | peak GiB | / FM | / official 610 img/s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "", "| network | batch | mode | objective | images/s | peak GiB | host syncs/step | / FM | / official 610 img/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for name, (make_net, shape, size, augment) in networks(device).items():
         for mode in ("eager fp32/TF32", "eager bf16", "compiled fp32/TF32"):
             fm = None
             for objective, ratio in (("Flow Matching", 0.0), ("MeanFlow 0.25", 0.25), ("MeanFlow 0.75", 0.75)):
                 try:
-                    rate, peak = time_steps(make_net, shape, size, augment, ratio, mode, seconds, device)
+                    rate, peak, syncs = time_steps(make_net, shape, size, augment, ratio, mode, seconds, device)
                 except Exception as err:  # a mode that fails (a compile error) is a row, not the end of the run
-                    line = f"| {name} | {size} | {mode} | {objective} | failed: {type(err).__name__}: {str(err)[:80]} | | | |"
+                    line = f"| {name} | {size} | {mode} | {objective} | failed: {type(err).__name__}: {str(err)[:80]} | | | | |"
                 else:
                     fm = rate if ratio == 0 else fm
                     vs_fm = f"{fm / rate:.2f}x" if fm and ratio else ""
                     official = f"{rate / OFFICIAL_IMAGES_PER_S:.2f}" if "SongUNet" in name else ""
-                    line = f"| {name} | {size} | {mode} | {objective} | {rate:,.0f} | {peak:.1f} | {vs_fm} | {official} |"
+                    line = (f"| {name} | {size} | {mode} | {objective} | {rate:,.0f} | {peak:.1f} | {syncs} | {vs_fm} "
+                            f"| {official} |")
                 print(line, flush=True)
                 lines.append(line)
                 torch.cuda.empty_cache()

@@ -187,3 +187,19 @@ def test_official_cifar10_network_with_augmentation_labels():
             assert_close_to_scale(got, expected)
     unconditioned, _ = meanflow_loss(net, x, t, r, noise, mf(adaptive_p=0.75))
     assert (unconditioned - results["whole"][0]).abs() > 1e-6
+
+
+@pytest.mark.parametrize("mode", ["tangent", "subset", "auto"])
+def test_rows_known_on_the_cpu_give_the_same_loss(mode):
+    """workbench/train.py passes the r != t rows found where t and r were drawn (no device sync): same loss and
+    gradients as the strategies finding them from t and r."""
+    net = small_net("unet", shape=(1, 8, 8), num_classes=3)
+    batch = inputs(0.25, shape=(1, 8, 8), classes=3)
+    x, t, r, noise, labels, dropped = batch
+    expected, _, expected_grads = loss_and_grads(net, mf(), batch, mode)
+    net.zero_grad()
+    loss, _ = meanflow_loss(net, x, t, r, noise, mf(), labels=labels, dropped=dropped, dudt=JVP_MODES[mode],
+                            rows=(r != t).nonzero().squeeze(1))
+    loss.backward()
+    assert torch.equal(loss.detach(), expected)
+    assert all(torch.equal(p.grad, g) for p, g in zip(net.parameters(), expected_grads))

@@ -110,8 +110,9 @@ def loss_function(net: nn.Module, config: RunConfig) -> Callable[..., tuple[torc
     with train.compile the whole-batch torch.func.jvp through torch.compile (compiled on the first call)."""
     dudt = JVP_MODES["whole" if config.train.compile and config.meanflow.ratio > 0 else "auto"]  # ratio 0: no JVP
 
-    def loss(x, t, r, noise, labels, dropped, cond):
-        return meanflow_loss(net, x, t, r, noise, config.meanflow, labels=labels, dropped=dropped, dudt=dudt, cond=cond)
+    def loss(x, t, r, noise, labels, dropped, cond, rows=None):
+        return meanflow_loss(net, x, t, r, noise, config.meanflow, labels=labels, dropped=dropped, dudt=dudt, cond=cond,
+                             rows=rows)
     return torch.compile(loss) if config.train.compile else loss
 
 
@@ -237,13 +238,15 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
     clock, loss_sum, loss_count, last_row = time.perf_counter(), 0.0, 0, {}
     watch = DivergenceWatch(device)
     for step in bar:
-        # Sample x, t, r, noise, class dropout (the global batch; this rank's rows of it).
-        batch = {k: (group.shard(v).to(device) if v is not None else None)
-                 for k, v in draw_batch(data, config, generator).items()}
+        # Sample x, t, r, noise, class dropout (the global batch; this rank's rows of it). The r != t rows are
+        # found here, on the CPU where t and r were drawn: no step waits for the device.
+        batch = {k: group.shard(v) for k, v in draw_batch(data, config, generator).items()}
+        rows = None if config.train.compile else (batch["r"] != batch["t"]).nonzero().squeeze(1)
+        batch = {k: (v.to(device, non_blocking=True) if v is not None else None) for k, v in batch.items()}
         x, cond = augment_batch(batch)
         # Loss (bf16 autocast outside the JVP when asked for).
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.precision == "bf16"):
-            loss, metrics = loss_fn(x, batch["t"], batch["r"], batch["noise"], batch["labels"], batch["dropped"], cond)
+            loss, metrics = loss_fn(x, batch["t"], batch["r"], batch["noise"], batch["labels"], batch["dropped"], cond, rows)
         # Update weights (gradients, loss and the stop flag averaged over data-parallel ranks).
         for param_group in optimizer.param_groups:
             param_group["lr"] = learning_rate(step, config)

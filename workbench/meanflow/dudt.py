@@ -1,6 +1,6 @@
 """How the MeanFlow loss gets u and d/dt u: four strategies with the same results.
 
-A strategy dudt(net, z, t, r, v, labels, tangent, cond) returns u = net(z, t, r, labels, **cond) (with gradient) and
+A strategy dudt(net, z, t, r, v, labels, tangent, cond, rows) returns u = net(z, t, r, labels, **cond) (with gradient) and
 the JVP of net along (v, dr, dt) over (z, r, t) (no gradient; zeros where r = t, whose target term is
 multiplied by t - r = 0). All four give the same loss and gradients (tests/test_fast_loss.py) and
 differ in cost (benchmarks/train_step.py):
@@ -31,8 +31,19 @@ Cond = dict[str, Tensor] | None  # more per-sample network inputs, e.g. {"augmen
 TANGENTS = {"(v,0,1)": (0.0, 1.0), "(v,0,0)": (0.0, 0.0), "(v,1,0)": (1.0, 0.0), "(v,1,1)": (1.0, 1.0)}
 
 
+def split_rows(t: Tensor, r: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(r != t rows, r = t rows) as index tensors on t's device. rows: the r != t rows as CPU indices, known
+    where t and r were drawn (workbench/train.py), so that no step waits for the device; else found from t
+    and r (on a GPU a host synchronisation: nonzero must know its size)."""
+    if rows is None:
+        rows = (r != t).nonzero().squeeze(1).cpu()
+    rest = torch.ones(len(t), dtype=torch.bool)
+    rest[rows] = False
+    return rows.to(t.device, non_blocking=True), rest.nonzero().squeeze(1).to(t.device, non_blocking=True)
+
+
 def whole_batch(net: Net, z: Tensor, t: Tensor, r: Tensor, v: Tensor, labels: Tensor | None,
-                tangent: tuple[float, float], cond: Cond = None) -> tuple[Tensor, Tensor]:
+                tangent: tuple[float, float], cond: Cond = None, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """u and its JVP from one torch.func.jvp over the batch (fp32 even under bf16 autocast)."""
     dr, dt = tangent
     with torch.autocast(z.device.type, enabled=False):
@@ -41,9 +52,9 @@ def whole_batch(net: Net, z: Tensor, t: Tensor, r: Tensor, v: Tensor, labels: Te
 
 
 def jvp_rows_only(net: Net, z: Tensor, t: Tensor, r: Tensor, v: Tensor, labels: Tensor | None,
-                  tangent: tuple[float, float], cond: Cond = None) -> tuple[Tensor, Tensor]:
+                  tangent: tuple[float, float], cond: Cond = None, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """A plain forward for the r = t rows, whole_batch for the r != t rows."""
-    jvp_rows, fm_rows = (r != t).nonzero().squeeze(1), (r == t).nonzero().squeeze(1)
+    jvp_rows, fm_rows = split_rows(t, r, rows)
     if not len(fm_rows):
         return whole_batch(net, z, t, r, v, labels, tangent, cond)
     if not len(jvp_rows):
@@ -56,9 +67,9 @@ def jvp_rows_only(net: Net, z: Tensor, t: Tensor, r: Tensor, v: Tensor, labels: 
 
 
 def tangent_pass(net: Net, z: Tensor, t: Tensor, r: Tensor, v: Tensor, labels: Tensor | None,
-                 tangent: tuple[float, float], cond: Cond = None) -> tuple[Tensor, Tensor]:
+                 tangent: tuple[float, float], cond: Cond = None, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """An ordinary forward for u, then time_derivative over the r != t rows on its recorded layer outputs."""
-    jvp_rows = (r != t).nonzero().squeeze(1)
+    jvp_rows = split_rows(t, r, rows)[0]
     if not len(jvp_rows):
         return net(z, t, r, labels, **(cond or {})), torch.zeros_like(v)
     with recorded_layer_outputs(net) as outputs:
@@ -69,10 +80,10 @@ def tangent_pass(net: Net, z: Tensor, t: Tensor, r: Tensor, v: Tensor, labels: T
 
 
 def auto(net: Net, z: Tensor, t: Tensor, r: Tensor, v: Tensor, labels: Tensor | None,
-         tangent: tuple[float, float], cond: Cond = None) -> tuple[Tensor, Tensor]:
+         tangent: tuple[float, float], cond: Cond = None, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """tangent_pass, or jvp_rows_only for a network with active dropout."""
     strategy = jvp_rows_only if _has_active_dropout(net) else tangent_pass
-    return strategy(net, z, t, r, v, labels, tangent, cond)
+    return strategy(net, z, t, r, v, labels, tangent, cond, rows)
 
 
 JVP_MODES: dict[str, DuDt] = {"auto": auto, "tangent": tangent_pass, "subset": jvp_rows_only, "whole": whole_batch}

@@ -25,19 +25,20 @@ Net = Callable[..., torch.Tensor]
 def meanflow_loss(
     net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, e: torch.Tensor, config: MeanFlowConfig,
     labels: torch.Tensor | None = None, dropped: torch.Tensor | None = None, dudt: DuDt = auto,
-    cond: dict[str, torch.Tensor] | None = None,
+    cond: dict[str, torch.Tensor] | None = None, rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """MeanFlow loss for data x (B, ...), times t >= r (B,), noise e like x; returns (loss, detached metrics).
 
     labels (B,) ints and dropped (B,) bools: class dropout gives those samples the null class
     net.num_classes and the unguided target. dudt: how (u, d/dt u) are computed (meanflow/dudt.py).
     cond: more per-sample network inputs, passed as keywords (the augmentation labels of the
-    official CIFAR-10 recipe: {"augment_labels": (B, 6)})."""
+    official CIFAR-10 recipe: {"augment_labels": (B, 6)}). rows: CPU indices of the r != t samples, when the
+    caller knows them (no device sync to find them; meanflow/dudt.py split_rows)."""
     if labels is not None and dropped is not None:
         labels = torch.where(dropped, torch.full_like(labels, net.num_classes), labels)
     z = (1 - _expand(t, x)) * x + _expand(t, x) * e                                  # Eq. 1
     v = guided_velocity(net, z, t, e - x, labels, dropped, config, cond)              # v, or v~ (Eq. 13)
-    u, du_dt = dudt(net, z, t, r, v, labels, TANGENTS[config.tangent], cond)          # u and JVP (Eq. 8)
+    u, du_dt = dudt(net, z, t, r, v, labels, TANGENTS[config.tangent], cond, rows)    # u and JVP (Eq. 8)
     u_tgt = (v - _expand(t - r, x) * du_dt).detach()                                  # Eq. 10, stop-gradient
     err = (u - u_tgt).pow(2).flatten(1).sum(dim=1)                                    # ||Delta||^2 per sample
     weight = adaptive_weight(err, config.adaptive_p, config.adaptive_c)               # Sec. 4.3
