@@ -2,15 +2,14 @@
 (train.ema_decays), updated every train.ema_every steps, and their scores under their own metric names."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from workbench.config import RunConfig
 
-if TYPE_CHECKING:
-    from workbench.evaluate import Evaluator
+Scorer = Callable[[nn.Module, int], dict[str, float]]  # (network, samples) -> metrics: workbench.evaluate.Evaluator
 
 
 def ema_model(net: nn.Module, decay: float) -> AveragedModel:
@@ -35,7 +34,7 @@ def kept_weights(config: RunConfig) -> list[str]:
     return [""] + [ema_suffix(d) for d in config.train.ema_decays] + (["raw"] if config.eval.raw else [])
 
 
-def score_all(evaluator: Evaluator, emas: dict[str, AveragedModel], net: nn.Module, config: RunConfig,
+def score_all(evaluator: Scorer, emas: dict[str, AveragedModel], net: nn.Module, config: RunConfig,
               num_samples: int) -> dict[str, float]:
     """Scores of every kept EMA (and of the raw weights with eval.raw), each under its own metric names."""
     models = {name: ema.module for name, ema in emas.items()} | ({"raw": net} if config.eval.raw else {})
