@@ -160,6 +160,8 @@ def save_checkpoint(path: Path, step: int, net, emas: dict[str, AveragedModel], 
     state = {"step": step, "net": net.state_dict(), "ema": emas[""].state_dict(),
              "extra_emas": {name: ema.state_dict() for name, ema in emas.items() if name},
              "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available():  # dropout masks drawn on a GPU: a resumed run draws the same ones
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
     tmp = path.with_suffix(".tmp")
     try:
         torch.save(state, tmp)
@@ -347,4 +349,6 @@ def _restore(path: Path, net, emas: dict[str, AveragedModel], optimizer, generat
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state["step"]
