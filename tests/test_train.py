@@ -130,12 +130,15 @@ def test_bf16_autocast_keeps_the_jvp_in_fp32(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("arch", ["unet", "dit"])
+@pytest.mark.parametrize("arch", ["unet", "songunet", "dit"])
 def test_training_on_gpu(tmp_path, arch):
     config = with_overrides(RunConfig(), {**TINY, "data.name": "digits", "net.arch": arch, "train.device": "cuda",
-                                          "train.precision": "bf16", "sample.num_images": 16})
+                                          "train.precision": "bf16", "sample.num_images": 16, "net.songunet.channels": 16,
+                                          "net.songunet.channel_mult": "1,2", "net.songunet.attn_resolutions": "4",
+                                          "data.augment_p": 0.12 if arch == "songunet" else 0.0,
+                                          "train.ema_decays": "0.5", "train.ema_every": 2})
     result = train(config, tmp_path / arch, progress=False)
-    assert math.isfinite(result.final_loss)
+    assert math.isfinite(result.final_loss) and set(result.extra_emas) == {"ema0.5"}
 
 
 def test_gradient_clipping_bounds_the_update(tmp_path):
