@@ -153,10 +153,18 @@ class Study:
 
 
 NOT_HASHED = {"train.nproc"}  # how many processes share a batch changes the float rounding, not the experiment
+# Keys added after studies were first recorded: in the hash only when set away from their default, so a cell
+# recorded before they existed keeps its identity (a rerun of its study finds it finished).
+HASHED_WHEN_SET = {"data.hflip", "data.augment_p", "train.ema_decays", "train.ema_every", "train.compile", "train.tf32",
+                   "eval.raw", "eval.inception_mode", "eval.fid_reference", "eval.vae_path", "net.songunet.channels",
+                   "net.songunet.channel_mult", "net.songunet.blocks", "net.songunet.attn_resolutions",
+                   "net.songunet.dropout"}
 
 
 def config_hash(config: RunConfig) -> str:
-    keys = {k: v for k, v in flatten(config).items() if k not in NOT_HASHED}
+    defaults = flatten(RunConfig())
+    keys = {k: v for k, v in flatten(config).items()
+            if k not in NOT_HASHED and not (k in HASHED_WHEN_SET and v == defaults[k])}
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
