@@ -133,3 +133,10 @@ def test_wb_train_and_eval_on_digits_record_fid(tmp_path, monkeypatch):
     offline = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "--set", "eval.features=inception"])
     assert offline.exit_code == 2 and "inception-2015-12-05.pt" in offline.output
     assert json.loads((tmp_path / "run" / "eval.json").read_text()) == record  # nothing recorded is lost
+
+
+def test_floor_quantisation_is_the_official_evaluations():
+    """eval.quantize=floor: floor(255 x') with x' = (x + 1) / 2 clamped, as py-meanflow's eval_loop.py quantises."""
+    x = torch.tensor([-1.0, -0.999, 0.0, 0.999, 1.0, 2.0]).view(1, 1, 1, 6)
+    assert fid.to_uint8(x, "floor")[0, 0, 0].tolist() == [0, 0, 127, 254, 255, 255]
+    assert fid.to_uint8(x)[0, 0, 0].tolist() == [0, 0, 128, 255, 255, 255]

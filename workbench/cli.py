@@ -213,7 +213,8 @@ def sample(
         net = net.to(resolve_device(device)).eval()
         data_shape, decode = _sample_shape(config, vae)
         summary = export_samples(net, data_shape, num, out, steps, seed, batch, decode,
-                                 progress=lambda done, total: typer.echo(f"\r{done}/{total}", nl=False, err=True))
+                                 progress=lambda done, total: typer.echo(f"\r{done}/{total}", nl=False, err=True),
+                                 quantize=config.eval.quantize)
     except (ValueError, FileNotFoundError, FeatureError) as err:
         _fail(str(err))
     typer.echo(f"\nwrote {summary['num']} samples of shape {summary['shape']} to {summary['out']}")

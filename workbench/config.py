@@ -179,6 +179,8 @@ class EvalConfig(_Frozen):
     inception_mode: Literal["clean", "legacy_tensorflow"] = F(
         "clean", "clean-fid's Inception mode: clean (PIL resize, clean-fid's own numbers) or legacy_tensorflow (the "
         "TF-Inception FID most papers report, and what the official MeanFlow CIFAR-10 evaluation computes)")
+    quantize: Literal["round", "floor"] = F("round", "generated images to 8 bits: round (as a saved PNG) or floor(255 x), "
+                                            "as the official CIFAR-10 evaluation does")
     fid_reference: str = F("", ".npz of reference statistics ('mu' and 'sigma'; ImageNet 256: ADM's "
                            "VIRTUAL_imagenet256_labeled.npz); empty = the train split's (CIFAR-10: clean-fid's)")
     vae_path: str = F("", "latents scored as images (eval.features = inception): a local diffusers AutoencoderKL "

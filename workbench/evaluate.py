@@ -196,14 +196,14 @@ def toy_references(data_name: str, num_samples: int, seed: int = 0, conditional:
 
 def image_metrics(net: nn.Module, scorer: ImageScorer, shape: tuple[int, ...], nfe: tuple[int, ...] = (1, 2),
                   fm_steps: tuple[int, ...] = (), num_samples: int = 10_000, seed: int = 0,
-                  decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+                  decode: Callable[[torch.Tensor], torch.Tensor] | None = None, quantize: str = "round") -> dict[str, float]:
     """clean-fid FID (and KID) of generated images: {'fid_1nfe': ..., 'kid_1nfe': ..., 'fid_fm50': ...}, the
     features computed on the net's device as the samples come. decode: latents -> images in [-1, 1]."""
     scorer.to(next(net.parameters()).device)
     metrics = {}
     for name, (euler, steps) in samplers(nfe, fm_steps).items():
         chunks = sample_chunks(net, shape, euler, steps, num_samples, seed)
-        scores = scorer.score_stream(map(decode, chunks) if decode else chunks, seed)
+        scores = scorer.score_stream(map(decode, chunks) if decode else chunks, seed, quantize)
         metrics |= {f"{metric}_{name}": value for metric, value in scores.items()}
     return metrics
 
@@ -287,7 +287,8 @@ def evaluator_for(config: RunConfig) -> Evaluator:
                           "seed": ev.seed})
     kind = ev.features if ev.features != "auto" else ("classifier" if data.labels is not None else "inception")
     scorer = image_scorer(config.data, kind, Path(ev.cache_dir), ev.seed, ev.inception_mode, reference=ev.fid_reference)
-    return Evaluator(lambda net, n: image_metrics(net, scorer, data.shape, ev.nfe, ev.fm_steps, n, ev.seed),
+    return Evaluator(lambda net, n: image_metrics(net, scorer, data.shape, ev.nfe, ev.fm_steps, n, ev.seed,
+                                                  quantize=ev.quantize),
                      {"features": scorer.name, "seed": ev.seed, **scorer.info})
 
 
@@ -315,6 +316,6 @@ def decoded_image_evaluator(config: RunConfig, data) -> Evaluator:
     scorer = image_scorer(config.data, "inception", Path(ev.cache_dir), ev.seed, ev.inception_mode,
                           reference=ev.fid_reference)
     return Evaluator(lambda net, n: image_metrics(net, scorer, data.shape, ev.nfe, ev.fm_steps, n, ev.seed,
-                                                  decode=lambda z: decode(vae, z, data.scale)),
+                                                  decode=lambda z: decode(vae, z, data.scale), quantize=ev.quantize),
                      {"features": f"{scorer.name} of images decoded by {ev.vae_path}", "reference": ev.fid_reference,
                       "seed": ev.seed})

@@ -66,7 +66,7 @@ def _mlflow_model(run_id: str, which: str, tracking_uri: str) -> tuple[RunConfig
 
 def export_samples(net: nn.Module, shape: tuple[int, ...], num: int, out: Path, steps: int = 1, seed: int = 0,
                    batch_size: int = 500, decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> dict:
+                   progress: Callable[[int, int], None] | None = None, quantize: str = "round") -> dict:
     """num samples of net (on its device, in batches) -> out: '.npz' (ADM format) or a folder of PNGs
     (000000.png, ...). decode: latents -> images in [-1, 1]. The .npz is written whole or not at all."""
     from workbench.fid import to_uint8
@@ -76,7 +76,7 @@ def export_samples(net: nn.Module, shape: tuple[int, ...], num: int, out: Path, 
     if png:
         out.mkdir(parents=True, exist_ok=True)
     for chunk in sample_chunks(net, shape, False, steps, num, seed, batch_size):
-        x = to_uint8(decode(chunk) if decode else chunk).permute(0, 2, 3, 1).cpu().numpy()  # NHWC uint8
+        x = to_uint8(decode(chunk) if decode else chunk, quantize).permute(0, 2, 3, 1).cpu().numpy()  # NHWC uint8
         if png:
             from PIL import Image
 

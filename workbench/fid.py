@@ -149,9 +149,13 @@ def inception_extractor(device: torch.device, mode: str = "clean"):
     return build_feature_extractor(mode, device, use_dataparallel=False)
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) in [-1, 1] -> uint8 RGB (N, 3, H, W), quantized exactly as saving a PNG would."""
-    x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+def to_uint8(images: torch.Tensor, quantize: str = "round") -> torch.Tensor:
+    """(N, C, H, W) in [-1, 1] -> uint8 RGB (N, 3, H, W): rounded as saving a PNG would, or floor(255 x') with
+    x' in [0, 1] as the official MeanFlow CIFAR-10 evaluation quantises its samples (eval.quantize)."""
+    if quantize == "floor":
+        x = ((images.clamp(-1, 1) + 1) / 2 * 255).floor().to(torch.uint8)
+    else:
+        x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
@@ -277,12 +281,12 @@ class ImageScorer:
         """images (N, C, H, W) in [-1, 1] -> {'fid': ..., 'kid': ...}."""
         return self.score_stream([images], seed)
 
-    def score_stream(self, chunks: Iterable[torch.Tensor], seed: int = 0) -> dict[str, float]:
+    def score_stream(self, chunks: Iterable[torch.Tensor], seed: int = 0, quantize: str = "round") -> dict[str, float]:
         """FID (and KID) of the images of all chunks (each (n, C, H, W) in [-1, 1], any device), scored as they
-        come: only the features' running sums are kept (and, for KID, the features)."""
+        come: only the features' running sums are kept (and, for KID, the features). quantize: to_uint8's."""
         stats, kept = RunningStats(), []
         for chunk in chunks:
-            feats = self.features(to_uint8(chunk))
+            feats = self.features(to_uint8(chunk, quantize))
             stats.update(feats)
             if self.ref_feats is not None:
                 kept.append(feats.cpu().numpy())
