@@ -29,15 +29,28 @@ def test_forward_jvp_backward(arch, time_cond, num_classes):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
 
 
+# Which moves of (t, r) each conditioning must see: r with t fixed, t with r fixed, t with t - r fixed.
+SEES = {"(t,r)": (True, True, True), "(t,t-r)": (True, True, True), "(t,r,t-r)": (True, True, True),
+        "t-r": (True, True, False)}
+
+
+@pytest.mark.parametrize("arch", list(NETWORKS))
 @pytest.mark.parametrize("time_cond", list(TIME_CONDITIONINGS))
-def test_time_conditioning_sees_only_its_inputs(time_cond):
-    """'t-r' must not depend on t given t - r; '(t,r)' variants must depend on t."""
+def test_time_conditioning_depends_on_each_of_its_inputs(arch, time_cond):
+    """Move r with t fixed, t with r fixed, and t with t - r fixed: u changes exactly when the conditioning
+    sees the move ('t-r' alone does not see t when t - r is held). An embedding that dropped r, or swapped
+    (t, r), fails here."""
     torch.manual_seed(0)
-    net = small_net("mlp", time_cond, dtype=torch.float64)
-    z = torch.randn(4, 2, dtype=torch.float64)
-    a = net(z, torch.full((4,), 0.8, dtype=torch.float64), torch.full((4,), 0.5, dtype=torch.float64))
-    b = net(z, torch.full((4,), 0.6, dtype=torch.float64), torch.full((4,), 0.3, dtype=torch.float64))
-    assert torch.allclose(a, b) == (time_cond == "t-r")
+    shape = SHAPES[arch]
+    net = small_net(arch, time_cond, shape=shape, dtype=torch.float64, **SMALL.get(arch, {}))
+    with torch.no_grad():
+        for p in net.parameters():  # zero-initialised outputs (DiT's adaLN-Zero, SongUNet's 1e-5 convs) hide inputs
+            p.add_(0.1 * torch.randn_like(p))
+    z = torch.randn(4, *shape, dtype=torch.float64)
+    t, r = torch.full((4,), 0.8, dtype=torch.float64), torch.full((4,), 0.5, dtype=torch.float64)
+    base = net(z, t, r)
+    moves = (net(z, t, r - 0.2), net(z, t - 0.1, r), net(z, t - 0.1, r - 0.1))
+    assert tuple(not torch.allclose(base, moved, rtol=0, atol=1e-9) for moved in moves) == SEES[time_cond]
 
 
 def test_image_net_rejects_indivisible_shapes():

@@ -55,3 +55,34 @@ def test_schedule_validation():
     for bad in ([1.0, 0.5], [0.9, 0.0], [1.0, 0.5, 0.6, 0.0]):
         with pytest.raises(ValueError):
             time_schedule(bad)
+
+
+def gaussian_net():
+    """The exact average velocity of Gaussian data (tests/test_closed_form.py), as a network."""
+    from test_closed_form import Exact
+
+    return Exact()
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 7, [1.0, 0.9, 0.3, 0.05, 0.0], [1.0, 0.02, 0.0]])
+def test_k_step_sampling_with_the_exact_average_velocity_is_the_exact_flow_map(steps):
+    """Every schedule composes exact maps Phi_{t->r}: the result is Phi_{1->0}(e) = mu + s e to rounding. A sampler
+    that evaluated u anywhere but at the current z_t (at the starting noise, say) would miss by O(1)."""
+    from test_closed_form import MU, S
+
+    e = index_noise(0, range(64), (2,)).double()
+    x = sample(gaussian_net(), e, steps)
+    torch.testing.assert_close(x, MU + S * e, rtol=0, atol=1e-9)
+
+
+def test_euler_on_the_exact_instantaneous_velocity_is_first_order():
+    """Flow Matching's Euler baseline (u(z, t, t) = the marginal velocity) has error O(1/N): doubling the steps
+    halves it, and it vanishes only in the limit."""
+    from test_closed_form import MU, S
+
+    e = index_noise(0, range(64), (2,)).double()
+    exact = MU + S * e
+    errors = [float((sample(gaussian_net(), e, n, euler=True) - exact).abs().max()) for n in (8, 16, 32, 64)]
+    assert errors[0] > 1e-3
+    for coarse, fine in zip(errors, errors[1:]):
+        assert 1.8 < coarse / fine < 2.2, errors

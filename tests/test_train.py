@@ -122,6 +122,23 @@ def test_image_training_on_digits_runs(tmp_path, arch):
 
 
 def test_bf16_autocast_keeps_the_jvp_in_fp32(tmp_path):
+    """Under bf16 autocast (train.precision = bf16) u is bf16, but d/dt u is the fp32 JVP: it equals an fp32
+    torch.func.jvp to fp32 rounding, far closer than a bf16 JVP would come."""
+    from workbench.meanflow import JVP_MODES
+    from workbench.meanflow.dudt import TANGENTS
+
+    torch.manual_seed(0)
+    net = build_net(with_overrides(RunConfig(), {"net.arch": "unet", "net.unet.channels": 8}), load_data("digits"))
+    z, v = torch.randn(16, 1, 8, 8), torch.randn(16, 1, 8, 8)
+    t = torch.rand(16)
+    r = t * torch.rand(16)
+    _, expected = torch.func.jvp(lambda z_, r_, t_: net(z_, t_, r_), (z, r, t), (v, torch.zeros(16), torch.ones(16)))
+    for mode in ("auto", "subset", "whole"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            u, dudt = JVP_MODES[mode](net, z, t, r, v, None, TANGENTS["(v,0,1)"])
+        assert dudt.dtype == torch.float32, mode
+        torch.testing.assert_close(dudt, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+    assert u.dtype == torch.float32 or u.dtype == torch.bfloat16
     config = with_overrides(RunConfig(), {**TINY, "train.precision": "bf16", "train.steps": 5})
     result = train(config, tmp_path / "bf16", progress=False)
     assert math.isfinite(result.final_loss)
@@ -141,11 +158,23 @@ def test_training_on_gpu(tmp_path, arch):
     assert math.isfinite(result.final_loss) and set(result.extra_emas) == {"ema0.5"}
 
 
-def test_gradient_clipping_bounds_the_update(tmp_path):
+def test_gradient_clipping_bounds_the_gradient_the_optimizer_steps_with(tmp_path, monkeypatch):
+    """optim.grad_clip: every optimizer step sees a global gradient norm of at most the clip (checked inside
+    Adam.step); the logged grad_norm is the norm before clipping, here above it."""
+    seen = []
+    step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
     config = with_overrides(RunConfig(), {**TINY, "optim.grad_clip": 1e-3, "train.steps": 5})
     train(config, tmp_path / "clip", progress=False)
+    assert len(seen) == 5 and max(seen) <= 1e-3 * (1 + 1e-5)
     rows = [json.loads(line) for line in (tmp_path / "clip" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["grad_norm"] > 1e-3  # the pre-clip norm is logged; clipping happened
+    assert rows[-1]["grad_norm"] > 1e-3  # the pre-clip norm is logged
 
 
 def test_on_eval_sees_every_intermediate_evaluation_and_can_stop_the_run(tmp_path):
