@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -45,3 +47,14 @@ seeds = [0, 1]
 key = "meanflow.ratio"
 {axis}
 """
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to n inside the block, and restored after it (tests share a process)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

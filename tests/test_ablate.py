@@ -14,7 +14,7 @@ from workbench.ablate import trials_name
 from workbench.cli import app
 from workbench.studies import load_study
 
-from conftest import tiny_study
+from conftest import tiny_study, torch_threads
 
 
 def write(path, values="[0.0, 0.5]", steps=30):
@@ -263,8 +263,8 @@ def test_a_killed_cell_continues_from_its_checkpoint_in_the_same_run_bit_for_bit
     assert sorted(steps) == list(range(10, 401, 10))  # no gap, no duplicated step
     assert not (tmp_path / "wb-cells").exists()  # finished: its folder is gone, and the empty wb-cells/ with it
     ema = torch.load(client.download_artifacts(runs["run_id"].iloc[0], "ema.pt", str(tmp_path)), weights_only=False)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))  # as the one worker trained
-    reference = train(cell.config, tmp_path / "uninterrupted", progress=False).ema.state_dict()
+    with torch_threads(max(1, os.cpu_count() or 1)):  # as the one worker trained
+        reference = train(cell.config, tmp_path / "uninterrupted", progress=False).ema.state_dict()
     assert ema.keys() == reference.keys() and all(torch.equal(ema[k], reference[k]) for k in ema)
 
 
@@ -300,11 +300,11 @@ def test_time_left_costs_each_cell_by_its_setting_and_schedules_the_rest_on_the_
     # Setting 0.0 costs 10 s, 0.5 costs 30 s, 1.0 (none finished) the mean of all, 20 s. Two workers free
     # after 0 and 6 s (the running 0.0 cell needs 10 - 4 more); (0.5, 1) goes to the first: 30; (1.0, 0)
     # to the one free at 6: 26; (1.0, 1) to the one free at 26: 46.
-    assert time_left(study, trials_study, 2) == pytest.approx(46, abs=0.5)
-    assert time_left(study, trials_study, 1) == pytest.approx(6 + 30 + 20 + 20, abs=0.5)
+    assert time_left(study, trials_study, 2, now) == pytest.approx(46, abs=1e-9)
+    assert time_left(study, trials_study, 1, now) == pytest.approx(6 + 30 + 20 + 20, abs=1e-9)
     # A cell that failed and is not queued again (diverged) is not waited for.
     finished = optuna.create_study()
     for trial in trials_study.get_trials():
         if trial.user_attrs["cell"] != cells[4].key or trial.state != TrialState.WAITING:
             finished.add_trial(trial)
-    assert time_left(study, finished, 1) == pytest.approx(6 + 30 + 20, abs=0.5)
+    assert time_left(study, finished, 1, now) == pytest.approx(6 + 30 + 20, abs=1e-9)

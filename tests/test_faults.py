@@ -18,7 +18,7 @@ from optuna.storages import RDBStorage
 
 from workbench.ablate import ClaimingStorage, trials_name
 
-from conftest import tiny_study
+from conftest import tiny_study, torch_threads
 
 
 def _claim_all(url: str, storage_class, workers: int = 4) -> list[str]:
@@ -132,8 +132,8 @@ def test_a_stopped_launcher_checkpoints_its_cells_and_a_rerun_continues_them(tmp
         assert sorted(steps) == list(range(10, 1501, 10))  # no gap, no duplicated step
     first = runs[runs["tags.wb.config_hash"] == cells[0].key]["run_id"].iloc[0]
     ema = torch.load(client.download_artifacts(first, "ema.pt", str(tmp_path)), weights_only=False)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))  # as each of the two workers trained
-    reference = train(cells[0].config, tmp_path / "uninterrupted", progress=False).ema.state_dict()
+    with torch_threads(max(1, (os.cpu_count() or 1) // 2)):  # as each of the two workers trained
+        reference = train(cells[0].config, tmp_path / "uninterrupted", progress=False).ema.state_dict()
     assert all(torch.equal(ema[k], reference[k]) for k in reference)  # bit for bit, as if never stopped
 
 
