@@ -15,11 +15,15 @@ from typer.testing import CliRunner
 from workbench.cli import app
 from workbench.servers import free_port
 
-from conftest import tiny_study
+from conftest import needs, tiny_study
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium to drive (Debian: apt-get install chromium; .ci/run installs it)")]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _chromium():
+    needs(CHROMIUM is not None, "no Chromium to drive (Debian: apt-get install chromium; .ci/run installs it)")
 # As root in a sandbox without a network: no sandbox, no GPU, no background connections that fail.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1600,1000"]

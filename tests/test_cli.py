@@ -67,3 +67,17 @@ def test_dry_run_prints_config(tmp_path):
     result = runner.invoke(app, ["train", "--dry-run", "--set", "meanflow.ratio=0.5", "--run-dir", str(tmp_path / "r")])
     assert result.exit_code == 0 and json.loads(result.output)["meanflow"]["ratio"] == 0.5
     assert not (tmp_path / "r").exists()
+
+
+def test_a_missing_test_dependency_skips_locally_and_fails_under_ci(monkeypatch):
+    import pytest
+
+    from conftest import needs
+
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no PostgreSQL"):
+        needs(False, "no PostgreSQL")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true and no PostgreSQL"):
+        needs(False, "no PostgreSQL")
+    needs(True, "never said")

@@ -15,14 +15,14 @@ from workbench.ablate import trials_name
 from workbench.servers import MlflowServer, Postgres, postgres_binaries
 from workbench.studies import load_study
 
-from conftest import tiny_study
+from conftest import needs, tiny_study
 
 
 @pytest.fixture(scope="module")
 def postgres():
     """A function: database name -> SQLAlchemy URL of a new, empty database on the test server."""
-    if postgres_binaries() is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; Debian: apt-get install postgresql")
+    needs(postgres_binaries() is not None,
+          "PostgreSQL server binaries (initdb, pg_ctl) not found; Debian: apt-get install postgresql")
     server = Postgres()
     yield server.database
     server.stop()
