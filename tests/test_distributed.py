@@ -8,6 +8,7 @@ at lr 1e-3 (gradients clipped at norm 1) the MLP's parameters agree to 1.2e-7 an
 at worst (measured), 99.98% of its entries within 1e-6; the logged losses and gradient norms agree to
 1e-5 relative. The test allows 1e-6 (MLP) and 1e-3 = lr (U-Net) with >= 99.9% of entries within 1e-6. A rank that
 trained on the wrong rows or skipped the averaging differs by ~lr in most entries."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,7 +129,7 @@ def test_a_study_cell_with_train_nproc_2_trains_in_two_processes(tmp_path, monke
 
     from workbench.cli import app
 
-    from conftest import tiny_study
+    from conftest import tiny_study, torch_threads
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.toml").write_text(tiny_study(100, "values = [0.5]", extra_base='"train.nproc" = 2').replace(
@@ -140,6 +141,19 @@ def test_a_study_cell_with_train_nproc_2_trains_in_two_processes(tmp_path, monke
     cells = runs[runs["tags.wb.role"] != "study"]
     assert len(cells) == 1 and set(cells["status"]) == {"FINISHED"} and set(cells["params.train.nproc"]) == {"2"}
     assert cells["metrics.loss"].notna().all()
+    # It trained in two processes: its weights are those of the same config trained by two ranks here, bit for
+    # bit, and not those of one process (whose sums round differently).
+    from workbench.studies import load_study
+    from workbench.train import train
+
+    client = mlflow.MlflowClient()
+    recorded = torch.load(client.download_artifacts(cells["run_id"].iloc[0], "ema.pt", str(tmp_path)), weights_only=True)
+    config = load_study(tmp_path / "tiny.toml").cells()[0].config
+    with torch_threads(max(1, os.cpu_count() or 1)):  # as the one worker ran (its threads shared by the 2 ranks)
+        two = train(config, tmp_path / "two", progress=False).ema.state_dict()
+        one = train(with_overrides(config, {"train.nproc": 1}), tmp_path / "one", progress=False).ema.state_dict()
+    assert all(torch.equal(recorded[k], two[k]) for k in two)
+    assert not all(torch.equal(recorded[k], one[k]) for k in one)
 
 
 @pytest.mark.gpu
