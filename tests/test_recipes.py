@@ -146,3 +146,10 @@ def test_augmentation_needs_the_network_that_reads_its_labels(tmp_path):
     out = CliRunner().invoke(app, ["train", "--data", "digits", "--net", "unet", "--steps", "1", "--set",
                                    "data.augment_p=0.12", "--run-dir", str(tmp_path / "r")])
     assert out.exit_code == 2 and "songunet" in out.output and not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("bad", ["net.songunet.channel_mult=", "net.unet.channel_mult=0,2",
+                                 "net.songunet.attn_resolutions=-4"])
+def test_network_levels_must_be_positive(bad):
+    out = CliRunner().invoke(app, ["train", "--dry-run", "--set", bad])
+    assert out.exit_code == 2 and "needs one or more positive integers" in out.output, out.output

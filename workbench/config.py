@@ -44,11 +44,22 @@ class MLPConfig(_Frozen):
     depth: int = F(3, "residual blocks", ge=1)
 
 
+def _multipliers(values: tuple[int, ...]) -> tuple[int, ...]:
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"needs one or more positive integers, got {values}")
+    return values
+
+
 class UNetConfig(_Frozen):
     channels: int = F(32, "base channel count", ge=8)
     channel_mult: tuple[int, ...] = F((1, 2), "per resolution level; H, W divisible by 2^(levels - 1)")
     blocks: int = F(1, "residual blocks per level", ge=1)
     dropout: float = F(0.0, "dropout rate inside residual blocks", ge=0, lt=1)
+
+    @field_validator("channel_mult")
+    @classmethod
+    def _levels(cls, channel_mult: tuple[int, ...]) -> tuple[int, ...]:
+        return _multipliers(channel_mult)
 
 
 class SongUNetConfig(_Frozen):
@@ -58,6 +69,16 @@ class SongUNetConfig(_Frozen):
     blocks: int = F(4, "residual blocks per encoder level (decoder: one more)", ge=1)
     attn_resolutions: tuple[int, ...] = F((16,), "resolutions with self-attention (and always the middle block)")
     dropout: float = F(0.2, "dropout before each block's second conv", ge=0, lt=1)
+
+    @field_validator("channel_mult")
+    @classmethod
+    def _levels(cls, channel_mult: tuple[int, ...]) -> tuple[int, ...]:
+        return _multipliers(channel_mult)
+
+    @field_validator("attn_resolutions")
+    @classmethod
+    def _resolutions(cls, resolutions: tuple[int, ...]) -> tuple[int, ...]:
+        return _multipliers(resolutions) if resolutions else resolutions  # empty: attention in the middle block only
 
 
 class DiTConfig(_Frozen):
