@@ -1,0 +1,103 @@
+"""The report statistics (workbench/stats.py) against hand computations of their formulas."""
+import math
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as scipy_stats
+
+from workbench import stats
+
+
+def test_best_is_the_lowest_value_and_none_when_nothing_finished():
+    assert stats.best(pd.Series([0.3, math.nan, 0.1, 0.2], index=["a", "b", "c", "d"])) == "c"
+    assert stats.best(pd.Series([math.nan, math.nan], index=["a", "b"])) is None
+
+
+def cells(values: dict[str, list[float]], axis="lr") -> pd.DataFrame:
+    return pd.DataFrame([{axis: label, "seed": seed, "metric": m}
+                         for label, metrics in values.items() for seed, m in enumerate(metrics)])
+
+
+def t_test_p(a: np.ndarray, b: np.ndarray) -> float:
+    """The two-sided paired t-test written out: t = mean(d) / (sd(d) / sqrt(n)) on n - 1 degrees of freedom."""
+    d = a - b
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
+    return 2 * scipy_stats.t.sf(abs(t), len(d) - 1)
+
+
+def test_paired_test_is_the_t_test_on_the_log_of_each_seeds_pair():
+    best, other = [0.10, 0.20, 0.15, 0.12], [0.30, 0.25, 0.60, 0.11]
+    done = cells({"best": best, "other": other})
+    p, worse = stats.paired_test(done, "lr", "best", "other", ["seed"])
+    assert p == pytest.approx(t_test_p(np.log(best), np.log(other)), rel=1e-12)
+    assert worse == "3/4"  # the last seed's 0.11 beats the best setting's 0.12
+
+
+def test_paired_test_pairs_cells_by_their_keys_not_by_their_order():
+    best, other = [0.10, 0.20, 0.15], [0.30, 0.25, 0.60]
+    done = cells({"best": best, "other": other}).iloc[[5, 0, 3, 1, 4, 2]]
+    p, _ = stats.paired_test(done, "lr", "best", "other", ["seed"])
+    assert p == pytest.approx(t_test_p(np.log(best), np.log(other)), rel=1e-12)
+    shuffled, _ = stats.paired_test(cells({"best": best, "other": [0.60, 0.25, 0.30]}), "lr", "best", "other", ["seed"])
+    assert shuffled != pytest.approx(p)
+
+
+def test_paired_test_stays_on_the_metric_when_a_value_is_not_positive():
+    best, other = [-0.10, 0.20, 0.15], [0.30, 0.25, 0.60]
+    p, _ = stats.paired_test(cells({"best": best, "other": other}), "lr", "best", "other", ["seed"])
+    assert p == pytest.approx(t_test_p(np.array(best), np.array(other)), rel=1e-12)
+
+
+def test_paired_test_needs_three_pairs_that_differ():
+    two = cells({"best": [0.1, 0.2], "other": [0.3, 0.4]})
+    assert math.isnan(stats.paired_test(two, "lr", "best", "other", ["seed"])[0])
+    assert stats.paired_test(two, "lr", "best", "other", ["seed"])[1] == "2/2"
+    three = cells({"best": [0.1, 0.2, 0.3], "other": [0.3, 0.4, 0.35]})
+    assert not math.isnan(stats.paired_test(three, "lr", "best", "other", ["seed"])[0])
+    same = cells({"best": [0.1, 0.2, 0.3], "other": [0.1, 0.2, 0.3]})
+    assert stats.paired_test(same, "lr", "best", "other", ["seed"]) == (pytest.approx(math.nan, nan_ok=True), "0/3")
+    assert stats.paired_test(three, "lr", "best", "best", ["seed"]) == (pytest.approx(math.nan, nan_ok=True), "")
+    missing = cells({"best": [0.1, math.nan, 0.3, 0.2], "other": [0.3, 0.4, 0.35, math.nan]})
+    assert stats.paired_test(missing, "lr", "best", "other", ["seed"])[1] == "2/2"  # pairs with a NaN are dropped
+
+
+def concordance_tau(x: list[float], y: list[float]) -> float:
+    """Kendall's tau without ties: (concordant - discordant pairs) / all pairs."""
+    signs = [np.sign(x[i] - x[j]) * np.sign(y[i] - y[j]) for i, j in combinations(range(len(x)), 2)]
+    return float(sum(signs) / len(signs))
+
+
+def test_kendall_tau_over_the_settings_with_both_numbers():
+    ours, paper = [0.3, 0.1, 0.4, 0.2, 0.5, math.nan], [2.0, 1.0, 4.0, 3.0, math.nan, 7.0]
+    tau, n = stats.kendall_tau(pd.DataFrame({"mean": ours, "paper": paper}))
+    assert n == 4
+    assert tau == pytest.approx(concordance_tau(ours[:4], paper[:4]), abs=1e-12)
+    assert tau == pytest.approx(2 / 3)  # one discordant pair of six
+    tau, n = stats.kendall_tau(pd.DataFrame({"mean": [0.1, 0.2, math.nan], "paper": [1.0, 2.0, 3.0]}))
+    assert math.isnan(tau) and n == 2
+    tau, n = stats.kendall_tau(pd.DataFrame({"mean": [0.1, 0.2, 0.3], "paper": [1.0, 2.0, 3.0]}))
+    assert tau == pytest.approx(1.0) and n == 3
+
+
+def test_log_noise_against_its_formulas():
+    values = {"a": [0.10, 0.12, 0.11], "b": [0.30, 0.20, 0.25, 0.35], "c": [0.05, 0.09, 0.07]}
+    done = cells({**values, "d": [-1.0, 0.0, math.nan]})  # not positive: left out
+    noise = stats.log_noise(done, "lr")
+    logs = {k: np.log(v) for k, v in values.items()}
+    seed_sd = math.sqrt(np.mean([v.var(ddof=1) for v in logs.values()]))
+    means = sorted(v.mean() for v in logs.values())
+    spread = float(np.std(means, ddof=1))
+    assert noise["seed_sd"] == pytest.approx(seed_sd, rel=1e-12)
+    assert noise["spread"] == pytest.approx(spread, rel=1e-12)
+    assert noise["ratio"] == pytest.approx(seed_sd / spread, rel=1e-12)
+    assert noise["gap"] == pytest.approx((means[1] - means[0]) / seed_sd, rel=1e-12)
+
+
+def test_log_noise_of_one_setting_or_one_seed_each():
+    one = stats.log_noise(cells({"a": [0.1, 0.2, 0.3]}), "lr")
+    assert one["seed_sd"] == pytest.approx(np.log([0.1, 0.2, 0.3]).std(ddof=1))
+    assert math.isnan(one["spread"]) and math.isnan(one["ratio"]) and math.isnan(one["gap"])
+    single = stats.log_noise(cells({"a": [0.1], "b": [0.2]}), "lr")
+    assert math.isnan(single["seed_sd"]) and single["spread"] == pytest.approx(np.log(2) / math.sqrt(2))
