@@ -55,8 +55,32 @@ def test_streamed_score_equals_the_score_of_all_images_at_once(scorer):
     streamed = scorer.score_stream(images.split(50), seed=1)
     assert streamed["fid"] == pytest.approx(whole["fid"], rel=1e-9) and streamed["kid"] == pytest.approx(whole["kid"], rel=1e-6)
     feats = scorer.features(fid.to_uint8(images)).double().numpy()  # against np.cov of the same features
-    expected = fid.fid_kid(feats, scorer.ref_mu, scorer.ref_sigma, scorer.ref_feats, seed=1)
-    assert whole["fid"] == pytest.approx(expected["fid"], rel=1e-6) and whole["kid"] == pytest.approx(expected["kid"], rel=1e-5)
+    expected_fid = fid.frechet(feats.mean(axis=0), np.cov(feats, rowvar=False), scorer.ref_mu, scorer.ref_sigma)
+    assert whole["fid"] == pytest.approx(expected_fid, rel=1e-6)
+    assert whole["kid"] == pytest.approx(fid.kid(feats, scorer.ref_feats, seed=1), rel=1e-5)
+
+
+@pytest.mark.parametrize("names", [("mu", "sigma"), ("ref_mu", "ref_sigma")])
+def test_reference_file_reads_adms_and_the_official_codes_names(tmp_path, names):
+    mu, sigma = np.arange(3.0), np.diag([1.0, 2.0, 3.0])
+    np.savez(tmp_path / "ref.npz", **dict(zip(names, (mu, sigma))), extra=np.zeros(1))
+    got_mu, got_sigma = fid.reference_file(tmp_path / "ref.npz")
+    assert np.array_equal(got_mu, mu) and np.array_equal(got_sigma, sigma)
+
+
+def test_reference_file_errors_say_what_to_put_where(tmp_path):
+    with pytest.raises(fid.FeatureError) as missing:
+        fid.reference_file(tmp_path / "nothing.npz")
+    assert str(missing.value) == (
+        f"eval.fid_reference={str(tmp_path / 'nothing.npz')!r}: no such file; for ImageNet 256 put ADM's reference "
+        "batch VIRTUAL_imagenet256_labeled.npz (https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
+        "ref_batches/imagenet/256/VIRTUAL_imagenet256_labeled.npz) there")
+    for arrays in ({"mu": np.zeros(2)}, {"ref_mu": np.zeros(2), "sigma": np.eye(2)}):
+        np.savez(tmp_path / "half.npz", **arrays)
+        with pytest.raises(fid.FeatureError) as half:
+            fid.reference_file(tmp_path / "half.npz")
+        assert str(half.value) == (f"{tmp_path / 'half.npz'}: needs arrays 'mu' and 'sigma' (or 'ref_mu' and "
+                                   f"'ref_sigma'); has {sorted(arrays)}")
 
 
 def test_user_files_get_their_own_cache_key(tmp_path):

@@ -140,3 +140,29 @@ def test_adaptive_weight_is_stop_gradient():
     err = torch.tensor([2.0, 0.3], requires_grad=True)
     (adaptive_weight(err, 1.0, 0.01) * err).sum().backward()
     assert torch.allclose(err.grad, 1 / (err.detach() + 0.01))
+
+
+def test_metrics_are_the_loss_its_parts_and_the_share_of_r_neq_t():
+    net = small_net()
+    x, t, r, noise = batch()
+    loss, metrics = meanflow_loss(net, x, t, r, noise, mf(adaptive_p=1.0, adaptive_c=1e-3))
+    z = (1 - t[:, None]) * x + t[:, None] * noise
+    err = (net(z, t, r) - (noise - x) + (t - r)[:, None] * finite_difference_dudt(net, z, r, t, (noise - x, 0.0, 1.0)))
+    err = err.pow(2).sum(1)
+    assert set(metrics) == {"loss", "mse", "weight_mean", "frac_r_neq_t"}
+    assert metrics["loss"] == loss
+    assert torch.allclose(metrics["mse"], err.mean(), rtol=1e-6)
+    assert torch.allclose(metrics["weight_mean"], (1 / (err + 1e-3)).mean(), rtol=1e-6)
+    assert metrics["frac_r_neq_t"] == 1 - (B // 4) / B
+
+
+def test_given_rows_are_the_rows_whose_d_dt_u_enters_the_target():
+    """train.py passes the r != t rows it drew on the CPU (so no step waits for the device): they are used as given."""
+    net = small_net()
+    x, t, r, noise = batch()
+    config = mf(adaptive_p=0.0)
+    rows = (r != t).nonzero().squeeze(1)
+    assert torch.equal(meanflow_loss(net, x, t, r, noise, config, rows=rows)[0], meanflow_loss(net, x, t, r, noise, config)[0])
+    z = (1 - t[:, None]) * x + t[:, None] * noise
+    without = meanflow_loss(net, x, t, r, noise, config, rows=rows[:0])[0]  # no rows: d/dt u taken as 0
+    assert torch.allclose(without, (net(z, t, r) - (noise - x)).pow(2).sum(1).mean(), rtol=1e-12)

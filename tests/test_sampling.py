@@ -52,8 +52,9 @@ def test_euler_uses_instantaneous_velocity():
 
 def test_schedule_validation():
     assert torch.allclose(time_schedule(2), torch.tensor([1.0, 0.5, 0.0]))
-    for bad in ([1.0, 0.5], [0.9, 0.0], [1.0, 0.5, 0.6, 0.0]):
-        with pytest.raises(ValueError):
+    assert torch.equal(time_schedule([1.0, 0.7, 0.0]), torch.tensor([1.0, 0.7, 0.0]))
+    for bad in ([1.0, 0.5], [0.9, 0.0], [1.0, 0.5, 0.6, 0.0], [1.0, 0.5, 0.5, 0.0]):
+        with pytest.raises(ValueError, match=rf"schedule \[{', '.join(map(str, bad))}\] must decrease strictly from 1 to 0"):
             time_schedule(bad)
 
 

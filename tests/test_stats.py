@@ -101,3 +101,27 @@ def test_log_noise_of_one_setting_or_one_seed_each():
     assert math.isnan(one["spread"]) and math.isnan(one["ratio"]) and math.isnan(one["gap"])
     single = stats.log_noise(cells({"a": [0.1], "b": [0.2]}), "lr")
     assert math.isnan(single["seed_sd"]) and single["spread"] == pytest.approx(np.log(2) / math.sqrt(2))
+
+
+def test_paired_test_without_shared_keys_has_no_pairs():
+    done = pd.concat([cells({"best": [0.1, 0.2, 0.3]}), cells({"other": [0.3, 0.4, 0.5]}).assign(seed=[7, 8, 9])])
+    assert stats.paired_test(done, "lr", "best", "other", ["seed"]) == (pytest.approx(math.nan, nan_ok=True), "")
+
+
+def test_paired_test_takes_logs_only_when_every_value_is_positive():
+    best, other = [0.0, 0.20, 0.15], [0.30, 0.25, 0.60]  # a zero: log would be -inf
+    p, _ = stats.paired_test(cells({"best": best, "other": other}), "lr", "best", "other", ["seed"])
+    assert p == pytest.approx(t_test_p(np.array(best), np.array(other)), rel=1e-12)
+
+
+def test_kendall_tau_ignores_other_columns():
+    table = pd.DataFrame({"mean": [0.1, 0.2, 0.3], "paper": [1.0, 2.0, 3.0], "std": [math.nan, 0.1, math.nan]})
+    assert stats.kendall_tau(table) == (pytest.approx(1.0), 3)
+
+
+def test_log_noise_of_two_settings_and_of_settings_with_one_mean():
+    two = stats.log_noise(cells({"a": [0.1, 0.2], "b": [0.4, 0.3]}), "lr")
+    gap = (np.log([0.4, 0.3]).mean() - np.log([0.1, 0.2]).mean()) / two["seed_sd"]
+    assert two["gap"] == pytest.approx(gap, rel=1e-12)
+    same = stats.log_noise(cells({"a": [0.1, 0.2], "b": [0.2, 0.1]}), "lr")  # equal means: no spread
+    assert same["spread"] == 0 and math.isnan(same["ratio"])

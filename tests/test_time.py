@@ -63,7 +63,8 @@ def test_same_generator_state_gives_same_draws():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-@pytest.mark.parametrize("bad", ["normal(0,1)", "lognorm(0,0)", "uniform(0.5,0.2)", "uniform(0,2)", "lognorm(0)"])
+@pytest.mark.parametrize("bad", ["normal(0,1)", "lognorm(0,0)", "uniform(0.5,0.2)", "uniform(0,2)", "lognorm(0)",
+                                 "uniform(0.5,0.5)", "lognorm(1e999,1)"])
 def test_bad_distribution_specs_are_rejected(bad):
     with pytest.raises(ValueError, match="time distribution"):
         parse_time_dist(bad)
@@ -101,3 +102,27 @@ def test_v0_sampler_is_unchanged_by_tr_sampler_option():
     keep = torch.rand(64, generator=g) < 0.25
     t, r = sample_t_r(64, mf(ratio=0.25), torch.Generator().manual_seed(3))
     assert torch.equal(t, torch.maximum(a, b)) and torch.equal(r, torch.where(keep, torch.minimum(a, b), t))
+
+
+def test_specs_may_have_spaces():
+    assert parse_time_dist(" lognorm( -0.4 , 1.0 ) ") == ("lognorm", -0.4, 1.0)
+    assert parse_time_dist("uniform(0, 1)") == ("uniform", 0.0, 1.0)
+
+
+def test_uniform_on_a_sub_interval_and_drawn_from_the_given_generator():
+    torch.manual_seed(0)  # the global generator must play no part
+    s = sample_time("uniform(0.2,0.6)", N, torch.Generator().manual_seed(3))
+    torch.manual_seed(1)
+    assert torch.equal(s, sample_time("uniform(0.2,0.6)", N, torch.Generator().manual_seed(3)))
+    assert s.min() >= 0.2 and s.max() <= 0.6 and abs(s.mean().item() - 0.4) < 0.002
+    assert torch.equal(s, 0.2 + 0.4 * torch.rand(N, generator=torch.Generator().manual_seed(3)))
+
+
+def test_ratio_zero_is_flow_matching_on_every_row_even_a_draw_of_exactly_zero():
+    """torch.rand draws multiples of 2^-24, so 0.0 comes up: the mask must still send that row to r = t.
+    Seed 1 puts a 0.0 among the mask's draws (the third draw of the generator, after a and b)."""
+    n, g = 1 << 20, torch.Generator().manual_seed(1)
+    torch.rand(n, generator=g), torch.rand(n, generator=g)
+    assert bool((torch.rand(n, generator=g) == 0).any())  # else pick another seed: the test needs the zero
+    t, r = sample_t_r(n, mf(t_dist="uniform(0,1)", ratio=0.0), torch.Generator().manual_seed(1))
+    assert torch.equal(t, r)

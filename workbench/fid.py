@@ -221,15 +221,6 @@ def kid(feats: np.ndarray, ref_feats: np.ndarray, seed: int = 0) -> float:
         np.random.set_state(state)
 
 
-def fid_kid(feats: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray, ref_feats: np.ndarray | None,
-            seed: int = 0) -> dict[str, float]:
-    """FID of a set of features (and KID when the reference features are at hand)."""
-    scores = {"fid": frechet(np.mean(feats, axis=0), np.cov(feats, rowvar=False), ref_mu, ref_sigma)}
-    if ref_feats is not None:
-        scores["kid"] = kid(feats, ref_feats, seed)
-    return scores
-
-
 def reference_statistics(data: DataConfig, scorer: ImageScorer, cache_file: Path, keep_features: bool,
                          chunk: int = 5000) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Mean, covariance (and, for KID, the features) of the whole train split, computed once in chunks
