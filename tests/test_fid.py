@@ -8,7 +8,9 @@ from cleanfid import fid as cleanfid
 from PIL import Image
 
 from workbench import fid
-from workbench.data import load_data
+from workbench.data import index_noise, load_data
+from workbench.evaluate import image_metrics
+from workbench.meanflow import sample
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +132,28 @@ def test_offline_inception_names_the_file_and_never_downloads(monkeypatch, tmp_p
         fid.image_scorer("digits", "inception", tmp_path)
 
 
+@pytest.mark.parametrize("mode", ["clean", "legacy_tensorflow"])
+def test_inception_is_clean_fids_extractor_in_the_chosen_mode_on_the_scorers_device(monkeypatch, tmp_path, mode):
+    """With the weights file in place (an empty stand-in here), the scorer builds clean-fid's Inception in its
+    mode on the device it is moved to, without DataParallel; clean mode resizes to 299 first, legacy inside."""
+    import cleanfid.features
+
+    built = []
+    monkeypatch.setattr(fid, "INCEPTION_FILE", tmp_path / "inception.pt")
+    (tmp_path / "inception.pt").touch()
+    monkeypatch.setattr(cleanfid.features, "build_feature_extractor", lambda *a, **k: built.append((a, k)) or len(built))
+    assert fid.inception_extractor(torch.device("cpu")) == 1 and built[-1] == (("clean", torch.device("cpu")),
+                                                                                 {"use_dataparallel": False})
+    np.savez(tmp_path / "ref.npz", mu=np.zeros(2), sigma=np.eye(2))
+    scorer = fid.image_scorer("digits", "inception", tmp_path, mode=mode, reference=str(tmp_path / "ref.npz"))
+    assert scorer.name == f"inception-{mode}" and scorer.to("meta") is scorer and scorer.device == torch.device("meta")
+    assert scorer.make_extractor(scorer.device) == len(built)
+    assert built[-1] == ((mode, torch.device("meta")), {"use_dataparallel": False})
+    assert (scorer.fn_resize is None) == (mode == "legacy_tensorflow")
+    if mode == "clean":
+        assert scorer.fn_resize(np.zeros((8, 8, 3), np.uint8)).shape == (299, 299, 3)
+
+
 def test_to_uint8_quantizes_like_a_png():
     x = torch.tensor([-1.0, -0.999, 0.0, 1.0, 2.0]).view(1, 1, 1, 5)
     assert fid.to_uint8(x)[0, :, 0].tolist() == [[0, 0, 128, 255, 255]] * 3
@@ -164,3 +188,29 @@ def test_floor_quantisation_is_the_official_evaluations():
     x = torch.tensor([-1.0, -0.999, 0.0, 0.999, 1.0, 2.0]).view(1, 1, 1, 6)
     assert fid.to_uint8(x, "floor")[0, 0, 0].tolist() == [0, 0, 127, 254, 255, 255]
     assert fid.to_uint8(x)[0, 0, 0].tolist() == [0, 0, 128, 255, 255, 255]
+
+
+class ScaledNoise(torch.nn.Module):
+    """u(z, r, t) = w (1 + t - r) z: one MeanFlow step gives (1 - 2w) e, one Euler step (1 - w) e."""
+
+    num_classes = 0
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(w))
+
+    def forward(self, z, t, r, labels=None):
+        return self.w * (1 + t - r).view(-1, 1, 1, 1) * z
+
+
+def test_image_metrics_score_every_sampler_with_the_seed_quantisation_and_decoder(scorer):
+    net, shape = ScaledNoise(0.3), (1, 8, 8)
+    noise = index_noise(3, range(120), shape)
+    decode = lambda x: x.flip(-1)  # a decoder that changes the images
+    scores = image_metrics(net, scorer, shape, (1, 2), (2,), 120, 3, "floor", decode=decode)
+    assert set(scores) == {f"{m}_{s}" for m in ("fid", "kid") for s in ("1nfe", "2nfe", "fm2")}
+    for name, (steps, euler) in {"1nfe": (1, False), "2nfe": (2, False), "fm2": (2, True)}.items():
+        expected = scorer.score_stream([decode(sample(net, noise, steps, euler=euler))], seed=3, quantize="floor")
+        assert scores[f"fid_{name}"] == pytest.approx(expected["fid"], rel=1e-9)
+        assert scores[f"kid_{name}"] == pytest.approx(expected["kid"], rel=1e-9)
+    assert scores["fid_1nfe"] != pytest.approx(scores["fid_fm2"])

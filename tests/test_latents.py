@@ -1,13 +1,15 @@
 """ImageNet-latent path: the Frechet distance of latents, and the shipped GPU studies smoke-run on CPU."""
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from workbench.config import ConfigError, with_overrides
-from workbench.evaluate import evaluator_for, flat_statistics, latent_metrics
-from workbench.fid import FeatureError
+from workbench.data import index_noise
+from workbench.evaluate import evaluator_for, flat_statistics, latent_metrics, posterior_samples
+from workbench.fid import FeatureError, frechet
 from workbench.pictures import save_run_pictures
 from workbench.studies import load_study
 from workbench.train import train
@@ -32,10 +34,36 @@ def test_fd_of_latents_is_the_squared_mean_shift_for_a_point_mass():
     reference = torch.randn(4000, 2, 2, 2, generator=torch.Generator().manual_seed(0))
     c = torch.full((1, 2, 2, 2), 0.5)
     stats = flat_statistics(reference.split(1000))
-    score = latent_metrics(Constant(c), stats, (2, 2, 2), nfe=(1,), num_samples=500)["fdlatent_1nfe"]
+    score = latent_metrics(Constant(c), stats, (2, 2, 2), (1,), (), 500, 0)["fdlatent_1nfe"]
     flat = reference.flatten(1).double()
     expected = float((flat.mean(0) - 0.5).pow(2).sum() + torch.cov(flat.T).trace())
     assert math.isclose(score, expected, rel_tol=1e-6)
+
+
+def test_fd_of_latents_for_every_sampler():
+    """Euler on u(z, t, t) = z - c from t = 1 in 2 steps gives 0.25 e + 0.75 c: fm2 scores those latents."""
+    reference = torch.randn(4000, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    c = torch.full((1, 2, 2, 2), 0.5)
+    stats = flat_statistics(reference.split(1000))
+    scores = latent_metrics(Constant(c), stats, (2, 2, 2), (1,), (2,), 500, 3)
+    assert set(scores) == {"fdlatent_1nfe", "fdlatent_fm2"}
+    euler = 0.25 * index_noise(3, range(500), (2, 2, 2)) + 0.75 * c
+    assert math.isclose(scores["fdlatent_fm2"], frechet(*flat_statistics([euler]), *stats), rel_tol=1e-6)
+
+
+def test_posterior_samples_are_the_latents_or_one_draw_of_each_posterior():
+    mean = torch.randn(10, 2, 3, generator=torch.Generator().manual_seed(0))
+    fixed = list(posterior_samples(SimpleNamespace(x=mean.half(), std=None), seed=0, chunk=4))
+    assert [len(x) for x in fixed] == [4, 4, 2] and torch.equal(torch.cat(fixed), mean.half().float())
+    std = torch.full((10, 2, 3), 0.5)
+    torch.manual_seed(0)  # the draws come from the seed, not from torch's global generator
+    draws = torch.cat(list(posterior_samples(SimpleNamespace(x=mean, std=std), seed=1, chunk=4)))
+    torch.manual_seed(1)
+    assert torch.equal(draws, torch.cat(list(posterior_samples(SimpleNamespace(x=mean, std=std), seed=1, chunk=4))))
+    assert not torch.equal(draws, torch.cat(list(posterior_samples(SimpleNamespace(x=mean, std=std), seed=2, chunk=4))))
+    many = torch.cat(list(posterior_samples(SimpleNamespace(x=torch.zeros(20_000, 3), std=torch.full((20_000, 3), 0.5)),
+                                            seed=0)))
+    assert abs(many.mean().item()) < 0.01 and abs(many.std().item() - 0.5) < 0.01
 
 
 def latents_file(tmp_path, n=48, classes=3):

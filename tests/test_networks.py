@@ -1,6 +1,8 @@
 """Every network x every time conditioning: forward, JVP and backward run; shapes hold."""
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.func import jvp
@@ -113,3 +115,52 @@ def test_dit_positions_are_2d_sin_cos_columns_then_rows():
     expected = [math.sin(col), math.sin(col / 100), math.cos(col), math.cos(col / 100),
                 math.sin(row), math.sin(row / 100), math.cos(row), math.cos(row / 100)]
     torch.testing.assert_close(pos[row * 3 + col], torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=1e-7)
+
+
+def test_songunet_computes_the_official_networks_function():
+    """tests/data/songunet_official_output.npz holds the output of the official SongUNet (Gsunshine/py-meanflow
+    models/unet.py, DDPM++ as MeanFlow configures it: channel_mult_noise 2, filter [1, 3, 3, 1]) at the small
+    test size, in float64, every parameter drawn from numpy's N(0, 0.2^2) in the module's parameter order (the
+    script that wrote it ran that code; the workbench does not ship it). The same draws in the same order here
+    must give the same function: time embedding, attention scale, skip scaling, resampling filters, all of it."""
+    net = small_net("songunet", shape=(3, 8, 8), augment_dim=6, **SMALL["songunet"])
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.from_numpy(rng.normal(0, 0.2, tuple(p.shape))))
+    net.eval()
+    z = torch.from_numpy(rng.standard_normal((3, 3, 8, 8)))
+    t, r = torch.tensor([0.9, 0.5, 0.3], dtype=torch.float64), torch.tensor([0.2, 0.5, 0.0], dtype=torch.float64)
+    aug = torch.from_numpy(rng.standard_normal((3, 6)))
+    with np.load(Path(__file__).parent / "data" / "songunet_official_output.npz") as official:
+        np.testing.assert_allclose(net(z, t, r, augment_labels=aug).detach().numpy(), official["with_augment"], atol=1e-10)
+        np.testing.assert_allclose(net(z, t, r).detach().numpy(), official["without_augment"], atol=1e-10)
+
+
+def test_songunet_without_labels_is_the_null_class():
+    net = small_net("songunet", num_classes=3, shape=(3, 8, 8), **SMALL["songunet"])
+    torch.nn.init.normal_(net.out_conv.weight)
+    torch.nn.init.normal_(net.map_label.weight)
+    z, t = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0.9, 0.4], dtype=torch.float64)
+    null = net(z, t, 0.5 * t, torch.full((2,), 3))
+    assert torch.equal(net(z, t, 0.5 * t), null)
+    assert not torch.allclose(net(z, t, 0.5 * t, torch.zeros(2, dtype=torch.long)), null)
+
+
+def test_songunet_adds_the_class_embedding_where_it_adds_the_augmentation_labels():
+    """Class labels are an extension (the official CIFAR-10 network has none): their embedding is added to the
+    time features beside the augmentation labels', so a class embedding v acts as augmentation labels mapped to v."""
+    net = small_net("songunet", num_classes=3, shape=(3, 8, 8), augment_dim=6, **SMALL["songunet"])
+    torch.nn.init.normal_(net.out_conv.weight)
+    v = torch.randn(net.map_label.weight.shape[1], dtype=torch.float64)
+    z, t = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0.9, 0.4], dtype=torch.float64)
+    one_hot = torch.zeros(2, 6, dtype=torch.float64)
+    one_hot[:, 0] = 1
+    with torch.no_grad():
+        net.map_label.weight[1] = v
+        net.map_label.weight[2] = 0
+        net.map_augment.weight[:, 0] = v
+    by_class = net(z, t, 0.5 * t, torch.ones(2, dtype=torch.long), augment_labels=0 * one_hot)
+    by_augment = net(z, t, 0.5 * t, torch.full((2,), 2), augment_labels=one_hot)
+    assert torch.allclose(by_class, by_augment, rtol=1e-12, atol=1e-12)
+    assert torch.equal(net(z, t, 0.5 * t, torch.full((2,), 2), augment_labels=one_hot.float()), by_augment)  # any dtype

@@ -194,9 +194,9 @@ def toy_references(data_name: str, num_samples: int, seed: int = 0, conditional:
     return out
 
 
-def image_metrics(net: nn.Module, scorer: ImageScorer, shape: tuple[int, ...], nfe: tuple[int, ...] = (1, 2),
-                  fm_steps: tuple[int, ...] = (), num_samples: int = 10_000, seed: int = 0,
-                  decode: Callable[[torch.Tensor], torch.Tensor] | None = None, quantize: str = "round") -> dict[str, float]:
+def image_metrics(net: nn.Module, scorer: ImageScorer, shape: tuple[int, ...], nfe: tuple[int, ...],
+                  fm_steps: tuple[int, ...], num_samples: int, seed: int, quantize: str,
+                  decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
     """clean-fid FID (and KID) of generated images: {'fid_1nfe': ..., 'kid_1nfe': ..., 'fid_fm50': ...}, the
     features computed on the net's device as the samples come. decode: latents -> images in [-1, 1]."""
     scorer.to(next(net.parameters()).device)
@@ -217,8 +217,7 @@ def flat_statistics(chunks: Iterable[torch.Tensor]) -> tuple[np.ndarray, np.ndar
 
 
 def latent_metrics(net: nn.Module, reference: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...],
-                   nfe: tuple[int, ...] = (1, 2), fm_steps: tuple[int, ...] = (), num_samples: int = 10_000,
-                   seed: int = 0) -> dict[str, float]:
+                   nfe: tuple[int, ...], fm_steps: tuple[int, ...], num_samples: int, seed: int) -> dict[str, float]:
     """Frechet distance between generated latents and the reference's (mean, covariance) of flattened
     latents: {'fdlatent_1nfe': ...}. A cheap proxy during training; its scale is not FID's."""
     return {f"fdlatent_{name}": frechet(*flat_statistics(sample_chunks(net, shape, euler, steps, num_samples, seed)),
@@ -287,8 +286,7 @@ def evaluator_for(config: RunConfig) -> Evaluator:
                           "seed": ev.seed})
     kind = ev.features if ev.features != "auto" else ("classifier" if data.labels is not None else "inception")
     scorer = image_scorer(config.data, kind, Path(ev.cache_dir), ev.seed, ev.inception_mode, reference=ev.fid_reference)
-    return Evaluator(lambda net, n: image_metrics(net, scorer, data.shape, ev.nfe, ev.fm_steps, n, ev.seed,
-                                                  quantize=ev.quantize),
+    return Evaluator(lambda net, n: image_metrics(net, scorer, data.shape, ev.nfe, ev.fm_steps, n, ev.seed, ev.quantize),
                      {"features": scorer.name, "seed": ev.seed, **scorer.info})
 
 
@@ -315,7 +313,7 @@ def decoded_image_evaluator(config: RunConfig, data) -> Evaluator:
     vae = load_vae(ev.vae_path)
     scorer = image_scorer(config.data, "inception", Path(ev.cache_dir), ev.seed, ev.inception_mode,
                           reference=ev.fid_reference)
-    return Evaluator(lambda net, n: image_metrics(net, scorer, data.shape, ev.nfe, ev.fm_steps, n, ev.seed,
-                                                  decode=lambda z: decode(vae, z, data.scale), quantize=ev.quantize),
+    return Evaluator(lambda net, n: image_metrics(net, scorer, data.shape, ev.nfe, ev.fm_steps, n, ev.seed, ev.quantize,
+                                                  decode=lambda z: decode(vae, z, data.scale)),
                      {"features": f"{scorer.name} of images decoded by {ev.vae_path}", "reference": ev.fid_reference,
                       "seed": ev.seed})
