@@ -1,6 +1,7 @@
 """Toy distribution metrics: 0 for identical sets, positive otherwise, closed forms, model ranking."""
 import math
 
+import pytest
 import torch
 
 from workbench.config import RunConfig, with_overrides
@@ -113,17 +114,63 @@ def test_support_scores_count_squares_and_modes():
     assert math.isclose(scores["precision"], 2 / 3) and math.isclose(scores["labelprec"], 1 / 3)
 
 
+def test_the_evaluator_of_a_run_scores_the_sample_count_it_is_given():
+    from workbench.evaluate import evaluator_for
+
+    from conftest import small_net
+
+    config = with_overrides(RunConfig(), {"data.name": "gaussians", "eval.nfe": [1], "eval.fm_steps": [], "eval.seed": 2})
+    net = small_net(num_classes=8, dtype=torch.float32)
+    scores = evaluator_for(config)(net, 300)
+    guidance = config.meanflow.cfg_omega / (1 - config.meanflow.cfg_kappa)
+    assert scores == toy_metrics(net, "gaussians", (1,), (), 300, 2, guidance, (0.0, 1.0))
+    assert scores != evaluator_for(config)(net, 200)
+
+
 def test_reference_samplers_bracket_a_learned_model():
     """The exact map scores at the data's floor, the uniform box and the prior far from it."""
     from workbench.evaluate import toy_references
 
     # energy distance needs the points: at 500, data vs data scores above the uniform box
-    refs = toy_references("checkerboard", 2000)
+    refs = toy_references("checkerboard", 2000, 0, True)
     assert refs["exact map"]["precision"] == 1.0 and refs["data"]["precision"] == 1.0
     assert refs["exact map"]["transport"] == 0.0 and refs["exact map"]["uerr"] == 0.0
     assert 0.4 < refs["uniform box"]["precision"] < 0.6  # half the box is black squares
     assert refs["exact map"]["energy"] < 0.3 * refs["uniform box"]["energy"]
     assert refs["prior (u = 0)"]["transport"] > 0.1 and refs["prior (u = 0)"]["uerr"] > 0.5
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_reference_samplers_of_the_labelled_gaussians_are_their_points_scored(conditional):
+    """Each reference sampler's scores are point_scores of its own points (labels where it has them, transport
+    only for images of the evaluation noise), the seed drawing the uniform box; 'class means' only with labels."""
+    from workbench.data import GAUSSIAN_MEANS, index_noise, load_data
+    from workbench.evaluate import exact_targets, point_scores, toy_references
+
+    n, seed = 400, 3
+    refs = toy_references("gaussians", n, seed, conditional)
+    reference, train = load_data("gaussians", "test").x[:n], load_data("gaussians", "train", labels=conditional)
+    labels = torch.arange(n) % 8 if conditional else None
+    exact = exact_targets("gaussians", n, seed, conditional=conditional)
+    low, high = train.x.min(0).values, train.x.max(0).values
+    points = {"data": (train.x[:n], None if labels is None else train.labels[:n]), "exact map": (exact["map"], labels),
+              "uniform box": (low + (high - low) * torch.rand(n, 2, generator=torch.Generator().manual_seed(seed)), None),
+              "prior (u = 0)": (index_noise(seed, range(n), (2,)), None)}
+    if conditional:
+        points["class means"] = (GAUSSIAN_MEANS[labels].float(), labels)
+    assert list(refs) == list(points)
+    for name, (x, x_labels) in points.items():
+        expected = point_scores(x, reference, "gaussians", x_labels, exact["map"], seed)
+        if name in ("data", "uniform box"):
+            del expected["transport"]
+        if name == "prior (u = 0)":
+            expected["uerr"] = float(exact["u"].pow(2).sum(1).mean())
+        if name == "exact map":
+            expected["uerr"] = 0.0
+        assert refs[name] == pytest.approx(expected, rel=1e-12), name
+    if conditional:
+        assert refs["class means"]["labelprec"] == 1.0 and refs["data"]["labelprec"] > 0.99
+    assert toy_references("gaussians", n, seed + 1, conditional)["uniform box"] != refs["uniform box"]
 
 
 def test_study_metric_must_be_an_evaluated_lower_is_better_name(tmp_path):

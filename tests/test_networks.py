@@ -164,3 +164,31 @@ def test_songunet_adds_the_class_embedding_where_it_adds_the_augmentation_labels
     by_augment = net(z, t, 0.5 * t, torch.full((2,), 2), augment_labels=one_hot)
     assert torch.allclose(by_class, by_augment, rtol=1e-12, atol=1e-12)
     assert torch.equal(net(z, t, 0.5 * t, torch.full((2,), 2), augment_labels=one_hot.float()), by_augment)  # any dtype
+
+
+def test_dit_attention_is_multi_head_attention():
+    from workbench.meanflow.dit import Attention
+
+    attn, reference = Attention(24, 3).double(), torch.nn.MultiheadAttention(24, 3, batch_first=True).double()
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(attn.qkv.weight)
+        reference.in_proj_bias.copy_(attn.qkv.bias)
+        reference.out_proj.weight.copy_(attn.proj.weight)
+        reference.out_proj.bias.copy_(attn.proj.bias)
+    x = torch.randn(2, 5, 24, dtype=torch.float64)
+    torch.testing.assert_close(attn(x), reference(x, x, x, need_weights=False)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_dit_block_is_adaln_zero_written_out():
+    """x + g1 attn(LN(x)(1 + s1) + b1), then + g2 mlp(LN(x)(1 + s2) + b2), (b, s, g) from adaLN(c), once non-zero."""
+    from workbench.meanflow.dit import DiTBlock
+
+    block = DiTBlock(24, 3).double()
+    torch.nn.init.normal_(block.adaLN[-1].weight, std=0.5)
+    torch.nn.init.normal_(block.adaLN[-1].bias, std=0.5)
+    x, c = torch.randn(2, 5, 24, dtype=torch.float64), torch.randn(2, 24, dtype=torch.float64)
+    b1, s1, g1, b2, s2, g2 = (p[:, None] for p in block.adaLN[-1](torch.nn.functional.silu(c)).chunk(6, dim=1))
+    norm = lambda y: torch.nn.functional.layer_norm(y, (24,), eps=1e-6)
+    x1 = x + g1 * block.attn(norm(x) * (1 + s1) + b1)
+    expected = x1 + g2 * block.mlp(norm(x1) * (1 + s2) + b2)
+    torch.testing.assert_close(block(x, c), expected, rtol=1e-12, atol=1e-12)

@@ -163,7 +163,7 @@ def toy_metrics(net: nn.Module, data_name: str, nfe: tuple[int, ...] = (1, 2), f
     return metrics
 
 
-def toy_references(data_name: str, num_samples: int, seed: int = 0, conditional: bool = True) -> dict[str, dict[str, float]]:
+def toy_references(data_name: str, num_samples: int, seed: int, conditional: bool) -> dict[str, dict[str, float]]:
     """The 2D scores of reference samplers, to read a model's scores against (same sample count and
     noise as toy_metrics): 'data' (training points: the floor of sampling error), 'exact map' (the
     exact 1-step map of the evaluation noise), 'uniform box' (uniform on the data's bounding box) and
@@ -184,8 +184,6 @@ def toy_references(data_name: str, num_samples: int, seed: int = 0, conditional:
     out = {}
     for name, (x, x_labels) in samplers.items():
         scores = point_scores(x, reference, data_name, x_labels, exact["map"], seed)
-        if x_labels is None:
-            scores.pop("labelprec", None)
         if name in ("data", "uniform box"):
             scores.pop("transport")  # these points are not images of the evaluation noise
         out[name] = scores
