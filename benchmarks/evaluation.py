@@ -47,8 +47,8 @@ def digits_rows(num: int) -> tuple[list[str], str]:
     config = with_overrides(RunConfig(), {"data.name": "digits", "net.arch": "unet"})
     net = build_net(config, load_data("digits")).eval()
     samples, gen_s = timed(lambda: generate(net, (1, 8, 8), (1,), (), num, seed=0)["1nfe"])
-    scores, score_s = timed(lambda: scorer.score(samples))
-    real = scorer.score(load_data("digits", "test").x)
+    scores, score_s = timed(lambda: scorer.score(samples, seed=0))
+    real = scorer.score(load_data("digits", "test").x, seed=0)
     rows = [f"| digits: train classifier + reference features (first use only, cached after) | {build_s:.1f} |",
             f"| digits: generate {num} 1-NFE samples (U-Net, default size) | {gen_s:.1f} |",
             f"| digits: score {num} samples (features + FID + KID) | {score_s:.1f} |",

@@ -210,3 +210,22 @@ def test_unconditional_model_of_a_labelled_set(tmp_path):
     conditional = exact_targets("gaussians", 200, 0)
     assert unconditional["labels"] is None and conditional["labels"] is not None
     assert not torch.allclose(unconditional["map"], conditional["map"])
+
+
+@pytest.mark.parametrize(("overrides", "families", "extra"), [
+    ({"data.name": "gaussians"}, ["energy", "swd", "precision", "tv", "modes", "transport", "labelprec"], ["uerr"]),
+    ({"data.name": "gaussians", "data.labels": False}, ["energy", "swd", "precision", "tv", "modes", "transport"], ["uerr"]),
+    ({"data.name": "moons"}, ["energy", "swd"], []),
+    ({"data.name": "digits"}, ["fid", "kid"], []),
+    ({"data.name": "digits", "eval.features": "inception"}, ["fid"], []),
+    ({"data.name": "latents"}, ["fdlatent"], []),
+    ({"data.name": "latents", "eval.features": "inception"}, ["fid"], []),
+])
+def test_metric_names_by_data_and_features(overrides, families, extra):
+    from workbench.evaluate import metric_names
+
+    config = with_overrides(RunConfig(), {**overrides, "eval.nfe": [1, 2], "eval.fm_steps": [4]})
+    names = [f"{f}_{s}" for s in ("1nfe", "2nfe", "fm4") for f in families] + extra
+    assert metric_names(config) == names
+    more = with_overrides(config, {"train.ema_decays": [0.9, 0.99995], "eval.raw": True})
+    assert metric_names(more) == names + [f"{n}_{s}" for s in ("ema0.9", "ema0.99995", "raw") for n in names]

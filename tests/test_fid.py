@@ -1,5 +1,6 @@
 """FID/KID through clean-fid with the offline classifier features."""
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ def test_classifier_is_accurate_and_deterministic(scorer, tmp_path):
 
 
 def test_fid_of_the_reference_against_itself_is_zero(scorer):
-    scores = scorer.score(load_data("digits", "train").x)
+    scores = scorer.score(load_data("digits", "train").x, seed=0)
     assert abs(scores["fid"]) < 1e-3
 
 
@@ -98,7 +99,7 @@ def test_user_files_get_their_own_cache_key(tmp_path):
 def test_fid_rises_along_a_corruption_ladder(scorer):
     images = load_data("digits", "test").x
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
-    fids = [scorer.score(images + level * noise)["fid"] for level in (0.0, 0.2, 0.4, 0.8, 1.6)]
+    fids = [scorer.score(images + level * noise, seed=0)["fid"] for level in (0.0, 0.2, 0.4, 0.8, 1.6)]
     assert all(a < b for a, b in zip(fids, fids[1:])), fids
 
 
@@ -113,7 +114,7 @@ def test_matches_clean_fid_compute_fid_over_png_folders(scorer, tmp_path):
                                   custom_feat_extractor=scorer.make_extractor(torch.device("cpu")),
                                   custom_fn_resize=fid.keep_size,
                                   device=torch.device("cpu"), num_workers=0, verbose=False)
-    assert abs(scorer.score(generated)["fid"] - theirs) < 1e-3
+    assert abs(scorer.score(generated, seed=0)["fid"] - theirs) < 1e-3
 
 
 def test_kid_is_seeded(scorer):
@@ -214,3 +215,25 @@ def test_image_metrics_score_every_sampler_with_the_seed_quantisation_and_decode
         assert scores[f"fid_{name}"] == pytest.approx(expected["fid"], rel=1e-9)
         assert scores[f"kid_{name}"] == pytest.approx(expected["kid"], rel=1e-9)
     assert scores["fid_1nfe"] != pytest.approx(scores["fid_fm2"])
+
+
+def test_the_classifier_features_are_a_fixed_function():
+    """FIDs of the classifier feature set compare across commits only while its network stays the same: with
+    numpy-drawn weights, its features and logits equal those stored in tests/data at commit 833285e's network."""
+    net = fid.DigitClassifier(1, 8, 8, 10).double()
+    assert sum(p.numel() for p in net.parameters()) == 89_930
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.from_numpy(rng.normal(0, 0.3, tuple(p.shape))))
+    x = torch.from_numpy(rng.standard_normal((4, 1, 8, 8)))
+    with np.load(Path(__file__).parent / "data" / "digit_classifier_function.npz") as stored:
+        np.testing.assert_allclose(net.features(x).detach().numpy(), stored["features"], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(net(x).detach().numpy(), stored["logits"], rtol=1e-10, atol=1e-12)
+
+
+def test_scores_round_unless_told_to_floor(scorer):
+    images = load_data("digits", "test").x + 0.3 * torch.randn(297, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    rounded = scorer.score_stream([images], seed=0, quantize="round")
+    assert scorer.score(images, seed=0) == scorer.score_stream([images], seed=0) == rounded
+    assert scorer.score_stream([images], seed=0, quantize="floor") != rounded

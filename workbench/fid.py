@@ -78,7 +78,7 @@ def data_key(data: DataConfig) -> str:
     return f"{data.name}-{digest}"
 
 
-def train_classifier(data: DataConfig | str, seed: int = 0, epochs: int = 40) -> tuple[DigitClassifier, float]:
+def train_classifier(data: DataConfig | str, seed: int, epochs: int = 40) -> tuple[DigitClassifier, float]:
     """Trains the classifier on the train split; returns it with its test-split accuracy."""
     data = as_source(data)
     train_set, test_set = load(data, "train"), load(data, "test")
@@ -211,7 +211,7 @@ def frechet(mu: np.ndarray, sigma: np.ndarray, ref_mu: np.ndarray, ref_sigma: np
         return float(cleanfid.frechet_distance(mu, sigma, ref_mu, ref_sigma))
 
 
-def kid(feats: np.ndarray, ref_feats: np.ndarray, seed: int = 0) -> float:
+def kid(feats: np.ndarray, ref_feats: np.ndarray, seed: int) -> float:
     """clean-fid's kernel_distance (KID), its subsets drawn from a fixed seed."""
     state = np.random.get_state()
     np.random.seed(seed)  # kernel_distance draws subsets from numpy's global generator
@@ -268,11 +268,11 @@ class ImageScorer:
             self._extractors[self.device] = self.make_extractor(self.device)
         return features(images.to(self.device), self._extractors[self.device], self.fn_resize)
 
-    def score(self, images: torch.Tensor, seed: int = 0) -> dict[str, float]:
+    def score(self, images: torch.Tensor, seed: int) -> dict[str, float]:
         """images (N, C, H, W) in [-1, 1] -> {'fid': ..., 'kid': ...}."""
         return self.score_stream([images], seed)
 
-    def score_stream(self, chunks: Iterable[torch.Tensor], seed: int = 0, quantize: str = "round") -> dict[str, float]:
+    def score_stream(self, chunks: Iterable[torch.Tensor], seed: int, quantize: str = "round") -> dict[str, float]:
         """FID (and KID) of the images of all chunks (each (n, C, H, W) in [-1, 1], any device), scored as they
         come: only the features' running sums are kept (and, for KID, the features). quantize: to_uint8's."""
         stats, kept = RunningStats(), []
