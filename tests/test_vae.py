@@ -93,29 +93,31 @@ def test_latent_run_scored_as_decoded_images_and_sampled_as_images(tmp_path, mon
         "data.name": "latents", "data.path": str(out), "net.arch": "dit", "net.dit.hidden": 16, "net.dit.depth": 1,
         "net.dit.heads": 2, "net.dit.patch_size": 2, "train.steps": 2, "train.batch_size": 4, "train.device": "cpu",
         "eval.features": "inception", "eval.inception_mode": "legacy_tensorflow", "eval.vae_path": str(vae_folder),
-        "eval.fid_reference": str(tmp_path / "ref.npz"), "eval.num_samples": 20, "eval.nfe": "1", "eval.fm_steps": ""})
+        "eval.fid_reference": str(tmp_path / "ref.npz"), "eval.num_samples": 20, "eval.nfe": "1", "eval.fm_steps": "",
+        "eval.seed": 3, "eval.quantize": "floor"})
     from workbench.evaluate import evaluator_for, metric_names
 
     evaluator = evaluator_for(config)
     result = train(config, tmp_path / "run", progress=False, evaluator=evaluator)
     assert set(result.metrics) == set(metric_names(config)) == {"fid_1nfe"} and np.isfinite(result.metrics["fid_1nfe"])
-    assert str(vae_folder) in evaluator.info["features"] and evaluator.info["reference"] == str(tmp_path / "ref.npz")
+    assert evaluator.info == {"features": f"inception-legacy_tensorflow of images decoded by {vae_folder}",
+                              "reference": str(tmp_path / "ref.npz"), "seed": 3}
     # the score is the Frechet distance of the decoded samples' features: recompute it by hand
     from workbench.evaluate import generate
 
-    latents = generate(result.ema, (4, 8, 8), (1,), (), 20, 0)["1nfe"]
+    latents = generate(result.ema, (4, 8, 8), (1,), (), 20, 3)["1nfe"]
     images = decode(load_vae(vae_folder), latents, SD_SCALE)
-    feats = small_features("cpu")(fid.to_uint8(images).float()).double().numpy()
+    feats = small_features("cpu")(fid.to_uint8(images, "floor").float()).double().numpy()
     with np.load(tmp_path / "ref.npz") as ref:
         expected = fid.frechet(feats.mean(0), np.cov(feats, rowvar=False), ref["mu"], ref["sigma"])
     assert result.metrics["fid_1nfe"] == pytest.approx(expected, rel=1e-5)
     # wb sample decodes latents into images
     sampled = CliRunner().invoke(app, ["sample", str(tmp_path / "run"), "--num", "20", "--out", str(tmp_path / "s.npz"),
-                                       "--device", "cpu"])
+                                       "--device", "cpu", "--seed", "3"])
     assert sampled.exit_code == 0, sampled.output
     with np.load(tmp_path / "s.npz") as written:
         assert written["arr_0"].shape == (20, 16, 16, 3)
-        assert np.array_equal(written["arr_0"], fid.to_uint8(images).permute(0, 2, 3, 1).numpy())
+        assert np.array_equal(written["arr_0"], fid.to_uint8(images, "floor").permute(0, 2, 3, 1).numpy())  # the run's
 
 
 def test_missing_vae_or_reference_is_named(tmp_path, latent_file):
@@ -123,7 +125,9 @@ def test_missing_vae_or_reference_is_named(tmp_path, latent_file):
     base = ["train", "--set", "data.name=latents", "--set", f"data.path={out}", "--net", "dit", "--steps", "1",
             "--set", "eval.features=inception", "--run-dir", str(tmp_path / "r")]
     no_reference = CliRunner().invoke(app, base)
-    assert no_reference.exit_code == 2 and "eval.fid_reference" in no_reference.output
+    assert no_reference.exit_code == 2 and ("eval.features='inception' on latents needs eval.fid_reference: the statistics "
+                                            "of real images (ImageNet 256: ADM's VIRTUAL_imagenet256_labeled.npz)"
+                                            in " ".join(no_reference.output.split()))
     no_vae = CliRunner().invoke(app, [*base, "--set", f"eval.fid_reference={tmp_path / 'ref.npz'}"])
     assert no_vae.exit_code == 2 and "stabilityai/sd-vae-ft-mse" in no_vae.output
     encode = CliRunner().invoke(app, ["encode", str(tmp_path / "nothing"), "--vae", str(tmp_path)])
