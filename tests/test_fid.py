@@ -237,3 +237,40 @@ def test_scores_round_unless_told_to_floor(scorer):
     rounded = scorer.score_stream([images], seed=0, quantize="round")
     assert scorer.score(images, seed=0) == scorer.score_stream([images], seed=0) == rounded
     assert scorer.score_stream([images], seed=0, quantize="floor") != rounded
+
+
+class FlatScorer:
+    """Features = the uint8 pixels as floats: a stand-in scorer whose statistics are easy to recompute."""
+
+    device = torch.device("cpu")
+
+    def features(self, images):
+        return images.flatten(1).double()
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_reference_statistics_of_the_train_split_are_computed_once_and_cached(tmp_path, keep):
+    feats = fid.to_uint8(load_data("digits", "train").x).flatten(1).double().numpy()
+    cache = tmp_path / "sub" / "ref.npz"
+    mu, sigma, kept = fid.reference_statistics(fid.as_source("digits"), FlatScorer(), cache, keep, chunk=500)
+    np.testing.assert_allclose(mu, feats.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(feats, rowvar=False), rtol=1e-9, atol=1e-9)
+    assert np.array_equal(kept, feats) if keep else kept is None
+    with np.load(cache) as stored:
+        assert sorted(stored) == (["feats", "mu", "sigma"] if keep else ["mu", "sigma"])
+    assert list(tmp_path.glob("sub/*")) == [cache]  # no temporary file left
+    again = fid.reference_statistics(fid.as_source("digits"), None, cache, keep)  # from the cache: no scorer needed
+    assert np.array_equal(again[0], mu) and np.array_equal(again[1], sigma)
+    assert np.array_equal(again[2], kept) if keep else again[2] is None
+
+
+def test_the_classifier_is_trained_once_per_data_set_and_seed_then_loaded(tmp_path, monkeypatch):
+    model, accuracy = fid.load_classifier(fid.as_source("digits"), tmp_path / "cache", seed=0)
+    path = tmp_path / "cache" / "classifier-digits-seed0.pt"
+    assert list((tmp_path / "cache").iterdir()) == [path]
+    monkeypatch.setattr(fid, "train_classifier", lambda *a, **k: pytest.fail("trained again"))
+    loaded, loaded_accuracy = fid.load_classifier(fid.as_source("digits"), tmp_path / "cache", seed=0)
+    assert loaded_accuracy == accuracy and not loaded.training
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    stored = torch.load(path, weights_only=False)
+    assert stored["shape"] == (1, 8, 8) and stored["num_classes"] == 10 and stored["accuracy"] == accuracy
