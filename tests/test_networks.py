@@ -192,3 +192,21 @@ def test_dit_block_is_adaln_zero_written_out():
     x1 = x + g1 * block.attn(norm(x) * (1 + s1) + b1)
     expected = x1 + g2 * block.mlp(norm(x1) * (1 + s2) + b2)
     torch.testing.assert_close(block(x, c), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_songunet_is_initialised_as_edm():
+    """EDM's weight_init('xavier_uniform') times init_weight: 1e-5 for each block's second conv, its attention
+    projection and the output conv, sqrt(0.2) for the attention's qkv, 1 elsewhere; zero biases. The largest of
+    many uniform draws on [-bound, bound] lies just below the bound."""
+    net = small_net("songunet", shape=(3, 8, 8), augment_dim=6, num_classes=3, dtype=torch.float32, **SMALL["songunet"])
+    gains = {"conv1": 1e-5, "proj": 1e-5, "out_conv": 1e-5, "qkv": math.sqrt(0.2)}
+    layers = [(n, m) for n, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(layers) == 48
+    for name, layer in layers:
+        fan_in = layer.weight[0].numel()
+        fan_out = layer.weight.shape[0] * (layer.weight[0, 0].numel() if layer.weight.dim() == 4 else 1)
+        bound = gains.get(name.split(".")[-1], 1.0) * math.sqrt(6 / (fan_in + fan_out))
+        assert 0.8 * bound < layer.weight.abs().max() <= bound, name
+        assert layer.bias is None or not layer.bias.any(), name
+    assert net.map_augment.bias is None
+    assert not any("freqs" in k or "filter" in k for k in net.state_dict())  # fixed buffers, rebuilt with the net
