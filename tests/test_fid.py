@@ -92,8 +92,31 @@ def test_user_files_get_their_own_cache_key(tmp_path):
     for name in ("a.npz", "b.npz"):
         np.savez(tmp_path / name, images=np.zeros((4, 8, 8), dtype=np.uint8), labels=np.arange(4))
     keys = {fid.data_key(DataConfig(name="npz", path=str(tmp_path / name))) for name in ("a.npz", "b.npz")}
-    assert len(keys) == 2 and all(key.startswith("npz-") for key in keys)
+    assert len(keys) == 2 and all(key.startswith("npz-") and len(key) == len("npz-") + 10 for key in keys)
     assert fid.data_key(DataConfig(name="digits")) == "digits"
+
+
+def test_a_users_image_file_gets_its_own_classifier_and_reference(tmp_path):
+    from workbench.config import DataConfig
+
+    digits = load_data("digits", "train")
+    pixels = np.round((digits.x.numpy()[:, 0] + 1) * 127.5).astype(np.uint8)
+    np.savez(tmp_path / "mine.npz", images=pixels, labels=digits.labels.numpy())
+    data = DataConfig(name="npz", path=str(tmp_path / "mine.npz"))
+    scorer = fid.image_scorer(data, "classifier", tmp_path / "cache", seed=2)
+    assert scorer.name == f"classifier-{fid.data_key(data)}-seed2" and scorer.info["classifier_test_accuracy"] > 0.9
+    feats = scorer.features(fid.to_uint8(load_data("npz", path=str(tmp_path / "mine.npz")).x)).double().numpy()
+    np.testing.assert_allclose(scorer.ref_mu, feats.mean(0), rtol=1e-6, atol=1e-6)
+    key = fid.data_key(data)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [f"classifier-{key}-seed2.pt",
+                                                                       f"reference-{key}-{scorer.name}.npz"]
+
+
+def test_the_classifier_scorer_is_named_by_data_and_seed_and_placed_on_its_device(scorer, tmp_path):
+    assert scorer.name == "classifier-digits-seed0" and scorer.device == torch.device("cpu")
+    with pytest.raises(fid.FeatureError) as bad:
+        fid.image_scorer("digits", "inception", tmp_path, mode="tf")
+    assert str(bad.value) == "eval.inception_mode='tf': not one of clean, legacy_tensorflow"
 
 
 def test_fid_rises_along_a_corruption_ladder(scorer):
