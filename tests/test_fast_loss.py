@@ -203,3 +203,24 @@ def test_rows_known_on_the_cpu_give_the_same_loss(mode):
     loss.backward()
     assert torch.equal(loss.detach(), expected)
     assert all(torch.equal(p.grad, g) for p, g in zip(net.parameters(), expected_grads))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0])
+def test_batches_all_r_equal_t_or_all_r_neq_t_keep_labels_and_augmentation_labels(fraction):
+    """The strategies' shortcuts for a batch with no JVP row, or with only JVP rows, still pass the class labels
+    and the augmentation labels to the network; and rows given by the caller are the rows used."""
+    net = small_net("songunet", shape=(3, 8, 8), num_classes=3, augment_dim=6, channels=16, channel_mult=(1, 2),
+                    blocks=1, attn_resolutions=(4,), dropout=0.0)
+    torch.nn.init.normal_(net.out_conv.weight, std=0.1)
+    x, t, r, noise, labels, dropped = inputs(fraction, shape=(3, 8, 8), classes=3)
+    cond = {"augment_labels": torch.randn(B, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))}
+    loss = lambda mode, **kw: meanflow_loss(net, x, t, r, noise, mf(adaptive_p=0.0), dudt=JVP_MODES[mode], **kw)[0]
+    for mode in ("whole", "tangent", "subset"):
+        full = loss(mode, labels=labels, cond=cond)
+        torch.testing.assert_close(full, loss("whole", labels=labels, cond=cond), rtol=1e-12, atol=1e-14)
+        assert (full - loss(mode, cond=cond)).abs() > 1e-8 and (full - loss(mode, labels=labels)).abs() > 1e-8
+    if fraction == 1.0:
+        z = (1 - t.view(-1, 1, 1, 1)) * x + t.view(-1, 1, 1, 1) * noise
+        no_dudt = (net(z, t, r, labels, **cond) - (noise - x)).pow(2).flatten(1).sum(1).mean()
+        for mode in ("tangent", "subset"):  # no rows given as r != t: d/dt u is taken as 0 everywhere
+            torch.testing.assert_close(loss(mode, labels=labels, cond=cond, rows=torch.arange(0)), no_dudt)

@@ -210,3 +210,21 @@ def test_songunet_is_initialised_as_edm():
         assert layer.bias is None or not layer.bias.any(), name
     assert net.map_augment.bias is None
     assert not any("freqs" in k or "filter" in k for k in net.state_dict())  # fixed buffers, rebuilt with the net
+
+
+@pytest.mark.parametrize("arch", ["mlp", "unet"])
+@pytest.mark.parametrize("time_cond", ["(t,t-r)", "(t,r)"])
+def test_cpu_study_networks_are_a_fixed_function(arch, time_cond):
+    """The committed CPU studies were measured with these networks: with numpy-drawn weights their outputs equal
+    those stored in tests/data at commit fd15970 (an architecture change shows here, not only in the reports)."""
+    shape = SHAPES[arch]
+    net = small_net(arch, time_cond=time_cond, num_classes=3, shape=shape)
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.from_numpy(rng.normal(0, 0.3, tuple(p.shape))))
+    z = torch.from_numpy(rng.standard_normal((4, *shape)))
+    t, r = torch.tensor([0.9, 0.6, 0.3, 0.1], dtype=torch.float64), torch.tensor([0.2, 0.6, 0.0, 0.05], dtype=torch.float64)
+    with np.load(Path(__file__).parent / "data" / "cpu_networks_function.npz") as stored:
+        expected = stored[f"{arch} {time_cond}"]
+    np.testing.assert_allclose(net.eval()(z, t, r, torch.tensor([0, 1, 2, 3])).detach().numpy(), expected, rtol=1e-10, atol=1e-12)
