@@ -228,3 +228,18 @@ def test_cpu_study_networks_are_a_fixed_function(arch, time_cond):
     with np.load(Path(__file__).parent / "data" / "cpu_networks_function.npz") as stored:
         expected = stored[f"{arch} {time_cond}"]
     np.testing.assert_allclose(net.eval()(z, t, r, torch.tensor([0, 1, 2, 3])).detach().numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_group_norm_in_plain_ops_is_torchs_group_norm(affine):
+    """What SongUNet's GroupNorm computes under torch.compile equals the fused kernel it runs eagerly."""
+    from workbench.meanflow.norms import GroupNorm
+
+    norm = GroupNorm(4, 8, eps=1e-6, affine=affine).double()
+    if affine:
+        torch.nn.init.normal_(norm.weight)
+        torch.nn.init.normal_(norm.bias)
+    x = 3 + 2 * torch.randn(3, 8, 5, 6, dtype=torch.float64)
+    torch.testing.assert_close(norm.plain_ops(x), torch.nn.functional.group_norm(
+        x, 4, norm.weight if affine else None, norm.bias if affine else None, 1e-6), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(norm(x), norm.plain_ops(x), rtol=1e-12, atol=1e-12)
