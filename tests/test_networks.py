@@ -56,10 +56,23 @@ def test_time_conditioning_depends_on_each_of_its_inputs(arch, time_cond):
 
 
 def test_image_net_rejects_indivisible_shapes():
-    with pytest.raises(ValueError, match="divisible"):
-        small_net("unet", shape=(1, 6, 6), channel_mult=(1, 2, 2))
-    with pytest.raises(ValueError, match="divisible"):
-        small_net("dit", shape=(1, 7, 7), patch_size=2)
+    """Each message names the network, the rule and the shape; height and width are each checked."""
+    unet = "U-Net with channel_mult=(1, 2, 2) needs H, W divisible by 4, got "
+    cases = [("unet", (1, 6, 6), {"channel_mult": (1, 2, 2)}, unet + "6x6"),
+             ("unet", (1, 8, 6), {"channel_mult": (1, 2, 2)}, unet + "8x6"),
+             ("unet", (1, 6, 8), {"channel_mult": (1, 2, 2)}, unet + "6x8"),
+             ("songunet", (3, 8, 4), {}, "SongUNet needs square images divisible by 2^1, got 8x4"),
+             ("songunet", (3, 6, 6), {"channel_mult": (1, 2, 2)}, "SongUNet needs square images divisible by 2^2, got 6x6"),
+             ("dit", (1, 7, 8), {"patch_size": 2}, "DiT: 7x8 not divisible by patch 2, or hidden 128 by heads 4"),
+             ("dit", (1, 8, 7), {"patch_size": 2}, "DiT: 8x7 not divisible by patch 2, or hidden 128 by heads 4"),
+             ("dit", (1, 8, 8), {"patch_size": 2, "hidden": 30}, "DiT: 8x8 not divisible by patch 2, or hidden 30 by heads 4")]
+    for arch, shape, options, message in cases:
+        with pytest.raises(ValueError) as error:
+            small_net(arch, shape=shape, **(SMALL.get(arch, {}) | options))
+        assert str(error.value) == message
+    with pytest.raises(ValueError) as error:
+        small_net("mlp", time_cond="(t,s)")
+    assert str(error.value) == f"time_cond '(t,s)' not in {sorted(TIME_CONDITIONINGS)}"
 
 
 def test_official_cifar10_network_has_the_official_parameter_count():
