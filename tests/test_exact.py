@@ -132,3 +132,9 @@ def test_support_cells_of_the_checkerboard_squares():
     corners = CHECKER_CORNERS.tolist()
     assert cells.tolist() == [corners.index([-2, -2]), -1, corners.index([0, 0]), corners.index([1, 1]), -1, -1]
     assert math.isclose(float((support_cells("checkerboard", load_data("checkerboard", "test").x) >= 0).double().mean()), 1.0)
+
+
+def test_the_squares_have_no_classes():
+    with pytest.raises(ValueError) as error:
+        UniformSquares(CHECKER_CORNERS).velocity(torch.zeros(1, 2), torch.full((1,), 0.5), torch.zeros(1, dtype=torch.long))
+    assert str(error.value) == "UniformSquares has no classes; call velocity with labels=None"

@@ -224,3 +224,36 @@ def test_batches_all_r_equal_t_or_all_r_neq_t_keep_labels_and_augmentation_label
         no_dudt = (net(z, t, r, labels, **cond) - (noise - x)).pow(2).flatten(1).sum(1).mean()
         for mode in ("tangent", "subset"):  # no rows given as r != t: d/dt u is taken as 0 everywhere
             torch.testing.assert_close(loss(mode, labels=labels, cond=cond, rows=torch.arange(0)), no_dudt)
+
+
+class NormsNet(torch.nn.Module):
+    """Every norm layout the JVP handles: GroupNorm with and without affine, LayerNorm with and without."""
+
+    num_classes = 0
+
+    def __init__(self):
+        super().__init__()
+        self.inp = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.norms = torch.nn.ModuleList([torch.nn.GroupNorm(4, 8), torch.nn.GroupNorm(2, 8, affine=False)])
+        self.layer_norms = torch.nn.ModuleList([torch.nn.LayerNorm(8), torch.nn.LayerNorm(8, elementwise_affine=False)])
+        self.out = torch.nn.Conv2d(8, 1, 1)
+
+    def forward(self, z, t, r, labels=None):
+        h = self.inp(z.expand(-1, 3, -1, -1)) * (1 + t - 0.5 * r).view(-1, 1, 1, 1)
+        for norm in self.norms:
+            h = torch.tanh(norm(h))
+        for norm in self.layer_norms:
+            h = torch.tanh(norm(h.transpose(1, 3))).transpose(1, 3)
+        return self.out(h)
+
+
+def test_time_derivative_through_group_and_layer_norms_with_and_without_affine():
+    net = randomized(NormsNet().double())
+    for norm in [*net.norms, *net.layer_norms]:
+        if norm.weight is not None:
+            torch.nn.init.normal_(norm.weight)
+            torch.nn.init.normal_(norm.bias)
+    x, t, r, noise, _, _ = inputs(1.0, shape=(1, 8, 8))
+    _, expected = torch.func.jvp(lambda z_, t_, r_: net(z_, t_, r_), (noise, t, r), (x, torch.ones_like(t), torch.zeros_like(r)))
+    assert expected.abs().max() > 1e-3
+    assert_close_to_scale(time_derivative(net, noise, t, r, x, None, 0.0, 1.0), expected)
