@@ -66,6 +66,7 @@ def test_image_net_rejects_indivisible_shapes():
              ("dit", (1, 7, 8), {"patch_size": 2}, "DiT: 7x8 not divisible by patch 2, or hidden 128 by heads 4"),
              ("dit", (1, 8, 7), {"patch_size": 2}, "DiT: 8x7 not divisible by patch 2, or hidden 128 by heads 4"),
              ("dit", (1, 8, 8), {"patch_size": 2, "hidden": 30}, "DiT: 8x8 not divisible by patch 2, or hidden 30 by heads 4")]
+    small_net("songunet", shape=(3, 4, 4), **(SMALL["songunet"] | {"channel_mult": (1, 2, 2), "attn_resolutions": ()}))
     for arch, shape, options, message in cases:
         with pytest.raises(ValueError) as error:
             small_net(arch, shape=shape, **(SMALL.get(arch, {}) | options))
@@ -156,7 +157,7 @@ def test_songunet_without_labels_is_the_null_class():
     torch.nn.init.normal_(net.map_label.weight)
     z, t = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0.9, 0.4], dtype=torch.float64)
     null = net(z, t, 0.5 * t, torch.full((2,), 3))
-    assert torch.equal(net(z, t, 0.5 * t), null)
+    assert torch.equal(net(z, t, 0.5 * t), null) and net.map_label.num_embeddings == 4  # 3 classes and the null class
     assert not torch.allclose(net(z, t, 0.5 * t, torch.zeros(2, dtype=torch.long)), null)
 
 
