@@ -69,3 +69,11 @@ def needs(condition: bool, reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true and {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def numpy_weights(net: torch.nn.Module, rng, std: float) -> None:
+    """Every parameter, in the module's order, drawn from numpy's N(0, std^2): weights that do not depend on torch's
+    initialisation or its random number generator (the pinned-function tests read outputs stored in tests/data)."""
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.from_numpy(rng.normal(0, std, tuple(p.shape))))

@@ -13,6 +13,8 @@ from workbench.data import index_noise, load_data
 from workbench.evaluate import image_metrics
 from workbench.meanflow import sample
 
+from conftest import numpy_weights
+
 
 @pytest.fixture(scope="module")
 def scorer(tmp_path_factory):
@@ -246,9 +248,7 @@ def test_the_classifier_features_are_a_fixed_function():
     net = fid.DigitClassifier(1, 8, 8, 10).double()
     assert sum(p.numel() for p in net.parameters()) == 89_930
     rng = np.random.default_rng(0)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.from_numpy(rng.normal(0, 0.3, tuple(p.shape))))
+    numpy_weights(net, rng, 0.3)
     x = torch.from_numpy(rng.standard_normal((4, 1, 8, 8)))
     with np.load(Path(__file__).parent / "data" / "digit_classifier_function.npz") as stored:
         np.testing.assert_allclose(net.features(x).detach().numpy(), stored["features"], rtol=1e-10, atol=1e-12)

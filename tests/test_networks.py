@@ -9,7 +9,7 @@ from torch.func import jvp
 
 from workbench.meanflow import NETWORKS, TIME_CONDITIONINGS
 
-from conftest import small_net
+from conftest import numpy_weights, small_net
 
 SHAPES = {"mlp": (2,), "unet": (1, 8, 8), "songunet": (3, 8, 8), "dit": (3, 8, 8)}
 # the official CIFAR-10 network at a width that runs in a test: two levels, attention at 4x4 and in the middle
@@ -139,9 +139,7 @@ def test_songunet_computes_the_official_networks_function():
     must give the same function: time embedding, attention scale, skip scaling, resampling filters, all of it."""
     net = small_net("songunet", shape=(3, 8, 8), augment_dim=6, **SMALL["songunet"])
     rng = np.random.default_rng(0)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.from_numpy(rng.normal(0, 0.2, tuple(p.shape))))
+    numpy_weights(net, rng, 0.2)
     net.eval()
     z = torch.from_numpy(rng.standard_normal((3, 3, 8, 8)))
     t, r = torch.tensor([0.9, 0.5, 0.3], dtype=torch.float64), torch.tensor([0.2, 0.5, 0.0], dtype=torch.float64)
@@ -235,9 +233,7 @@ def test_networks_are_a_fixed_function(arch, time_cond):
     shape = SHAPES[arch]
     net = small_net(arch, time_cond=time_cond, num_classes=3, shape=shape)
     rng = np.random.default_rng(0)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.from_numpy(rng.normal(0, 0.3, tuple(p.shape))))
+    numpy_weights(net, rng, 0.3)
     z = torch.from_numpy(rng.standard_normal((4, *shape)))
     t, r = torch.tensor([0.9, 0.6, 0.3, 0.1], dtype=torch.float64), torch.tensor([0.2, 0.6, 0.0, 0.05], dtype=torch.float64)
     with np.load(Path(__file__).parent / "data" / "cpu_networks_function.npz") as stored:
