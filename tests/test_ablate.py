@@ -113,6 +113,17 @@ def test_bad_study_exits_2(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+
+def test_a_repeated_axis_value_exits_2_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rep.toml").write_text(
+        'name = "rep"\nmetric = "transport_1nfe"\nseeds = [0]\n[[axes]]\nkey = "meanflow.ratio"\nvalues = [0.25, 0.25]\n')
+    result = CliRunner().invoke(app, ["ablate", "rep.toml"])
+    assert result.exit_code == 2
+    assert result.output == ("error: rep.toml: axes[0].values: every value must be distinct (each is one setting), 0.25 "
+                             "is repeated in [0.25, 0.25]\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["rep.toml"]
+
 def test_dry_run_lists_cells_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["ablate", str(write(tmp_path / "tiny.toml")), "--dry-run"])

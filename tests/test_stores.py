@@ -19,6 +19,10 @@ def free_port() -> int:
     ("--storage", "postgresql://wb@127.0.0.1:{port}/optuna", "cannot connect to the database"),
     ("--tracking-uri", "postgresql://wb@127.0.0.1:{port}/mlflow", "cannot connect to the database"),
     ("--tracking-uri", "http://127.0.0.1:{port}", "no MLflow tracking server answers there"),
+    ("--storage", "nosuchdb://x/y", "unsupported scheme 'nosuchdb'; use one of sqlite://, postgresql://, mysql://"),
+    ("--tracking-uri", "nosuch://x", "unsupported scheme 'nosuch'; use one of sqlite://, postgresql://, mysql://, "
+                                     "mssql://, http://, https://, file://"),
+    ("--tracking-uri", "mlruns", "unsupported scheme '(none)'"),
 ])
 @pytest.mark.parametrize("command", ["ablate", "search"])
 def test_an_unreachable_store_exits_2_naming_it_and_creates_nothing(tmp_path, monkeypatch, option, url, message,

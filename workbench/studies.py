@@ -58,6 +58,10 @@ class AxisModel(FileModel):
             items = getattr(self, name)
             if items is not None and len(items) != len(self.values):
                 raise ValueError(f"{name}: needs one entry per value ({len(self.values)}), got {items!r}")
+        repeated = [v for i, v in enumerate(self.values) if v in self.values[:i]]
+        if repeated:
+            raise ValueError(f"values: every value must be distinct (each is one setting), {repeated[0]!r} is repeated "
+                             f"in {self.values}")
         if self.labels is not None and len({str(label) for label in self.labels}) != len(self.labels):
             raise ValueError(f"labels: labels must be distinct, got {self.labels}")
         return self

@@ -80,10 +80,25 @@ def default_stores(storage: str | None = None, tracking_uri: str | None = None, 
     stores = Stores(storage or f"sqlite:///{Path('optuna.db').resolve()}", tracking_uri,
                     None if server else Path("mlartifacts").resolve().as_uri(),
                     heartbeat_s, grace_s, str(Path("wb-cells").resolve()), share_checkpoints)
-    for option, url in (("--storage", stores.storage), ("--tracking-uri", stores.tracking_uri)):
+    for option, url, schemes in (("--storage", stores.storage, STORAGE_SCHEMES),
+                                 ("--tracking-uri", stores.tracking_uri, TRACKING_SCHEMES)):
+        check_scheme(option, url, schemes)
         check_driver(option, url)
         check_reachable(option, url)
     return stores
+
+
+# Optuna's RDB storage takes SQLAlchemy URLs; MLflow's tracking URI also takes a server and a file store
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file")
+
+
+def check_scheme(option: str, url: str, schemes: tuple[str, ...]) -> None:
+    """An unknown URL scheme fails before any store or folder is created, listing the supported ones."""
+    scheme = url.split(":", 1)[0].split("+")[0] if "://" in url else ""
+    if scheme not in schemes:
+        raise StoreError(f"{option} {url}: unsupported scheme {scheme or '(none)'!r}; use one of "
+                         f"{', '.join(s + '://' for s in schemes)}")
 
 
 def check_reachable(option: str, url: str, timeout_s: float = 5.0) -> None:
