@@ -33,7 +33,7 @@ def toy_rows() -> list[str]:
     samples, gen_s = timed(lambda: generate(net, (2,), (1,), (), 2000, seed=0)["1nfe"])
     _, energy_s = timed(lambda: energy_distance(samples, reference))
     _, swd_s = timed(lambda: sliced_wasserstein(samples, reference))
-    _, all_s = timed(lambda: toy_metrics(net, "checkerboard", (1, 2), (), 2000))
+    _, all_s = timed(lambda: toy_metrics(net, "checkerboard", (1, 2), (), 2000, 0, 1.0, (0.0, 1.0)))
     return [f"| toy: generate 2000 1-NFE samples (MLP 3x256) | {gen_s:.2f} |",
             f"| toy: energy distance, 2000 vs 2000 points | {energy_s:.2f} |",
             f"| toy: sliced W2 (256 projections), 2000 vs 2000 | {swd_s:.2f} |",

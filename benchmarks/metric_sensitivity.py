@@ -22,7 +22,7 @@ def main() -> None:
     samples["uniform on [-2, 2]^2"] = 4 * torch.rand(n, 2, generator=generator) - 2
     print("| samples | energy | precision | tv |\n|---|---|---|---|")
     for name, x in samples.items():
-        scores = point_scores(x, reference, "checkerboard")
+        scores = point_scores(x, reference, "checkerboard", None, None, seed=0)
         print(f"| {name} | {scores['energy']:.4f} | {scores['precision']:.3f} | {scores['tv']:.3f} |")
 
 

@@ -69,3 +69,9 @@ def test_latents_loader_keeps_values_and_labels(tmp_path):
         load_data("latents", path=str(tmp_path / "flat.npz"))
     with pytest.raises(DataError, match="no such .npz file of latents"):
         load_data("latents", path=str(tmp_path / "missing.npz"))
+
+
+def test_a_split_other_than_train_or_test_is_refused():
+    with pytest.raises(ValueError) as error:
+        load_data("digits", "TRAIN")
+    assert str(error.value) == "split='TRAIN': 'train' or 'test'"

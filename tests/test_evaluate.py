@@ -1,6 +1,7 @@
 """Toy distribution metrics: 0 for identical sets, positive otherwise, closed forms, model ranking."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,8 +36,8 @@ def test_trained_model_ranks_above_untrained(tmp_path):
     untrained = train(with_overrides(RunConfig(), {**tiny, "train.steps": 1}), tmp_path / "a", progress=False)
     trained = train(with_overrides(RunConfig(), {**tiny, "train.steps": 400, "train.ema_decay": 0.99}),
                     tmp_path / "b", progress=False)
-    before = toy_metrics(untrained.ema, "checkerboard", nfe=(1,), num_samples=1000)
-    after = toy_metrics(trained.ema, "checkerboard", nfe=(1,), num_samples=1000)
+    before = toy_metrics(untrained.ema, "checkerboard", (1,), (), 1000, 0, 1.0, (0.0, 1.0))
+    after = toy_metrics(trained.ema, "checkerboard", (1,), (), 1000, 0, 1.0, (0.0, 1.0))
     assert set(after) == {f"{m}_1nfe" for m in ("energy", "swd", "precision", "tv", "modes", "transport")} | {"uerr"}
     assert after["energy_1nfe"] < 0.5 * before["energy_1nfe"]
     assert after["swd_1nfe"] < 0.5 * before["swd_1nfe"]
@@ -106,6 +107,15 @@ def test_support_scores_count_squares_and_modes():
     assert math.isclose(scores["precision"], 0.8)
     assert math.isclose(scores["tv"], 0.5 * (abs(6 / 8 - 1 / 8) + abs(2 / 8 - 1 / 8) + 6 / 8))
     assert scores["modes"] == 2  # a square counts once it holds a quarter of its share, 10 / 8 / 4 points
+    # 64 points: 2 in one square (exactly a quarter of its share, 64 / 8 / 4: counted), 1 in another (not),
+    # 9 in a third, 52 off the board; then one point on the board; then none
+    on_board = [[-2, -2]] * 2 + [[-2, 0]] + [[0, 0]] * 9
+    points = torch.cat([torch.tensor(on_board, dtype=torch.float32) + 0.5, torch.full((52, 2), 3.0)])
+    scores = support_scores(points, "checkerboard")
+    assert scores["modes"] == 2 and math.isclose(scores["precision"], 12 / 64)
+    assert math.isclose(scores["tv"], 0.5 * (abs(2 / 12 - 1 / 8) + abs(1 / 12 - 1 / 8) + abs(9 / 12 - 1 / 8) + 5 / 8))
+    assert support_scores(points[2:3], "checkerboard") == {"precision": 1.0, "tv": 0.875, "modes": 1.0}
+    assert support_scores(points[-3:], "checkerboard") == {"precision": 0.0, "tv": 1.0, "modes": 0.0}
     # Gaussians: a point at its own mode, one at another class's mode, one 0.31 away (beyond 3 std)
     labels = torch.tensor([0, 1, 2])
     off_mode = GAUSSIAN_MEANS[2] + torch.tensor([0.31, 0.0], dtype=torch.float64)
@@ -229,3 +239,118 @@ def test_metric_names_by_data_and_features(overrides, families, extra):
     assert metric_names(config) == names
     more = with_overrides(config, {"train.ema_decays": [0.9, 0.99995], "eval.raw": True})
     assert metric_names(more) == names + [f"{n}_{s}" for s in ("ema0.9", "ema0.99995", "raw") for n in names]
+
+
+class Calls:
+    """Stands in for a metric function: records each call's arguments and returns {'called': n}."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return {"called": len(self.calls)}
+
+
+def test_evaluator_for_each_data_kind_passes_the_runs_settings(monkeypatch, tmp_path):
+    """Toy sets with and without an exact flow, latents, images with the classifier and with Inception, latents
+    decoded to images: each evaluator calls its metric with the run's samplers, seed, quantisation, guidance and
+    reference, and says what it measures with."""
+    from workbench import evaluate, vae
+    from workbench.data import load_data
+
+    from test_latents import latents_file
+
+    for name in ("toy_metrics", "latent_metrics", "image_metrics"):
+        monkeypatch.setattr(evaluate, name, Calls())
+    scorers = []
+    monkeypatch.setattr(evaluate, "image_scorer", lambda *args, **kwargs: scorers.append((args, kwargs)) or
+                        type("Scorer", (), {"name": "stand-in", "info": {"accuracy": 0.5}})())
+    net = torch.nn.Linear(1, 1)
+    ev = {"eval.seed": 3, "eval.nfe": [1, 4], "eval.fm_steps": [2], "eval.quantize": "floor",
+          "eval.cache_dir": str(tmp_path / "cache")}
+    points = "points (energy distance, sliced W2 vs held-out split"
+
+    guided = with_overrides(RunConfig(), {**ev, "data.name": "gaussians", "meanflow.cfg_omega": 2.0,
+                                          "meanflow.cfg_kappa": 0.5, "meanflow.cfg_t_lo": 0.1, "meanflow.cfg_t_hi": 0.8})
+    evaluator = evaluate.evaluator_for(guided)
+    assert evaluator.info == {"features": points + " and the exact flow map (transport, uerr, support scores))",
+                              "seed": 3, "exact_guidance": 4.0}
+    assert evaluator(net, 300) == {"called": 1}
+    assert evaluate.toy_metrics.calls[-1] == ((net, "gaussians", (1, 4), (2,), 300, 3, 4.0, (0.1, 0.8)), {})
+    evaluator = evaluate.evaluator_for(with_overrides(RunConfig(), {**ev, "data.name": "moons"}))
+    assert evaluator.info == {"features": points + ")", "seed": 3}
+    evaluator(net, 200)
+    assert evaluate.toy_metrics.calls[-1] == ((net, "moons", (1, 4), (2,), 200, 3, 1.0, (0.0, 1.0)), {})
+
+    path = latents_file(tmp_path)
+    latent = with_overrides(RunConfig(), {**ev, "data.name": "latents", "data.path": str(path)})
+    evaluator = evaluate.evaluator_for(latent)
+    assert evaluator.info == {"features": "latent (Frechet distance of flattened latents vs the training latents)",
+                              "seed": 3}
+    evaluator(net, 100)
+    (called_net, (mu, sigma), shape, *rest), _ = evaluate.latent_metrics.calls[-1]
+    latent_set = load_data("latents", "test", path=str(path))
+    expected_mu, expected_sigma = evaluate.flat_statistics(evaluate.posterior_samples(latent_set, 3))
+    assert called_net is net and shape == (4, 8, 8) and rest == [(1, 4), (2,), 100, 3]
+    assert np.array_equal(mu, expected_mu) and np.array_equal(sigma, expected_sigma)
+
+    for features, kind in (("auto", "classifier"), ("inception", "inception")):
+        digits = with_overrides(RunConfig(), {**ev, "data.name": "digits", "eval.features": features,
+                                              "eval.inception_mode": "legacy_tensorflow", "eval.fid_reference": "ref.npz"})
+        evaluator = evaluate.evaluator_for(digits)
+        assert scorers[-1] == ((digits.data, kind, tmp_path / "cache", 3, "legacy_tensorflow"), {"reference": "ref.npz"})
+        assert evaluator.info == {"features": "stand-in", "seed": 3, "accuracy": 0.5}
+        evaluator(net, 50)
+        (called_net, scorer, shape, *rest), kwargs = evaluate.image_metrics.calls[-1]
+        assert called_net is net and scorer.name == "stand-in" and shape == (1, 8, 8)
+        assert rest == [(1, 4), (2,), 50, 3, "floor"] and kwargs == {}
+
+    decoded = []
+    monkeypatch.setattr(vae, "load_vae", lambda p: f"vae from {p}")
+    monkeypatch.setattr(vae, "decode", lambda *args: decoded.append(args) or "images")
+    pixels = with_overrides(latent, {"eval.features": "inception", "eval.vae_path": "sd-vae", "eval.fid_reference": "adm.npz"})
+    evaluator = evaluate.evaluator_for(pixels)
+    assert scorers[-1] == ((pixels.data, "inception", tmp_path / "cache", 3, "clean"), {"reference": "adm.npz"})
+    assert evaluator.info == {"features": "stand-in of images decoded by sd-vae", "reference": "adm.npz", "seed": 3}
+    evaluator(net, 20)
+    (called_net, scorer, shape, *rest), kwargs = evaluate.image_metrics.calls[-1]
+    assert called_net is net and shape == (4, 8, 8) and rest == [(1, 4), (2,), 20, 3, "floor"]
+    assert kwargs["decode"]("z") == "images" and decoded == [("vae from sd-vae", "z", latent_set.scale)]
+
+
+class ExactModel(torch.nn.Module):
+    """u_theta = the exact average velocity u*(z, r, t) of the labelled Gaussians (with guidance w on [t_lo, t_hi])."""
+
+    def __init__(self, num_classes: int, guidance: float, interval: tuple[float, float]):
+        super().__init__()
+        from workbench.data import exact_flow
+
+        self.num_classes, self.flow = num_classes, exact_flow("gaussians", guidance, interval)
+        self.dummy = torch.nn.Parameter(torch.zeros(()))  # the evaluation finds the device from a parameter
+
+    def forward(self, z, t, r, labels=None):
+        return self.flow.average_velocity(z.double(), t.double(), r.double(), labels).float()
+
+
+@pytest.mark.parametrize("classes", [8, 0])
+def test_the_exact_model_scores_zero_transport_and_zero_u_error(classes):
+    """The exact u* as the network: its 1- and 2-step samples are the exact map of the evaluation noise (transport
+    ~0, float32 rounding), its u on the pairs is the exact one (uerr ~0), and each sample lands on its class's
+    mode; the evaluation must hand the network and the exact reference the same labels, guidance and interval."""
+    from workbench.evaluate import generate, sliced_wasserstein
+    from workbench.data import load_data
+
+    net = ExactModel(classes, guidance=2.0, interval=(0.2, 0.9))
+    metrics = toy_metrics(net, "gaussians", (1, 2), (2,), 200, 5, 2.0, (0.2, 0.9))
+    assert metrics["transport_1nfe"] < 1e-10 and metrics["uerr"] < 1e-10
+    # two RK4 solves against one: the guided field jumps at t = 0.2 and 0.9, which costs RK4 its order there
+    assert metrics["transport_2nfe"] < (1e-5 if classes else 1e-10)
+    assert metrics["transport_fm2"] > 0.1  # Euler on the instantaneous v: two steps are far from the map
+    assert metrics["modes_1nfe"] == 8.0
+    if classes:
+        assert metrics["labelprec_1nfe"] >= 0.97
+    else:
+        assert "labelprec_1nfe" not in metrics
+    samples = generate(net, (2,), (1,), (), 200, 5)["1nfe"]
+    assert metrics["swd_1nfe"] == sliced_wasserstein(samples, load_data("gaussians", "test").x[:200], seed=5)

@@ -2,6 +2,7 @@
 a fine Euler solve, the exact one-step map against the data itself."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,6 +54,63 @@ def test_single_gaussian_flow_is_the_closed_form_affine_map():
     u_expected = (z - expected) / (t - r)[:, None]
     assert torch.allclose(flow.average_velocity(z, t, r), u_expected, atol=1e-5)
 
+
+
+def test_labelled_flow_of_a_mixture_is_its_components_affine_map():
+    """With labels the field is the component's own: the flow, the average velocity and v itself match the
+    single Gaussian's closed forms (times given as Python floats, as the evaluation's one-step map gives them)."""
+    means, s = torch.tensor([[2.0, 0.0], [-1.0, 1.5], [0.5, -2.0]], dtype=torch.float64), 0.3
+    flow = ExactFlow(GaussianMixture(means, s))
+    z = torch.randn(30, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    labels = torch.arange(30) % 3
+    m = means[labels]
+    sigma = lambda u: ((1 - u) ** 2 * s * s + u * u) ** 0.5
+    affine = lambda t, r: (1 - r) * m + sigma(r) / sigma(t) * (z - (1 - t) * m)
+    # RK4 on 400 steps is exact to ~1e-12 here; a time rounded to float32 moves the map by ~1e-8
+    torch.testing.assert_close(flow.flow(z, 0.7, 0.3, labels, steps=400), affine(0.7, 0.3), rtol=0, atol=1e-11)
+    torch.testing.assert_close(flow.average_velocity(z, 0.7, 0.3, labels, steps=400),
+                               (z - affine(0.7, 0.3)) / 0.4, rtol=0, atol=1e-10)
+    # to r = 0 the last step below T_MIN is one Euler step: error ~5e-8
+    torch.testing.assert_close(flow.flow(z, 0.9, 0.0, labels), affine(0.9, 0.0), rtol=0, atol=1e-7)
+    v = -m + (0.7 - 0.3 * s * s) / sigma(0.7) ** 2 * (z - 0.3 * m)  # d/dt of the affine map along it
+    torch.testing.assert_close(flow.velocity(z, 0.7, labels), v, rtol=0, atol=1e-13)
+    torch.testing.assert_close(flow.average_velocity(z, 0.7, 0.7, labels), v, rtol=0, atol=1e-13)
+
+
+def test_average_velocity_is_the_flow_map_with_the_same_steps():
+    flow = exact_flow("checkerboard")
+    z = torch.randn(8, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    t, r = torch.full((8,), 0.8, dtype=torch.float64), torch.full((8,), 0.1, dtype=torch.float64)
+    for steps in ({}, {"steps": 7}):  # the default, and steps passed through
+        assert torch.equal(flow.average_velocity(z, t, r, **steps), (z - flow.flow(z, t, r, **steps)) / (t - r)[:, None])
+    assert torch.equal(flow.flow(z, t, r), flow.flow(z, t, r, steps=50))  # the recorded uerr used 50 steps
+
+
+def squares_velocity_by_quadrature(corners: np.ndarray, side: float, z: np.ndarray, t: float) -> np.ndarray:
+    """E[e - x | z_t = z] for x uniform on the squares by 64 x 64-point Gauss-Legendre quadrature over each square:
+    p(x | z) is proportional to N(z; (1 - t) x, t^2 I) there, and E[e | z] = (z - (1 - t) E[x | z]) / t."""
+    nodes, weights = np.polynomial.legendre.leggauss(64)
+    a, out = 1 - t, []
+    for point in z:
+        mass, first = 0.0, np.zeros(2)
+        for corner in corners:
+            xs, ys = np.meshgrid(*(corner[d] + side * (nodes + 1) / 2 for d in range(2)), indexing="ij")
+            p = np.outer(weights, weights) * np.exp(-((point[0] - a * xs) ** 2 + (point[1] - a * ys) ** 2) / (2 * t * t))
+            mass, first = mass + p.sum(), first + [(p * xs).sum(), (p * ys).sum()]
+        mean_x = first / mass
+        out.append((point - a * mean_x) / t - mean_x)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("corners,side", [([[1.0, -0.5]], 2.0), ([[1.0, -0.5], [-2.0, 0.0]], 1.0)])
+@pytest.mark.parametrize("a", [2e-4, 5e-4, 2e-3, 0.3])
+def test_squares_velocity_matches_quadrature_on_both_sides_of_the_near_one_branch(corners, side, a):
+    """1 - t < 1e-3 takes the tilted-uniform expansion (exact to ~2e-10 at 1 - t = 5e-4 against quadrature),
+    above it the truncated normals (~3e-10 at 2e-3, where the division by 1 - t costs digits)."""
+    z = 1.5 * torch.randn(16, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    got = UniformSquares(torch.tensor(corners), side).velocity(z, torch.full((16,), 1 - a, dtype=torch.float64))
+    expected = squares_velocity_by_quadrature(np.array(corners), side, z.numpy(), 1 - a)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-9)
 
 @pytest.mark.parametrize("name", ["checkerboard", "gaussians"])
 def test_average_velocity_matches_a_fine_euler_solve(name):

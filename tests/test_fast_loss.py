@@ -7,7 +7,7 @@ from collections import deque
 import pytest
 import torch
 
-from workbench.meanflow import JVP_MODES, TANGENTS, TIME_CONDITIONINGS, meanflow_loss
+from workbench.meanflow import JVP_MODES, TANGENTS, TIME_CONDITIONINGS, dudt, meanflow_loss
 from workbench.meanflow.jvp import _SCALAR_ARITHMETIC, recorded_layer_outputs, time_derivative
 
 from conftest import mf, small_net
@@ -168,6 +168,19 @@ def test_dropout_takes_one_pass_for_u_and_its_derivative():
     torch.testing.assert_close(eval_loss, meanflow_loss(net, x, t, r, noise, mf(), dudt=JVP_MODES["whole"])[0])
 
 
+@pytest.mark.parametrize("p,training,expected", [(0.5, True, "jvp_rows_only"), (0.0, True, "tangent_pass"),
+                                                 (0.5, False, "tangent_pass")])
+def test_auto_takes_one_pass_only_while_some_dropout_is_active(monkeypatch, p, training, expected):
+    """Dropout with p = 0, or any dropout in eval mode, draws no mask: "auto" keeps the cheaper tangent pass."""
+    taken = []
+    for name in ("tangent_pass", "jvp_rows_only"):
+        original = getattr(dudt, name)
+        monkeypatch.setattr(dudt, name, lambda *args, name=name, original=original: taken.append(name) or original(*args))
+    net = small_net("unet", shape=(1, 8, 8), dropout=p).train(training)
+    x, t, r, noise, _, _ = inputs(0.25, shape=(1, 8, 8))
+    meanflow_loss(net, x, t, r, noise, mf(), dudt=JVP_MODES["auto"])
+    assert taken == [expected]
+
 def test_official_cifar10_network_with_augmentation_labels():
     """The official CIFAR-10 network (reduced width; attention, FIR resampling) with its augmentation labels as
     extra inputs: every fast mode gives the whole-batch loss and gradients, and the labels reach the loss."""
@@ -176,12 +189,12 @@ def test_official_cifar10_network_with_augmentation_labels():
     x, t, r, noise, _, _ = inputs(0.5, shape=(3, 8, 8))
     cond = {"augment_labels": torch.randn(B, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)}
     results = {}
-    for mode in ("whole", "tangent", "subset"):
+    for mode in ("whole", "tangent", "subset", "auto"):
         net.zero_grad()
         loss, _ = meanflow_loss(net, x, t, r, noise, mf(adaptive_p=0.75), dudt=JVP_MODES[mode], cond=cond)
         loss.backward()
         results[mode] = loss.detach(), [p.grad.clone() for p in net.parameters()]
-    for mode in ("tangent", "subset"):
+    for mode in ("tangent", "subset", "auto"):
         assert_close_to_scale(results[mode][0], results["whole"][0])
         for got, expected in zip(results[mode][1], results["whole"][1]):
             assert_close_to_scale(got, expected)

@@ -28,6 +28,45 @@ def test_classifier_is_accurate_and_deterministic(scorer, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+def test_one_epoch_of_the_classifiers_training_is_pinned():
+    """Every digits FID is measured with this classifier: its recipe (split, learning rate, batches, input noise,
+    seeded order) is pinned by one epoch's logits on six test images, recorded with torch 2.14.1 on a CPU at
+    commit time (a change of recipe moves them by far more than 1e-3; a torch build by far less)."""
+    model, accuracy = fid.train_classifier("digits", seed=0, epochs=1)
+    with torch.no_grad():
+        logits = model(load_data("digits", "test").x[:6]).double().numpy()
+    with np.load(Path(__file__).parent / "data" / "digit_classifier_one_epoch.npz") as stored:
+        np.testing.assert_allclose(logits, stored["logits"], rtol=0, atol=1e-3)
+        assert abs(accuracy - float(stored["accuracy"])) <= 2 / 297  # the test split: 297 images
+    assert fid.CLASSIFIER_EPOCHS == 40  # the cached classifier's (the >= 95% accuracy above is for it)
+
+
+def test_images_to_8_bits_clamp_round_or_floor_and_become_rgb():
+    images = torch.tensor([-1.5, -1.0, -0.999, 0.0, 0.5, 1.0, 1.5]).view(1, 1, 1, 7)
+    rounded, floored = fid.to_uint8(images, "round"), fid.to_uint8(images, "floor")
+    assert rounded.dtype == floored.dtype == torch.uint8 and rounded.shape == (1, 3, 1, 7)
+    assert rounded[0, 0, 0].tolist() == [0, 0, 0, 128, 191, 255, 255]  # (x + 1) * 127.5, rounded
+    assert floored[0, 0, 0].tolist() == [0, 0, 0, 127, 191, 255, 255]  # floor((x + 1) / 2 * 255)
+    assert torch.equal(rounded[0, 1], rounded[0, 0]) and torch.equal(rounded[0, 2], rounded[0, 0])
+    rgb = torch.stack([torch.full((2, 2), v) for v in (-1.0, 0.0, 1.0)])[None]
+    assert fid.to_uint8(rgb, "round")[0, :, 0, 0].tolist() == [0, 128, 255]  # three channels kept as they are
+    with pytest.raises(ValueError, match="quantize='ceil': 'round' or 'floor'"):
+        fid.to_uint8(images, "ceil")
+
+
+def test_the_classifier_extractor_scales_to_the_data_range_and_greys_only_one_channel_data():
+    """clean-fid hands every image over as RGB in [0, 255]: the extractor maps it to the classifier's [-1, 1] and,
+    for grey data (digits), averages the three equal channels back to one."""
+    torch.manual_seed(0)
+    grey, colour = fid.DigitClassifier(1, 8, 8, 10).eval(), fid.DigitClassifier(3, 8, 8, 10).eval()
+    batch = torch.randint(0, 256, (4, 3, 8, 8)).to(torch.uint8)
+    with torch.no_grad():
+        expected_grey = grey.features((batch.float() / 127.5 - 1).mean(1, keepdim=True))
+        expected_colour = colour.features(batch.float() / 127.5 - 1)
+    assert torch.equal(fid.classifier_extractor(grey, 1)(batch), expected_grey)
+    assert torch.equal(fid.classifier_extractor(colour, 3)(batch), expected_colour)
+
+
 def test_fid_of_the_reference_against_itself_is_zero(scorer):
     scores = scorer.score(load_data("digits", "train").x, seed=0)
     assert abs(scores["fid"]) < 1e-3
@@ -52,6 +91,14 @@ def test_running_statistics_equal_numpys_on_the_same_features():
     mu, sigma = stats.mean_cov()
     np.testing.assert_allclose(mu, feats.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(sigma, np.cov(feats, rowvar=False), rtol=1e-9, atol=1e-9)
+    two = fid.RunningStats()
+    two.update(torch.from_numpy(feats[:2]))  # the fewest rows a covariance takes
+    np.testing.assert_allclose(two.mean_cov()[1], np.cov(feats[:2], rowvar=False), rtol=1e-9, atol=1e-9)
+    one = fid.RunningStats()
+    one.update(torch.from_numpy(feats[:1]))
+    with pytest.raises(ValueError) as error:
+        one.mean_cov()
+    assert str(error.value) == "a covariance needs at least 2 rows, got 1"
 
 
 def test_streamed_score_equals_the_score_of_all_images_at_once(scorer):

@@ -242,6 +242,8 @@ def load_data(name: str, split: str = "train", *, path: str = "", data_dir: str 
     labels=False drops the class labels (an unconditional model of a labelled set)."""
     if name not in DATASETS:
         raise DataError(f"data.name={name!r}: not one of {', '.join(DATASETS)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r}: 'train' or 'test'")
     data = DATASETS[name](split, path=path, data_dir=data_dir, download=download)
     return data if labels else replace(data, labels=None, num_classes=0)
 

@@ -73,9 +73,9 @@ def sample_chunks(net: nn.Module, shape: tuple[int, ...], euler: bool, steps: in
 
 
 def generate(net: nn.Module, shape: tuple[int, ...], nfe: tuple[int, ...], fm_steps: tuple[int, ...],
-             num_samples: int, seed: int, chunk: int = 1000) -> dict[str, torch.Tensor]:
+             num_samples: int, seed: int) -> dict[str, torch.Tensor]:
     """{'1nfe': (N, *shape), ..., 'fm50': ...} on the CPU (sample_chunks of every sampler, gathered)."""
-    return {name: torch.cat([x.cpu() for x in sample_chunks(net, shape, euler, steps, num_samples, seed, chunk)])
+    return {name: torch.cat([x.cpu() for x in sample_chunks(net, shape, euler, steps, num_samples, seed)])
             for name, (euler, steps) in samplers(nfe, fm_steps).items()}
 
 
@@ -92,16 +92,17 @@ def support_scores(x: torch.Tensor, data_name: str, labels: torch.Tensor | None 
     inside = cells >= 0
     k = SUPPORT_SIZES[data_name]
     counts = torch.bincount(cells[inside], minlength=k).double()
-    share = counts / counts.sum() if counts.sum() > 0 else torch.zeros(k, dtype=torch.float64)
-    scores = {"precision": float(inside.double().mean()), "tv": float(0.5 * (share - 1 / k).abs().sum()) if
-              counts.sum() > 0 else 1.0, "modes": float((counts >= 0.25 * len(x) / k).sum())}
+    total = counts.sum()
+    scores = {"precision": float(inside.double().mean()),
+              "tv": float(0.5 * (counts / total - 1 / k).abs().sum()) if total > 0 else 1.0,
+              "modes": float((counts >= 0.25 * len(x) / k).sum())}
     if labels is not None:
         scores["labelprec"] = float((cells == labels).double().mean())
     return scores
 
 
-def point_scores(x: torch.Tensor, reference: torch.Tensor, data_name: str, labels: torch.Tensor | None = None,
-                 exact: torch.Tensor | None = None, seed: int = 0) -> dict[str, float]:
+def point_scores(x: torch.Tensor, reference: torch.Tensor, data_name: str, labels: torch.Tensor | None,
+                 exact: torch.Tensor | None, seed: int) -> dict[str, float]:
     """Every 2D score of samples x against held-out points: energy distance, sliced W2 and, for the sets
     with an exact reference, support scores and the transport error mean ||x_i - exact_i||^2 against
     the exact flow map of the same noise."""
@@ -139,9 +140,8 @@ def exact_targets(data_name: str, num_samples: int, seed: int, guidance: float =
             "u": flow.average_velocity(z, t, r, pair_labels)}
 
 
-def toy_metrics(net: nn.Module, data_name: str, nfe: tuple[int, ...] = (1, 2), fm_steps: tuple[int, ...] = (),
-                num_samples: int = 4000, seed: int = 0, guidance: float = 1.0,
-                interval: tuple[float, float] = (0.0, 1.0)) -> dict[str, float]:
+def toy_metrics(net: nn.Module, data_name: str, nfe: tuple[int, ...], fm_steps: tuple[int, ...], num_samples: int,
+                seed: int, guidance: float, interval: tuple[float, float]) -> dict[str, float]:
     """2D scores of MeanFlow samples at each NFE and of Flow Matching Euler at each step count against
     the first num_samples held-out points ({'energy_1nfe': ..., 'precision_1nfe': ..., 'swd_fm50': ...},
     see point_scores) and, for sets with an exact reference, 'uerr': the mean squared error (summed over

@@ -78,7 +78,10 @@ def data_key(data: DataConfig) -> str:
     return f"{data.name}-{digest}"
 
 
-def train_classifier(data: DataConfig | str, seed: int, epochs: int = 40) -> tuple[DigitClassifier, float]:
+CLASSIFIER_EPOCHS = 40  # of the cached classifier every digits FID is measured with
+
+
+def train_classifier(data: DataConfig | str, seed: int, epochs: int) -> tuple[DigitClassifier, float]:
     """Trains the classifier on the train split; returns it with its test-split accuracy."""
     data = as_source(data)
     train_set, test_set = load(data, "train"), load(data, "test")
@@ -110,7 +113,7 @@ def load_classifier(data: DataConfig, cache_dir: Path, seed: int = 0) -> tuple[D
         model = DigitClassifier(*state["shape"], state["num_classes"])
         model.load_state_dict(state["model"])
         return model.eval(), state["accuracy"]
-    model, accuracy = train_classifier(data, seed)
+    model, accuracy = train_classifier(data, seed, CLASSIFIER_EPOCHS)
     path.parent.mkdir(parents=True, exist_ok=True)
     shape = load(data, "test").shape
     tmp = path.with_suffix(".tmp")
@@ -152,6 +155,8 @@ def inception_extractor(device: torch.device, mode: str = "clean"):
 def to_uint8(images: torch.Tensor, quantize: str = "round") -> torch.Tensor:
     """(N, C, H, W) in [-1, 1] -> uint8 RGB (N, 3, H, W): rounded as saving a PNG would, or floor(255 x') with
     x' in [0, 1] as the official MeanFlow CIFAR-10 evaluation quantises its samples (eval.quantize)."""
+    if quantize not in ("round", "floor"):
+        raise ValueError(f"quantize={quantize!r}: 'round' or 'floor'")
     if quantize == "floor":
         x = ((images.clamp(-1, 1) + 1) / 2 * 255).floor().to(torch.uint8)
     else:
@@ -171,7 +176,7 @@ def features(images: torch.Tensor, extractor, fn_resize, batch_size: int = 250) 
             batch = torch.stack(resized).to(images.device)
         with torch.no_grad():
             out.append(extractor(batch.float()).float())
-    return torch.cat(out) if out else torch.empty(0, 0)
+    return torch.cat(out)
 
 
 class RunningStats:
