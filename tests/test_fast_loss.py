@@ -127,6 +127,19 @@ def test_time_derivative_reuses_the_forward_layer_outputs(arch, shape):
     assert (moved - expected).abs().max() > 1e-3
 
 
+
+def test_the_tangent_pass_runs_each_layer_once(monkeypatch):
+    """"tangent" (what "auto" takes without dropout): one ordinary forward, whose linear outputs the JVP reuses,
+    so each nn.Linear computes once per step, not twice."""
+    net = randomized(small_net("mlp"))
+    x, t, r, noise, _, _ = inputs(0.5)
+    calls = []
+    linear_forward = torch.nn.Linear.forward
+    monkeypatch.setattr(torch.nn.Linear, "forward", lambda self, h: calls.append(self) or linear_forward(self, h))
+    JVP_MODES["tangent"](net, noise, t, r, x, None, (0.0, 1.0))
+    layers = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert sorted(map(id, calls)) == sorted(map(id, layers))
+
 def test_time_derivative_ignores_outputs_of_other_layers():
     """Outputs recorded for another network's layers are not used as primals, and the layers'
     own forward is back after the JVP."""
@@ -140,6 +153,72 @@ def test_time_derivative_ignores_outputs_of_other_layers():
     assert all("forward" not in vars(m) for m in net.modules())
     torch.testing.assert_close(other(noise, t, r), before)
 
+
+
+class Offsets(torch.nn.Module):
+    """A plain module with an integer buffer and an empty parameter slot beside a float parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor([0.5, -1.0], dtype=torch.float64))
+        self.register_buffer("order", torch.tensor([1, 0]))
+        self.register_parameter("unused", None)
+
+    def forward(self, h):
+        return h[:, self.order] * self.scale
+
+
+class WithOffsets(torch.nn.Module):
+    num_classes = 0
+
+    def __init__(self):
+        super().__init__()
+        self.offsets, self.linear = Offsets(), torch.nn.Linear(3, 2, dtype=torch.float64)
+
+    def forward(self, z, t, r, labels=None):
+        return self.offsets(self.linear(torch.cat([z, (t - r)[:, None]], 1)))
+
+
+def test_time_derivative_leaves_integer_buffers_and_empty_slots_alone():
+    net = WithOffsets()
+    x, t, r, noise, _, _ = inputs(1.0)
+    _, expected = torch.func.jvp(lambda z_, t_, r_: net(z_, t_, r_), (noise, t, r), (x, torch.ones_like(t), torch.zeros_like(r)))
+    torch.testing.assert_close(time_derivative(net, noise, t, r, x, None, 0.0, 1.0), expected, rtol=1e-12, atol=1e-13)
+
+
+def test_time_derivative_of_an_output_that_ignores_its_inputs_is_zero():
+    net = lambda z, t, r, labels=None: torch.ones(len(z), 2, dtype=torch.float64)  # noqa: E731 (no dual in its output)
+    x, t, r, noise, _, _ = inputs(1.0)
+    got = time_derivative(net, noise, t, r, x, None, 0.0, 1.0)
+    assert torch.equal(got, torch.zeros(len(noise), 2, dtype=torch.float64))
+
+
+class GainNet(torch.nn.Module):
+    """A per-sample keyword input that acts outside any layer: the JVP needs it, not only the recorded outputs."""
+
+    num_classes = 0
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2, dtype=torch.float64)
+
+    def forward(self, z, t, r, labels=None, gain=None):
+        return torch.tanh(self.linear(torch.cat([z, (t - r)[:, None]], 1))) * (1 + gain[:, None] * t[:, None])
+
+
+@pytest.mark.parametrize("mode", ["tangent", "subset", "whole", "auto"])
+def test_every_strategy_hands_the_per_sample_inputs_to_the_jvp(mode):
+    net = GainNet()
+    x, t, r, noise, _, _ = inputs(0.5)
+    gain = torch.linspace(-2.0, 3.0, B, dtype=torch.float64)
+    z = (1 - t[:, None]) * x + t[:, None] * noise
+    u, du_dt = JVP_MODES[mode](net, z, t, r, noise - x, None, (0.0, 1.0), cond={"gain": gain})
+    expected_u, expected = torch.func.jvp(lambda z_, t_, r_: net(z_, t_, r_, gain=gain), (z, t, r),
+                                          (noise - x, torch.ones_like(t), torch.zeros_like(r)))
+    torch.testing.assert_close(u, expected_u, rtol=1e-12, atol=1e-13)
+    if mode != "whole":  # the others skip the r = t rows, where the target's (t - r) d/dt u is 0 anyway
+        expected = expected * (r != t)[:, None]
+    torch.testing.assert_close(du_dt, expected, rtol=1e-12, atol=1e-13)
 
 def test_time_derivative_under_bf16_autocast_stays_fp32():
     """Layer outputs recorded under bf16 autocast are not taken as primals of the fp32 JVP."""

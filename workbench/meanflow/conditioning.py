@@ -41,7 +41,7 @@ class ScalarEmbedder(nn.Module):
     The frequencies are a (non-saved) buffer, so they follow .to(device, dtype) and the JVP can
     give them a tangent (see meanflow.jvp.time_derivative)."""
 
-    def __init__(self, dim: int, freq_dim: int = 128):
+    def __init__(self, dim: int, freq_dim: int):
         super().__init__()
         self.register_buffer("freqs", frequencies(freq_dim), persistent=False)
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
@@ -57,7 +57,7 @@ class Conditioning(nn.Module):
     guidance), and labels=None means null for every sample.
     """
 
-    def __init__(self, dim: int, time_cond: str, num_classes: int = 0, freq_dim: int = 128):
+    def __init__(self, dim: int, time_cond: str, num_classes: int, freq_dim: int = 128):
         super().__init__()
         if time_cond not in TIME_CONDITIONINGS:
             raise ValueError(f"time_cond {time_cond!r} not in {sorted(TIME_CONDITIONINGS)}")
