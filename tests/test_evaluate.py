@@ -22,6 +22,13 @@ def test_sliced_wasserstein_of_a_shift_is_the_projected_shift():
     x = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1))
     shift = torch.tensor([0.6, -0.8])
     assert math.isclose(sliced_wasserstein(x, x + shift, num_projections=4096), 1 / math.sqrt(2), rel_tol=0.03)
+    # the recorded swd scores: 256 directions drawn from the evaluation seed (0 unless given)
+    y = x.flip(1) + shift
+    assert sliced_wasserstein(x, y) == sliced_wasserstein(x, y, 256, 0) != sliced_wasserstein(x, y, 255, 0)
+    assert sliced_wasserstein(x, y, seed=3) == sliced_wasserstein(x, y, 256, 3) != sliced_wasserstein(x, y, seed=0)
+    with pytest.raises(ValueError) as error:
+        sliced_wasserstein(x, x[:10])
+    assert str(error.value) == "sliced_wasserstein needs equal-size sets, got (2000, 2) and (10, 2)"
 
 
 def test_energy_distance_of_point_masses():
@@ -306,6 +313,14 @@ def test_evaluator_for_each_data_kind_passes_the_runs_settings(monkeypatch, tmp_
         assert called_net is net and scorer.name == "stand-in" and shape == (1, 8, 8)
         assert rest == [(1, 4), (2,), 50, 3, "floor"] and kwargs == {}
 
+    np.savez(tmp_path / "grey.npz", images=np.zeros((6, 8, 8), dtype=np.uint8))  # no labels: auto is Inception
+    evaluate.evaluator_for(with_overrides(RunConfig(), {**ev, "data.name": "npz", "data.path": str(tmp_path / "grey.npz")}))
+    assert scorers[-1][0][1] == "inception"
+    loads, load_data = [], evaluate.load_data
+    monkeypatch.setattr(evaluate, "load_data", lambda *args, **kwargs: loads.append((args, kwargs)) or load_data(*args, **kwargs))
+    evaluate.evaluator_for(with_overrides(digits, {"data.data_dir": str(tmp_path / "sets")}))
+    assert loads == [(("digits", "test"), {"path": "", "data_dir": str(tmp_path / "sets")})]
+
     decoded = []
     monkeypatch.setattr(vae, "load_vae", lambda p: f"vae from {p}")
     monkeypatch.setattr(vae, "decode", lambda *args: decoded.append(args) or "images")
@@ -354,3 +369,25 @@ def test_the_exact_model_scores_zero_transport_and_zero_u_error(classes):
         assert "labelprec_1nfe" not in metrics
     samples = generate(net, (2,), (1,), (), 200, 5)["1nfe"]
     assert metrics["swd_1nfe"] == sliced_wasserstein(samples, load_data("gaussians", "test").x[:200], seed=5)
+
+
+
+class Zero(torch.nn.Module):
+    num_classes = 0
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, z, t, r, labels=None):
+        return torch.zeros_like(z)
+
+
+def test_u_error_of_the_zero_model_is_the_mean_squared_exact_u_and_sets_without_a_flow_have_none():
+    from workbench.evaluate import exact_targets
+
+    metrics = toy_metrics(Zero(), "checkerboard", (1,), (), 300, 4, 1.0, (0.0, 1.0))
+    expected = float(exact_targets("checkerboard", 300, 4, 1.0, (0.0, 1.0), False)["u"].pow(2).sum(1).mean())
+    assert math.isclose(metrics["uerr"], expected, rel_tol=1e-12)
+    moons = toy_metrics(Zero(), "moons", (1,), (), 300, 4, 1.0, (0.0, 1.0))
+    assert set(moons) == {"energy_1nfe", "swd_1nfe"}

@@ -9,6 +9,7 @@ from cleanfid import fid as cleanfid
 from PIL import Image
 
 from workbench import fid
+from workbench.config import DataConfig
 from workbench.data import index_noise, load_data
 from workbench.evaluate import image_metrics
 from workbench.meanflow import sample
@@ -136,7 +137,6 @@ def test_reference_file_errors_say_what_to_put_where(tmp_path):
 
 
 def test_user_files_get_their_own_cache_key(tmp_path):
-    from workbench.config import DataConfig
 
     for name in ("a.npz", "b.npz"):
         np.savez(tmp_path / name, images=np.zeros((4, 8, 8), dtype=np.uint8), labels=np.arange(4))
@@ -146,7 +146,6 @@ def test_user_files_get_their_own_cache_key(tmp_path):
 
 
 def test_a_users_image_file_gets_its_own_classifier_and_reference(tmp_path):
-    from workbench.config import DataConfig
 
     digits = load_data("digits", "train")
     pixels = np.round((digits.x.numpy()[:, 0] + 1) * 127.5).astype(np.uint8)
@@ -223,6 +222,31 @@ def test_inception_is_clean_fids_extractor_in_the_chosen_mode_on_the_scorers_dev
     assert scorer.make_extractor(scorer.device) == len(built)
     assert built[-1] == ((mode, torch.device("meta")), {"use_dataparallel": False})
     assert (scorer.fn_resize is None) == (mode == "legacy_tensorflow")
+    assert scorer.info["reference"] == str(tmp_path / "ref.npz")
+    assert all(args == (mode, args[1]) and isinstance(args[1], torch.device) for args, _ in built[1:])
+
+
+@pytest.mark.parametrize("mode", ["clean", "legacy_tensorflow"])
+def test_cifar10_with_inception_reads_clean_fids_own_statistics(monkeypatch, tmp_path, mode):
+    """CIFAR-10's reference is clean-fid's precomputed train statistics of the mode (stats/ beside its package); missing,
+    it is named with where to get it. Other sets compute theirs."""
+    import cleanfid.features
+
+    monkeypatch.setattr(fid, "INCEPTION_FILE", tmp_path / "inception.pt")
+    (tmp_path / "inception.pt").touch()
+    monkeypatch.setattr(cleanfid.features, "build_feature_extractor", lambda *a, **k: None)
+    package = tmp_path / "cleanfid"
+    monkeypatch.setattr(fid.cleanfid, "__file__", str(package / "__init__.py"))
+    stats = package / "stats" / f"cifar10_{mode}_train_32.npz"
+    with pytest.raises(fid.FeatureError) as missing:
+        fid.image_scorer("cifar10", "inception", tmp_path / "cache", 0, mode)
+    assert str(missing.value) == (f"clean-fid's CIFAR-10 statistics are not at {stats}; this machine is offline. Put "
+                                  f"https://www.cs.cmu.edu/~clean-fid/stats/cifar10_{mode}_train_32.npz there")
+    stats.parent.mkdir(parents=True)
+    np.savez(stats, mu=np.arange(3.0), sigma=2 * np.eye(3))
+    scorer = fid.image_scorer("cifar10", "inception", tmp_path / "cache", 0, mode)
+    assert np.array_equal(scorer.ref_mu, np.arange(3.0)) and np.array_equal(scorer.ref_sigma, 2 * np.eye(3))
+    assert not (tmp_path / "cache").exists()  # nothing computed
     if mode == "clean":
         assert scorer.fn_resize(np.zeros((8, 8, 3), np.uint8)).shape == (299, 299, 3)
 
@@ -287,6 +311,9 @@ def test_image_metrics_score_every_sampler_with_the_seed_quantisation_and_decode
         assert scores[f"fid_{name}"] == pytest.approx(expected["fid"], rel=1e-9)
         assert scores[f"kid_{name}"] == pytest.approx(expected["kid"], rel=1e-9)
     assert scores["fid_1nfe"] != pytest.approx(scores["fid_fm2"])
+    plain = image_metrics(net, scorer, shape, (1,), (), 120, 3, "floor")  # no decoder: the samples themselves
+    assert plain["fid_1nfe"] == pytest.approx(scorer.score_stream([sample(net, noise, 1)], seed=3, quantize="floor")["fid"],
+                                              rel=1e-9)
 
 
 def test_the_classifier_features_are_a_fixed_function():
@@ -344,3 +371,34 @@ def test_the_classifier_is_trained_once_per_data_set_and_seed_then_loaded(tmp_pa
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     stored = torch.load(path, weights_only=False)
     assert stored["shape"] == (1, 8, 8) and stored["num_classes"] == 10 and stored["accuracy"] == accuracy
+
+
+def test_the_classifier_needs_labelled_images(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, path in (("moons", ""), ("npz", "unlabelled.npz")):
+        if path:
+            np.savez(path, images=np.zeros((4, 8, 8), dtype=np.uint8))
+        with pytest.raises(fid.FeatureError) as error:
+            fid.train_classifier(DataConfig(name=name, path=path), seed=0, epochs=1)
+        assert str(error.value) == f"data.name={name!r}: the classifier features need labelled images"
+
+
+def test_caches_are_written_under_missing_folders_and_read_back(tmp_path):
+    cache = tmp_path / "a" / "b"
+    scorer = fid.image_scorer("digits", "classifier", cache, 0)
+    again = fid.image_scorer("digits", "classifier", cache, 0)  # both read from the files now
+    assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == ["classifier", "reference"]
+    assert np.array_equal(again.ref_mu, scorer.ref_mu) and again.info == scorer.info
+
+
+def test_the_scorer_resizes_each_image_with_its_resizer_before_the_features():
+    scorer = fid.ImageScorer("stand-in", lambda device: (lambda batch: batch.flatten(1)), lambda image: image[:2, :2] * 0 + 7)
+    feats = scorer.features(torch.full((3, 3, 4, 4), 5, dtype=torch.uint8))
+    assert feats.shape == (3, 12) and bool((feats == 7).all())
+
+
+def test_data_is_loaded_from_the_configured_folder(monkeypatch):
+    seen = []
+    monkeypatch.setattr(fid, "load_data", lambda *args, **kwargs: seen.append((args, kwargs)))
+    fid.load(DataConfig(name="digits", data_dir="elsewhere", path="p"), "test")
+    assert seen == [(("digits", "test"), {"path": "p", "data_dir": "elsewhere"})]

@@ -45,7 +45,9 @@ def test_fd_of_latents_for_every_sampler():
     reference = torch.randn(4000, 2, 2, 2, generator=torch.Generator().manual_seed(0))
     c = torch.full((1, 2, 2, 2), 0.5)
     stats = flat_statistics(reference.split(1000))
-    scores = latent_metrics(Constant(c), stats, (2, 2, 2), (1,), (2,), 500, 3)
+    tilted = Constant(c)  # u = (z - c)(1 + t - r): the same on Euler's r = t, not for MeanFlow's r < t
+    tilted.forward = lambda z, t, r, labels=None: (z - c) * (1 + t - r).view(-1, 1, 1, 1)
+    scores = latent_metrics(tilted, stats, (2, 2, 2), (1,), (2,), 500, 3)
     assert set(scores) == {"fdlatent_1nfe", "fdlatent_fm2"}
     euler = 0.25 * index_noise(3, range(500), (2, 2, 2)) + 0.75 * c
     assert math.isclose(scores["fdlatent_fm2"], frechet(*flat_statistics([euler]), *stats), rel_tol=1e-6)
@@ -60,6 +62,8 @@ def test_posterior_samples_are_the_latents_or_one_draw_of_each_posterior():
     draws = torch.cat(list(posterior_samples(SimpleNamespace(x=mean, std=std), seed=1, chunk=4)))
     torch.manual_seed(1)
     assert torch.equal(draws, torch.cat(list(posterior_samples(SimpleNamespace(x=mean, std=std), seed=1, chunk=4))))
+    whole = torch.cat(list(posterior_samples(SimpleNamespace(x=mean, std=std), seed=1)))  # one chunk: one draw
+    assert torch.equal(whole, mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(1)))
     assert not torch.equal(draws, torch.cat(list(posterior_samples(SimpleNamespace(x=mean, std=std), seed=2, chunk=4))))
     many = torch.cat(list(posterior_samples(SimpleNamespace(x=torch.zeros(20_000, 3), std=torch.full((20_000, 3), 0.5)),
                                             seed=0)))
@@ -95,8 +99,11 @@ def test_imagenet_study_smoke_runs_at_full_network_size(tmp_path):
 def test_latents_refuse_classifier_features_and_name_the_missing_vae(tmp_path):
     config = with_overrides(load_study("imagenet_table1a").cells()[0].config,
                             {"data.path": str(latents_file(tmp_path)), "eval.features": "classifier"})
-    with pytest.raises(ConfigError, match="eval.features='classifier': latents are scored as latents"):
+    with pytest.raises(ConfigError) as error:
         evaluator_for(config)
+    assert str(error.value) == ("eval.features='classifier': latents are scored as latents (latent) or, decoded by "
+                                "eval.vae_path, with Inception (inception)")
+    assert evaluator_for(with_overrides(config, {"eval.features": "latent"})).info["features"].startswith("latent")
     with pytest.raises(FeatureError, match="data/sd-vae-ft-mse"):
         evaluator_for(with_overrides(config, {"eval.features": "inception"}))
 
