@@ -182,6 +182,11 @@ def test_guidance_one_is_the_conditional_field_and_the_null_class_the_unconditio
     inside = torch.full((16,), 0.3, dtype=torch.float64)
     expected = 3.0 * mixture.velocity(z, inside, labels) - 2.0 * mixture.velocity(z, inside)
     assert torch.allclose(guided.velocity(z, inside, labels), expected)
+    narrow = ExactFlow(mixture, guidance=3.0, interval=(0.3, 0.5))
+    for end in (0.3, 0.5):  # the interval holds its ends
+        at = torch.full((16,), end, dtype=torch.float64)
+        expected = 3.0 * mixture.velocity(z, at, labels) - 2.0 * mixture.velocity(z, at)
+        assert torch.allclose(narrow.velocity(z, at, labels), expected)
 
 
 def test_support_cells_of_the_checkerboard_squares():

@@ -254,3 +254,17 @@ def test_group_norm_in_plain_ops_is_torchs_group_norm(affine):
     torch.testing.assert_close(norm.plain_ops(x), torch.nn.functional.group_norm(
         x, 4, norm.weight if affine else None, norm.bias if affine else None, 1e-6), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(norm(x), norm.plain_ops(x), rtol=1e-12, atol=1e-12)
+
+
+def test_details_the_official_networks_fix():
+    """DiT: LayerNorms with eps 1e-6 and positions recomputed, not saved in checkpoints; the U-Net: every level's
+    blocks chain their widths (two blocks per level build and run), and four levels need sizes divisible by 8."""
+    dit = small_net("dit", shape=(1, 8, 8), patch_size=2, hidden=32, depth=1, heads=2)
+    assert {m.eps for m in dit.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-6}
+    assert "pos" not in dit.state_dict()
+    unet = small_net("unet", shape=(1, 8, 8), channels=8, channel_mult=(1, 2), blocks=2)
+    z = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    assert unet(z, torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)).shape == z.shape
+    with pytest.raises(ValueError) as error:
+        small_net("unet", shape=(1, 12, 12), channels=8, channel_mult=(1, 2, 2, 2), blocks=1)
+    assert str(error.value) == "U-Net with channel_mult=(1, 2, 2, 2) needs H, W divisible by 8, got 12x12"
