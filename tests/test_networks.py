@@ -257,11 +257,17 @@ def test_group_norm_in_plain_ops_is_torchs_group_norm(affine):
 
 
 def test_details_the_official_networks_fix():
-    """DiT: LayerNorms with eps 1e-6 and positions recomputed, not saved in checkpoints; the U-Net: every level's
+    """DiT: LayerNorms with eps 1e-6 and positions recomputed, not saved in checkpoints (nor are the time
+    embedding's frequencies); the U-Net: every level's
     blocks chain their widths (two blocks per level build and run), and four levels need sizes divisible by 8."""
     dit = small_net("dit", shape=(1, 8, 8), patch_size=2, hidden=32, depth=1, heads=2)
     assert {m.eps for m in dit.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-6}
     assert "pos" not in dit.state_dict()
+    assert not [key for key in small_net("mlp").state_dict() if "freqs" in key]  # time frequencies: recomputed too
+    unconditional, conditional = small_net("mlp"), small_net("mlp", num_classes=3)
+    assert unconditional.cond.label_embedding is None  # no class, no class embedding (and no parameters for one)
+    z, t = torch.randn(4, 2, dtype=torch.float64), torch.rand(4, dtype=torch.float64)
+    assert torch.equal(conditional(z, t, t), conditional(z, t, t, torch.full((4,), 3)))  # no labels: the null class
     unet = small_net("unet", shape=(1, 8, 8), channels=8, channel_mult=(1, 2), blocks=2)
     z = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     assert unet(z, torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)).shape == z.shape
