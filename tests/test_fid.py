@@ -402,3 +402,18 @@ def test_data_is_loaded_from_the_configured_folder(monkeypatch):
     monkeypatch.setattr(fid, "load_data", lambda *args, **kwargs: seen.append((args, kwargs)))
     fid.load(DataConfig(name="digits", data_dir="elsewhere", path="p"), "test")
     assert seen == [(("digits", "test"), {"path": "p", "data_dir": "elsewhere"})]
+
+
+def test_other_sets_with_inception_compute_their_own_reference_once(monkeypatch, tmp_path):
+    """Only CIFAR-10 has clean-fid's statistics: the digits' reference comes from their train split through the
+    (stand-in) network, cached under the given folder, created with its parents."""
+    import cleanfid.features
+
+    monkeypatch.setattr(fid, "INCEPTION_FILE", tmp_path / "inception.pt")
+    (tmp_path / "inception.pt").touch()
+    monkeypatch.setattr(cleanfid.features, "build_feature_extractor",
+                        lambda *a, **k: (lambda batch: batch.float().mean((2, 3))))
+    scorer = fid.image_scorer("digits", "inception", tmp_path / "a" / "b", 0, "legacy_tensorflow")
+    images = fid.to_uint8(load_data("digits", "train").x).float()
+    np.testing.assert_allclose(scorer.ref_mu, images.mean((2, 3)).mean(0).numpy(), rtol=1e-6)
+    assert [p.name for p in (tmp_path / "a" / "b").iterdir()] == ["reference-digits-inception-legacy_tensorflow.npz"]

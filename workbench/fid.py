@@ -105,7 +105,7 @@ def train_classifier(data: DataConfig | str, seed: int, epochs: int) -> tuple[Di
     return model, accuracy
 
 
-def load_classifier(data: DataConfig, cache_dir: Path, seed: int = 0) -> tuple[DigitClassifier, float]:
+def load_classifier(data: DataConfig, cache_dir: Path, seed: int) -> tuple[DigitClassifier, float]:
     """The cached classifier for (data set, seed), training it on first use."""
     path = Path(cache_dir) / f"classifier-{data_key(data)}-seed{seed}.pt"
     if path.exists():
