@@ -263,10 +263,10 @@ def test_evaluator_for_each_data_kind_passes_the_runs_settings(monkeypatch, tmp_
     """Toy sets with and without an exact flow, latents, images with the classifier and with Inception, latents
     decoded to images: each evaluator calls its metric with the run's samplers, seed, quantisation, guidance and
     reference, and says what it measures with."""
+    from test_latents import latents_file
+
     from workbench import evaluate, vae
     from workbench.data import load_data
-
-    from test_latents import latents_file
 
     for name in ("toy_metrics", "latent_metrics", "image_metrics"):
         monkeypatch.setattr(evaluate, name, Calls())
@@ -353,8 +353,8 @@ def test_the_exact_model_scores_zero_transport_and_zero_u_error(classes):
     """The exact u* as the network: its 1- and 2-step samples are the exact map of the evaluation noise (transport
     ~0, float32 rounding), its u on the pairs is the exact one (uerr ~0), and each sample lands on its class's
     mode; the evaluation must hand the network and the exact reference the same labels, guidance and interval."""
-    from workbench.evaluate import generate, sliced_wasserstein
     from workbench.data import load_data
+    from workbench.evaluate import generate, sliced_wasserstein
 
     net = ExactModel(classes, guidance=2.0, interval=(0.2, 0.9))
     metrics = toy_metrics(net, "gaussians", (1, 2), (2,), 200, 5, 2.0, (0.2, 0.9))
