@@ -20,6 +20,7 @@ process rank 0 and spawns ranks 1..N-1 on this machine with the same environment
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import multiprocessing
 import os
@@ -106,7 +107,15 @@ def current() -> Group:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     dist.init_process_group(backend, init_method="env://", timeout=TIMEOUT)
+    # leave the group before the interpreter exits: left to static destruction, gloo's threads sometimes abort
+    # a rank that has finished ("terminate called without an active exception", exit code -6)
+    atexit.register(_leave_group)
     return current()
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def device_for(group: Group, device: torch.device) -> torch.device:
