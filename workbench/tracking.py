@@ -93,9 +93,14 @@ STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file")
 
 
+def url_scheme(url: str) -> str:
+    """'postgresql+psycopg://...' -> 'postgresql'; '' for a string that is not a URL."""
+    return url.split(":", 1)[0].split("+")[0] if "://" in url else ""
+
+
 def check_scheme(option: str, url: str, schemes: tuple[str, ...]) -> None:
     """An unknown URL scheme fails before any store or folder is created, listing the supported ones."""
-    scheme = url.split(":", 1)[0].split("+")[0] if "://" in url else ""
+    scheme = url_scheme(url)
     if scheme not in schemes:
         raise StoreError(f"{option} {url}: unsupported scheme {scheme or '(none)'!r}; use one of "
                          f"{', '.join(s + '://' for s in schemes)}")
@@ -105,7 +110,7 @@ def check_reachable(option: str, url: str, timeout_s: float = 5.0) -> None:
     """A store that cannot be reached fails here, within seconds and naming the URL, not minutes later
     in a worker: a SQLite file's folder must exist, a database server must accept a connection, an MLflow
     server must answer its /health endpoint."""
-    scheme = url.split(":", 1)[0].split("+")[0]
+    scheme = url_scheme(url)
     if scheme == "sqlite":
         folder = Path(url.removeprefix("sqlite:///")).parent
         if not folder.is_dir():
@@ -138,7 +143,7 @@ def check_reachable(option: str, url: str, timeout_s: float = 5.0) -> None:
 def check_driver(option: str, url: str) -> None:
     """A database URL whose driver is missing fails here, before anything is created, not deep in a worker.
     SQLAlchemy names the driver (its default for postgresql:// depends on its version)."""
-    if url.split(":", 1)[0].split("+")[0] not in ("postgresql", "mysql", "mssql"):
+    if url_scheme(url) not in ("postgresql", "mysql", "mssql"):
         return  # sqlite (built in), or an MLflow server / file store: no driver
     import sqlalchemy
 
