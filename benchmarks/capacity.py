@@ -3,9 +3,9 @@ and MLflow logging latency (an `mlflow server` backed by PostgreSQL), with 2, 4,
 
     python benchmarks/capacity.py [--workers 2,4,8,16] [--cells-per-worker 4] [--rows 200] [--train-s 1.0]
 
-For each worker count: a fresh PostgreSQL database pair and MLflow server (workbench/servers.py), one
+For each worker count: a fresh PostgreSQL database pair and MLflow server (workbench/stores/servers.py), one
 study with workers x cells-per-worker cells enqueued up front, as `wb ablate` does. Each worker process
-runs the real claim path (ablate.optuna_storage: heartbeats and claim lock, optimize(n_trials=1) on a
+runs the real claim path (stores.trials.storage: heartbeats and claim lock, optimize(n_trials=1) on a
 queued trial) and sends what a cell sends to MLflow: a child run with the flattened config as params and
 tags, `rows` metric rows of 8 values through MlflowTracker (one log_batch per 20 rows), and the run's end.
 Training is a sleep (train-s per cell, spread between the flushes), so the numbers are the stores' latency
@@ -41,14 +41,15 @@ def worker(storage: str, tracking_uri: str, experiment_id: str, parent_id: str, 
 
     warnings.filterwarnings("ignore", message=r".*(is experimental|is an experimental feature)")
 
-    from workbench import tracking
-    from workbench.ablate import optuna_storage
     from workbench.config import RunConfig, flatten
-    from workbench.tracking import MlflowTracker, Stores
+    from workbench.stores import layout
+    from workbench.stores.tracker import MlflowTracker
+    from workbench.stores.trials import storage as optuna_storage
+    from workbench.stores.urls import Stores
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stores = Stores(storage, tracking_uri, None)
-    study = optuna.load_study(study_name="capacity", storage=optuna_storage(stores))
+    study = optuna.load_study(study_name="capacity", storage=optuna_storage(stores, max_retry=3))
     client, params = MlflowClient(tracking_uri), flatten(RunConfig())
     pops, flushes, starts, cells = [], [], [], 0
     flushes_per_cell = max(1, rows // 20)
@@ -61,10 +62,10 @@ def worker(storage: str, tracking_uri: str, experiment_id: str, parent_id: str, 
         if "cell" not in trial.user_attrs:  # another worker took the last queued cell
             raise optuna.TrialPruned()
         t0 = time.perf_counter()
-        tags = tracking.cell_tags("capacity", (("cell", trial.user_attrs["cell"]),), 0, trial.user_attrs["cell"],
+        tags = layout.cell_tags("capacity", (("cell", trial.user_attrs["cell"]),), 0, trial.user_attrs["cell"],
                                   parent_id)
-        run_id = tracking.start_run(client, experiment_id, trial.user_attrs["cell"], tags)
-        tracking.log_cell(client, run_id, params)
+        run_id = layout.start_run(client, experiment_id, trial.user_attrs["cell"], tags)
+        layout.log_cell(client, run_id, params)
         starts.append(time.perf_counter() - t0)
         tracker = MlflowTracker(client, run_id, flush_rows=10**9)  # flushed by hand, every 20 rows
         for step in range(1, rows + 1):
@@ -74,7 +75,7 @@ def worker(storage: str, tracking_uri: str, experiment_id: str, parent_id: str, 
                 t0 = time.perf_counter()
                 tracker.flush()
                 flushes.append(time.perf_counter() - t0)
-        tracking.end_run(client, run_id, "FINISHED")
+        layout.end_run(client, run_id, "FINISHED")
         cells += 1
         return 0.0
 
@@ -88,10 +89,10 @@ def measure(n: int, cells_per_worker: int, rows: int, train_s: float, postgres, 
     import optuna
     from mlflow import MlflowClient
 
-    from workbench import tracking
-    from workbench.ablate import optuna_storage
-    from workbench.servers import MlflowServer
-    from workbench.tracking import Stores
+    from workbench.stores import layout
+    from workbench.stores.servers import MlflowServer
+    from workbench.stores.trials import storage as optuna_storage
+    from workbench.stores.urls import Stores
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = postgres.database(f"optuna_{n}")
@@ -100,9 +101,9 @@ def measure(n: int, cells_per_worker: int, rows: int, train_s: float, postgres, 
     try:
         stores = Stores(storage, server.url, None)
         client = MlflowClient(server.url)
-        experiment_id = tracking.experiment_id(client, "capacity", None)
-        parent_id = tracking.parent_run(client, experiment_id, "capacity", "capacity benchmark", "")
-        study = optuna.create_study(study_name="capacity", storage=optuna_storage(stores))
+        experiment_id = layout.experiment_id(client, "capacity", None)
+        parent_id = layout.parent_run(client, experiment_id, "capacity", "capacity benchmark", "")
+        study = optuna.create_study(study_name="capacity", storage=optuna_storage(stores, max_retry=3))
         for cell in range(n * cells_per_worker):
             study.enqueue_trial({}, user_attrs={"cell": f"cell{cell:03d}"})
         context = multiprocessing.get_context("spawn")
@@ -144,7 +145,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200, help="metric rows per cell (train.steps / train.log_every)")
     parser.add_argument("--train-s", type=float, default=1.0, help="seconds of 'training' per cell (a sleep)")
     args = parser.parse_args()
-    from workbench.servers import Postgres
+    from workbench.stores.servers import Postgres
 
     with tempfile.TemporaryDirectory() as scratch:
         postgres = Postgres()

@@ -15,7 +15,8 @@ from torch.func import jvp
 from workbench.config import RunConfig, with_overrides
 from workbench.data import load_data
 from workbench.meanflow import meanflow_loss
-from workbench.train import build_net, draw_batch, make_optimizer
+from workbench.run.model import build_net, make_optimizer
+from workbench.run.train import draw_batch
 
 SHAPE = {"data.name": "checkerboard", "net.mlp.width": 256, "train.batch_size": 512, "meanflow.ratio": 0.0}
 

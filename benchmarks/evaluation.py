@@ -14,9 +14,10 @@ import torch
 
 from workbench.config import RunConfig, with_overrides
 from workbench.data import load_data
-from workbench.evaluate import energy_distance, generate, sliced_wasserstein, toy_metrics
-from workbench.fid import image_scorer
-from workbench.train import build_net
+from workbench.evaluate.draw import generate
+from workbench.evaluate.fid import image_scorer
+from workbench.evaluate.toy import energy_distance, sliced_wasserstein, toy_metrics
+from workbench.run.model import build_net
 
 
 def timed(fn):

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from workbench.augment import AUGMENT_DIM, apply_augment, draw_augment
 from workbench.meanflow import JVP_MODES, meanflow_loss
 from workbench.meanflow.dit import DiT
 from workbench.meanflow.songunet import SongUNet
+from workbench.run.augment import AUGMENT_DIM, apply_augment, draw_augment
 
 OFFICIAL_IMAGES_PER_S = 1024 / 0.21 / 8  # per H200: Gsunshine/py-meanflow README, CIFAR-10, torch.compile
 
@@ -70,7 +70,7 @@ def batch(shape, size, ratio, augment, device, generator):
         x, labels = apply_augment(x, draw_augment(size, 0.12, generator))
         cond = {"augment_labels": labels}
     labels = torch.randint(0, 1000, (size,), generator=generator).to(device) if shape[0] == 4 else None
-    rows = (r != t).nonzero().squeeze(1)  # on the CPU, as workbench/train.py finds them
+    rows = (r != t).nonzero().squeeze(1)  # on the CPU, as workbench/run/train.py finds them
     return x, t.to(device), r.to(device), torch.randn(size, *shape, generator=generator).to(device), labels, cond, rows
 
 

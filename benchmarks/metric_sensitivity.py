@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from workbench.data import load_data
-from workbench.evaluate import point_scores
+from workbench.evaluate.toy import point_scores
 
 
 def main() -> None:

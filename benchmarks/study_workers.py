@@ -16,9 +16,10 @@ from pathlib import Path
 
 import mlflow
 
-from workbench.ablate import run_study
-from workbench.studies import load_study
-from workbench.tracking import Stores
+from workbench.schedule.ablation import AblationQueue
+from workbench.schedule.launcher import launch
+from workbench.stores.urls import Stores
+from workbench.study.study import load_study
 
 STUDY = """
 name = "bench"
@@ -44,7 +45,7 @@ def run(folder: Path, workers: int, steps: int, cells: int) -> tuple[float, list
     study_file.write_text(STUDY.format(steps=steps, seeds=", ".join(map(str, range(cells // 2)))))
     stores = Stores(f"sqlite:///{folder / 'optuna.db'}", f"sqlite:///{folder / 'mlflow.db'}", (folder / "art").as_uri())
     start = time.perf_counter()
-    run_study(load_study(study_file), stores, workers, progress=lambda line: None)
+    launch(AblationQueue(load_study(study_file), stores), workers, progress=lambda line: None)
     wall = time.perf_counter() - start
     mlflow.set_tracking_uri(stores.tracking_uri)
     runs = mlflow.search_runs(experiment_names=["bench"])

@@ -22,7 +22,8 @@ import torch
 from workbench.config import RunConfig, with_overrides
 from workbench.data import index_noise, load_data
 from workbench.meanflow import JVP_MODES, meanflow_loss, sample
-from workbench.train import build_net, draw_batch, make_optimizer
+from workbench.run.model import build_net, make_optimizer
+from workbench.run.train import draw_batch
 
 CASES = {  # name: overrides (the shapes of the shipped CPU studies and of the README's image runs)
     "mlp 3x256 / checkerboard (table1a-f, table5)": {"data.name": "checkerboard", "net.mlp.width": 256, "train.batch_size": 512},

@@ -10,11 +10,11 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-from workbench.ablate import trials_name
 from workbench.cli import app
-from workbench.studies import load_study
+from workbench.schedule.ablation import trials_name
+from workbench.study.study import load_study
 
-from conftest import tiny_study, torch_threads
+from conftest import tiny_study
 
 
 def write(path, values="[0.0, 0.5]", steps=30):
@@ -132,16 +132,17 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path, monkeypatch):
 
 
 def test_cells_enqueued_by_a_launcher_that_died_before_its_workers_still_run(tmp_path, monkeypatch):
-    from workbench.ablate import prepare, run_study
-    from workbench.studies import load_study
-    from workbench.tracking import default_stores
+    from workbench.schedule.ablation import AblationQueue
+    from workbench.schedule.launcher import launch
+    from workbench.schedule.queue import prepare
+    from workbench.stores.urls import default_stores
+    from workbench.study.study import load_study
 
     monkeypatch.chdir(tmp_path)
-    study = load_study(write(tmp_path / "tiny.toml", values="[0.5]"))
-    stores = default_stores(None, None)
-    prepare(study, stores)  # enqueued, then "killed" before any worker started
-    summary = run_study(study, stores, workers=1, progress=lambda line: None)
-    assert summary["done"] == summary["total"] == 2
+    queue = AblationQueue(load_study(write(tmp_path / "tiny.toml", values="[0.5]")), default_stores(None, None))
+    prepare(queue)  # enqueued, then "killed" before any worker started
+    summary = launch(queue, workers=1, progress=lambda line: None)
+    assert summary.progress.complete == summary.progress.total == 2
     runs, _ = children()
     assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
 
@@ -153,14 +154,15 @@ def test_launcher_waits_for_a_cell_another_launcher_still_runs(tmp_path, monkeyp
 
     import optuna
 
-    from workbench.ablate import prepare, run_study
-    from workbench.studies import load_study
-    from workbench.tracking import default_stores
+    from workbench.schedule.ablation import AblationQueue
+    from workbench.schedule.launcher import launch
+    from workbench.schedule.queue import prepare
+    from workbench.stores.urls import default_stores
+    from workbench.study.study import load_study
 
     monkeypatch.chdir(tmp_path)
-    study = load_study(write(tmp_path / "tiny.toml", values="[0.5]"))
-    stores = default_stores(None, None)
-    _, _, trials_study = prepare(study, stores)
+    queue = AblationQueue(load_study(write(tmp_path / "tiny.toml", values="[0.5]")), default_stores(None, None))
+    _, trials_study = prepare(queue)
     elsewhere = trials_study.ask()  # the other machine's worker takes one cell
     trials_study._storage.record_heartbeat(elsewhere._trial_id)
     told = []
@@ -173,34 +175,36 @@ def test_launcher_waits_for_a_cell_another_launcher_still_runs(tmp_path, monkeyp
         told.append(time.time())
     thread = threading.Thread(target=other_machine)
     thread.start()
-    summary = run_study(study, stores, workers=1, progress=lambda line: None)
+    summary = launch(queue, workers=1, progress=lambda line: None)
     returned = time.time()
     thread.join()
     assert told and returned >= told[0]
-    assert summary["done"] == summary["total"] == 2 and summary["running"] == []
-    assert mlflow.get_run(summary["parent_run_id"]).info.status == "FINISHED"
+    assert summary.progress.complete == summary.progress.total == 2 and summary.progress.running == ()
+    assert mlflow.get_run(summary.parent.run_id).info.status == "FINISHED"
 
 
 def test_cell_whose_run_finished_before_its_trial_was_recorded_is_not_run_again(tmp_path, monkeypatch):
     """The kill can land between the MLflow run's FINISHED and Optuna's tell(): the cell is done."""
     from mlflow import MlflowClient
 
-    import workbench.ablate as ablate
-    from workbench.runs import run_cell
-    from workbench.studies import load_study
-    from workbench.tracking import default_stores
+    from workbench.schedule.ablation import AblationQueue
+    from workbench.schedule.cell import run_cell
+    from workbench.schedule.launcher import launch
+    from workbench.schedule.queue import prepare
+    from workbench.stores.urls import default_stores
+    from workbench.study.study import load_study
 
     monkeypatch.chdir(tmp_path)
     study = load_study(write(tmp_path / "tiny.toml", values="[0.5]"))
-    stores = default_stores(None, None, grace_s=1)
-    experiment_id, parent_id, trials_study = ablate.prepare(study, stores)
+    queue = AblationQueue(study, default_stores(None, None, grace_s=1))
+    parent, trials_study = prepare(queue)
     trial = trials_study.ask()  # pops the first enqueued cell, as a worker does
     trials_study._storage.record_heartbeat(trial._trial_id)
     cell = {c.key: c for c in study.cells()}[trial.user_attrs["cell"]]
-    run_cell(study, cell, MlflowClient(stores.tracking_uri), experiment_id, parent_id)  # ...then killed
+    run_cell(study, cell, MlflowClient(queue.stores.tracking_uri), parent.experiment_id, parent.run_id)  # ...then killed
     time.sleep(2)  # the trial's heartbeat is now stale
-    summary = ablate.run_study(study, stores, workers=1, progress=lambda line: None)
-    assert summary["done"] == summary["total"] == 2 and summary["failed"] == 0
+    summary = launch(queue, workers=1, progress=lambda line: None)
+    assert summary.progress.complete == summary.progress.total == 2 and summary.progress.failed == 0
     runs, _ = children()
     assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"} and runs["tags.wb.config_hash"].nunique() == 2
 
@@ -209,8 +213,9 @@ def test_a_failed_cell_queued_again_is_not_counted_failed(tmp_path):
     import optuna
     from optuna.trial import TrialState, create_trial
 
-    from workbench.ablate import counts
-    from workbench.studies import load_study
+    from workbench.schedule.ablation import AblationQueue
+    from workbench.stores.urls import default_stores
+    from workbench.study.study import load_study
 
     study = load_study(write(tmp_path / "tiny.toml", values="[0.5]"))
     first, second = (cell.key for cell in study.cells())
@@ -218,7 +223,8 @@ def test_a_failed_cell_queued_again_is_not_counted_failed(tmp_path):
     for key in (first, second):
         trials.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"cell": key}))
     trials.enqueue_trial({}, user_attrs={"cell": first})  # re-queued by the next launch
-    assert counts(study, trials) == {"done": 0, "running": [], "failed": 1, "diverged": 0, "interrupted": 0}
+    progress = AblationQueue(study, default_stores(f"sqlite:///{tmp_path}/o.db", f"sqlite:///{tmp_path}/m.db")).progress(trials)
+    assert (progress.complete, progress.running, progress.failed, progress.diverged, progress.waiting) == (0, (), 1, 0, 1)
 
 
 def test_diverged_cells_fail_with_their_reason_show_as_diverged_and_are_not_run_again(tmp_path, monkeypatch):
@@ -239,53 +245,13 @@ def test_diverged_cells_fail_with_their_reason_show_as_diverged_and_are_not_run_
     assert again.exit_code == 1 and len(children()[0]) == 4  # the diverged cells are a result: not run again
 
 
-def test_a_killed_cell_continues_from_its_checkpoint_in_the_same_run_bit_for_bit(tmp_path):
-    import torch
-    from mlflow import MlflowClient
-
-    from workbench.studies import load_study
-    from workbench.train import train
-
-    study = tmp_path / "tiny.toml"
-    study.write_text(tiny_study(400, "values = [0.5]", '"train.checkpoint_every" = 50').replace(
-        "seeds = [0, 1]", "seeds = [0]"))
-    env = {**os.environ, "WB_HEARTBEAT_S": "1", "WB_GRACE_S": "4"}
-    command = [sys.executable, "-m", "workbench.cli", "ablate", str(study), "--workers", "1", "--no-report"]
-    (cell,) = load_study(study).cells()
-    checkpoint = tmp_path / "wb-cells" / cell.key / "run" / "checkpoint.pt"
-    log = (tmp_path / "launcher.log").open("w")
-    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stdout=log, stderr=log)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (checkpoint.exists() and torch.load(checkpoint, weights_only=False)["step"] >= 100):
-        time.sleep(0.2)
-    os.killpg(launcher.pid, signal.SIGKILL)  # mid-cell, after at least two checkpoints
-    launcher.wait()
-    kept = torch.load(checkpoint, weights_only=False)["step"]
-    assert 100 <= kept < 400, "the kill did not land mid-cell"
-    time.sleep(5)  # past the heartbeat grace period
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-
-    runs, _ = children(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert len(runs) == 1 and runs["status"].iloc[0] == "FINISHED"  # one run, continued, not a second one
-    assert runs["tags.wb.attempts"].iloc[0] == "2"
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    steps = [m.step for m in client.get_metric_history(runs["run_id"].iloc[0], "loss")]
-    assert sorted(steps) == list(range(10, 401, 10))  # no gap, no duplicated step
-    assert not (tmp_path / "wb-cells").exists()  # finished: its folder is gone, and the empty wb-cells/ with it
-    ema = torch.load(client.download_artifacts(runs["run_id"].iloc[0], "ema.pt", str(tmp_path)), weights_only=False)
-    with torch_threads(max(1, os.cpu_count() or 1)):  # as the one worker trained
-        reference = train(cell.config, tmp_path / "uninterrupted", progress=False).ema.state_dict()
-    assert ema.keys() == reference.keys() and all(torch.equal(ema[k], reference[k]) for k in ema)
-
-
 def test_time_left_costs_each_cell_by_its_setting_and_schedules_the_rest_on_the_free_workers(tmp_path):
     import datetime
 
     from optuna.distributions import FloatDistribution
     from optuna.trial import FrozenTrial, TrialState
 
-    from workbench.ablate import time_left
+    from workbench.schedule.ablation import time_left
 
     study = load_study(write(tmp_path / "tiny.toml", values="[0.0, 0.5, 1.0]"))
     cells = study.cells()  # (0.0, seed 0), (0.0, 1), (0.5, 0), (0.5, 1), (1.0, 0), (1.0, 1)

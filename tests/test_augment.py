@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from workbench.augment import AUGMENT_DIM, apply_augment, augment_labels, draw_augment
+from workbench.run.augment import AUGMENT_DIM, apply_augment, augment_labels, draw_augment
 
 
 def smooth_images(n: int = 4, size: int = 32) -> torch.Tensor:

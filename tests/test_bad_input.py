@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from workbench.cli import app
 from workbench.config import ConfigError, RunConfig, describe, with_overrides
-from workbench.studies import StudyError, parse_study_text
+from workbench.study.study import StudyError, parse_study_text
 
 KEYS = [key for key, _, _ in describe()]
 keys = st.one_of(st.sampled_from(KEYS), st.text(st.characters(blacklist_characters="="), max_size=20),  # KEY=VALUE

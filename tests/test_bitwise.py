@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from workbench.config import RunConfig, with_overrides
-from workbench.train import train
+from workbench.run.train import train
 
 from conftest import needs
 

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from workbench.cli import app
-from workbench.servers import free_port
+from workbench.stores.servers import free_port
 
 from conftest import needs, tiny_study
 

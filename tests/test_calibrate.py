@@ -9,11 +9,11 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
-from workbench.calibrate import load_plan, write_studies
-from workbench.calibration_report import comparisons, noise
 from workbench.cli import app
-from workbench.record import Record
-from workbench.studies import StudyError, parse_study
+from workbench.report.calibration import comparisons, noise
+from workbench.report.record import Record
+from workbench.study.plan import load_plan, write_studies
+from workbench.study.study import StudyError, parse_study
 
 from conftest import tiny_study
 

@@ -1,4 +1,4 @@
-"""Data-parallel training of one run (workbench/distributed.py): N processes with global batch B train
+"""Data-parallel training of one run (workbench/run/distributed.py): N processes with global batch B train
 the model one process with batch B trains, on CPU with gloo.
 
 Tolerance: the ranks average two half-batch gradients where one process averages the whole batch, so
@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from workbench.config import ConfigError, RunConfig, with_overrides
-from workbench.stopping import STOP, Interrupted
-from workbench.studies import config_hash
-from workbench.tracking import JsonlTracker
-from workbench.train import train
+from workbench.run.stopping import STOP, Interrupted
+from workbench.run.trackers import JsonlTracker
+from workbench.run.train import train
+from workbench.study.study import config_hash
 
 SETTINGS = {  # MeanFlow loss at ratio 0.25, the default JVP path (dudt auto), grad clipping on
     "mlp": ["data.name=gaussians", "net.arch=mlp", "net.mlp.width=64", "net.mlp.depth=2", "train.batch_size=64"],
@@ -143,8 +143,8 @@ def test_a_study_cell_with_train_nproc_2_trains_in_two_processes(tmp_path, monke
     assert cells["metrics.loss"].notna().all()
     # It trained in two processes: its weights are those of the same config trained by two ranks here, bit for
     # bit, and not those of one process (whose sums round differently).
-    from workbench.studies import load_study
-    from workbench.train import train
+    from workbench.run.train import train
+    from workbench.study.study import load_study
 
     client = mlflow.MlflowClient()
     recorded = torch.load(client.download_artifacts(cells["run_id"].iloc[0], "ema.pt", str(tmp_path)), weights_only=True)

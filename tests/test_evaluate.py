@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from workbench.config import RunConfig, with_overrides
-from workbench.evaluate import energy_distance, sliced_wasserstein, toy_metrics
-from workbench.train import train
+from workbench.evaluate.toy import energy_distance, sliced_wasserstein, toy_metrics
+from workbench.run.train import train
 
 
 def test_identical_sets_score_zero_and_shifted_sets_positive():
@@ -55,7 +55,8 @@ def test_trained_model_ranks_above_untrained(tmp_path):
 def test_evaluation_during_and_after_training(tmp_path):
     import json
 
-    from workbench.evaluate import evaluator_for, metric_names
+    from workbench.evaluate.evaluators import evaluator_for
+    from workbench.evaluate.names import metric_names
 
     config = with_overrides(RunConfig(), {"net.mlp.width": 16, "net.mlp.depth": 1, "train.batch_size": 32,
                                           "train.steps": 20, "train.log_every": 10, "train.device": "cpu",
@@ -104,7 +105,7 @@ def test_wb_eval_without_checkpoint_exits_2(tmp_path):
 
 def test_support_scores_count_squares_and_modes():
     from workbench.data import GAUSSIAN_MEANS
-    from workbench.evaluate import support_scores
+    from workbench.evaluate.toy import support_scores
 
     # 6 points in square 0, 2 in square 1, 2 outside: precision 0.8, shares (6/8, 2/8, 0, ...)
     corners = [[-2, -2]] * 6 + [[-2, 0]] * 2
@@ -132,7 +133,7 @@ def test_support_scores_count_squares_and_modes():
 
 
 def test_the_evaluator_of_a_run_scores_the_sample_count_it_is_given():
-    from workbench.evaluate import evaluator_for
+    from workbench.evaluate.evaluators import evaluator_for
 
     from conftest import small_net
 
@@ -146,7 +147,7 @@ def test_the_evaluator_of_a_run_scores_the_sample_count_it_is_given():
 
 def test_reference_samplers_bracket_a_learned_model():
     """The exact map scores at the data's floor, the uniform box and the prior far from it."""
-    from workbench.evaluate import toy_references
+    from workbench.evaluate.toy import toy_references
 
     # energy distance needs the points: at 500, data vs data scores above the uniform box
     refs = toy_references("checkerboard", 2000, 0, True)
@@ -162,7 +163,7 @@ def test_reference_samplers_of_the_labelled_gaussians_are_their_points_scored(co
     """Each reference sampler's scores are point_scores of its own points (labels where it has them, transport
     only for images of the evaluation noise), the seed drawing the uniform box; 'class means' only with labels."""
     from workbench.data import GAUSSIAN_MEANS, index_noise, load_data
-    from workbench.evaluate import exact_targets, point_scores, toy_references
+    from workbench.evaluate.toy import exact_targets, point_scores, toy_references
 
     n, seed = 400, 3
     refs = toy_references("gaussians", n, seed, conditional)
@@ -193,7 +194,7 @@ def test_reference_samplers_of_the_labelled_gaussians_are_their_points_scored(co
 def test_study_metric_must_be_an_evaluated_lower_is_better_name(tmp_path):
     import pytest
 
-    from workbench.studies import StudyError, load_study
+    from workbench.study.study import StudyError, load_study
 
     text = ('name = "s"\nmetric = "{}"\nseeds = [0]\n[base]\n"data.name" = "{}"\n'
             '[[axes]]\nkey = "meanflow.ratio"\nvalues = [0.0]\n')
@@ -214,7 +215,9 @@ def test_study_metric_must_be_an_evaluated_lower_is_better_name(tmp_path):
 def test_unconditional_model_of_a_labelled_set(tmp_path):
     """data.labels=false: no label embedding, no labelprec, and the exact map the metrics compare with is
     the unconditional one (its samples cover all 8 modes from any noise)."""
-    from workbench.evaluate import evaluator_for, exact_targets, metric_names
+    from workbench.evaluate.evaluators import evaluator_for
+    from workbench.evaluate.names import metric_names
+    from workbench.evaluate.toy import exact_targets
 
     config = with_overrides(RunConfig(), {"data.name": "gaussians", "data.labels": False, "net.mlp.width": 16,
                                           "net.mlp.depth": 1, "train.batch_size": 32, "train.steps": 5,
@@ -239,7 +242,7 @@ def test_unconditional_model_of_a_labelled_set(tmp_path):
     ({"data.name": "latents", "eval.features": "inception"}, ["fid"], []),
 ])
 def test_metric_names_by_data_and_features(overrides, families, extra):
-    from workbench.evaluate import metric_names
+    from workbench.evaluate.names import metric_names
 
     config = with_overrides(RunConfig(), {**overrides, "eval.nfe": [1, 2], "eval.fm_steps": [4]})
     names = [f"{f}_{s}" for s in ("1nfe", "2nfe", "fm4") for f in families] + extra
@@ -265,8 +268,9 @@ def test_evaluator_for_each_data_kind_passes_the_runs_settings(monkeypatch, tmp_
     reference, and says what it measures with."""
     from test_latents import latents_file
 
-    from workbench import evaluate, vae
     from workbench.data import load_data
+    from workbench.evaluate import evaluators as evaluate
+    from workbench.evaluate import vae
 
     for name in ("toy_metrics", "latent_metrics", "image_metrics"):
         monkeypatch.setattr(evaluate, name, Calls())
@@ -354,7 +358,8 @@ def test_the_exact_model_scores_zero_transport_and_zero_u_error(classes):
     ~0, float32 rounding), its u on the pairs is the exact one (uerr ~0), and each sample lands on its class's
     mode; the evaluation must hand the network and the exact reference the same labels, guidance and interval."""
     from workbench.data import load_data
-    from workbench.evaluate import generate, sliced_wasserstein
+    from workbench.evaluate.draw import generate
+    from workbench.evaluate.toy import sliced_wasserstein
 
     net = ExactModel(classes, guidance=2.0, interval=(0.2, 0.9))
     metrics = toy_metrics(net, "gaussians", (1, 2), (2,), 200, 5, 2.0, (0.2, 0.9))
@@ -384,7 +389,7 @@ class Zero(torch.nn.Module):
 
 
 def test_u_error_of_the_zero_model_is_the_mean_squared_exact_u_and_sets_without_a_flow_have_none():
-    from workbench.evaluate import exact_targets
+    from workbench.evaluate.toy import exact_targets
 
     metrics = toy_metrics(Zero(), "checkerboard", (1,), (), 300, 4, 1.0, (0.0, 1.0))
     expected = float(exact_targets("checkerboard", 300, 4, 1.0, (0.0, 1.0), False)["u"].pow(2).sum(1).mean())

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from workbench.data import CHECKER_CORNERS, GAUSSIAN_MEANS, GAUSSIAN_STD, exact_flow, load_data, support_cells
-from workbench.evaluate import energy_distance
+from workbench.evaluate.toy import energy_distance
 from workbench.meanflow.exact import ExactFlow, GaussianMixture, UniformSquares
 
 

@@ -283,7 +283,7 @@ def test_official_cifar10_network_with_augmentation_labels():
 
 @pytest.mark.parametrize("mode", ["tangent", "subset", "auto"])
 def test_rows_known_on_the_cpu_give_the_same_loss(mode):
-    """workbench/train.py passes the r != t rows found where t and r were drawn (no device sync): same loss and
+    """workbench/run/train.py passes the r != t rows found where t and r were drawn (no device sync): same loss and
     gradients as the strategies finding them from t and r."""
     net = small_net("unet", shape=(1, 8, 8), num_classes=3)
     batch = inputs(0.25, shape=(1, 8, 8), classes=3)

@@ -8,10 +8,10 @@ import torch
 from cleanfid import fid as cleanfid
 from PIL import Image
 
-from workbench import fid
 from workbench.config import DataConfig
 from workbench.data import index_noise, load_data
-from workbench.evaluate import image_metrics
+from workbench.evaluate import classifier, fid
+from workbench.evaluate.evaluators import image_metrics
 from workbench.meanflow import sample
 
 from conftest import numpy_weights
@@ -24,8 +24,8 @@ def scorer(tmp_path_factory):
 
 def test_classifier_is_accurate_and_deterministic(scorer, tmp_path):
     assert scorer.info["classifier_test_accuracy"] >= 0.95
-    a, _ = fid.train_classifier("digits", seed=0, epochs=1)
-    b, _ = fid.train_classifier("digits", seed=0, epochs=1)
+    a, _ = classifier.train_classifier("digits", seed=0, epochs=1)
+    b, _ = classifier.train_classifier("digits", seed=0, epochs=1)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
@@ -33,13 +33,13 @@ def test_one_epoch_of_the_classifiers_training_is_pinned():
     """Every digits FID is measured with this classifier: its recipe (split, learning rate, batches, input noise,
     seeded order) is pinned by one epoch's logits on six test images, recorded with torch 2.14.1 on a CPU at
     commit time (a change of recipe moves them by far more than 1e-3; a torch build by far less)."""
-    model, accuracy = fid.train_classifier("digits", seed=0, epochs=1)
+    model, accuracy = classifier.train_classifier("digits", seed=0, epochs=1)
     with torch.no_grad():
         logits = model(load_data("digits", "test").x[:6]).double().numpy()
     with np.load(Path(__file__).parent / "data" / "digit_classifier_one_epoch.npz") as stored:
         np.testing.assert_allclose(logits, stored["logits"], rtol=0, atol=1e-3)
         assert abs(accuracy - float(stored["accuracy"])) <= 2 / 297  # the test split: 297 images
-    assert fid.CLASSIFIER_EPOCHS == 40  # the cached classifier's (the >= 95% accuracy above is for it)
+    assert classifier.CLASSIFIER_EPOCHS == 40  # the cached classifier's (the >= 95% accuracy above is for it)
 
 
 def test_images_to_8_bits_clamp_round_or_floor_and_become_rgb():
@@ -59,13 +59,13 @@ def test_the_classifier_extractor_scales_to_the_data_range_and_greys_only_one_ch
     """clean-fid hands every image over as RGB in [0, 255]: the extractor maps it to the classifier's [-1, 1] and,
     for grey data (digits), averages the three equal channels back to one."""
     torch.manual_seed(0)
-    grey, colour = fid.DigitClassifier(1, 8, 8, 10).eval(), fid.DigitClassifier(3, 8, 8, 10).eval()
+    grey, colour = classifier.DigitClassifier(1, 8, 8, 10).eval(), classifier.DigitClassifier(3, 8, 8, 10).eval()
     batch = torch.randint(0, 256, (4, 3, 8, 8)).to(torch.uint8)
     with torch.no_grad():
         expected_grey = grey.features((batch.float() / 127.5 - 1).mean(1, keepdim=True))
         expected_colour = colour.features(batch.float() / 127.5 - 1)
-    assert torch.equal(fid.classifier_extractor(grey, 1)(batch), expected_grey)
-    assert torch.equal(fid.classifier_extractor(colour, 3)(batch), expected_colour)
+    assert torch.equal(classifier.classifier_extractor(grey, 1)(batch), expected_grey)
+    assert torch.equal(classifier.classifier_extractor(colour, 3)(batch), expected_colour)
 
 
 def test_fid_of_the_reference_against_itself_is_zero(scorer):
@@ -122,7 +122,7 @@ def test_reference_file_reads_adms_and_the_official_codes_names(tmp_path, names)
 
 
 def test_reference_file_errors_say_what_to_put_where(tmp_path):
-    with pytest.raises(fid.FeatureError) as missing:
+    with pytest.raises(classifier.FeatureError) as missing:
         fid.reference_file(tmp_path / "nothing.npz")
     assert str(missing.value) == (
         f"eval.fid_reference={str(tmp_path / 'nothing.npz')!r}: no such file; for ImageNet 256 put ADM's reference "
@@ -130,7 +130,7 @@ def test_reference_file_errors_say_what_to_put_where(tmp_path):
         "ref_batches/imagenet/256/VIRTUAL_imagenet256_labeled.npz) there")
     for arrays in ({"mu": np.zeros(2)}, {"ref_mu": np.zeros(2), "sigma": np.eye(2)}):
         np.savez(tmp_path / "half.npz", **arrays)
-        with pytest.raises(fid.FeatureError) as half:
+        with pytest.raises(classifier.FeatureError) as half:
             fid.reference_file(tmp_path / "half.npz")
         assert str(half.value) == (f"{tmp_path / 'half.npz'}: needs arrays 'mu' and 'sigma' (or 'ref_mu' and "
                                    f"'ref_sigma'); has {sorted(arrays)}")
@@ -140,9 +140,9 @@ def test_user_files_get_their_own_cache_key(tmp_path):
 
     for name in ("a.npz", "b.npz"):
         np.savez(tmp_path / name, images=np.zeros((4, 8, 8), dtype=np.uint8), labels=np.arange(4))
-    keys = {fid.data_key(DataConfig(name="npz", path=str(tmp_path / name))) for name in ("a.npz", "b.npz")}
+    keys = {classifier.data_key(DataConfig(name="npz", path=str(tmp_path / name))) for name in ("a.npz", "b.npz")}
     assert len(keys) == 2 and all(key.startswith("npz-") and len(key) == len("npz-") + 10 for key in keys)
-    assert fid.data_key(DataConfig(name="digits")) == "digits"
+    assert classifier.data_key(DataConfig(name="digits")) == "digits"
 
 
 def test_a_users_image_file_gets_its_own_classifier_and_reference(tmp_path):
@@ -152,17 +152,17 @@ def test_a_users_image_file_gets_its_own_classifier_and_reference(tmp_path):
     np.savez(tmp_path / "mine.npz", images=pixels, labels=digits.labels.numpy())
     data = DataConfig(name="npz", path=str(tmp_path / "mine.npz"))
     scorer = fid.image_scorer(data, "classifier", tmp_path / "cache", seed=2)
-    assert scorer.name == f"classifier-{fid.data_key(data)}-seed2" and scorer.info["classifier_test_accuracy"] > 0.9
+    assert scorer.name == f"classifier-{classifier.data_key(data)}-seed2" and scorer.info["classifier_test_accuracy"] > 0.9
     feats = scorer.features(fid.to_uint8(load_data("npz", path=str(tmp_path / "mine.npz")).x)).double().numpy()
     np.testing.assert_allclose(scorer.ref_mu, feats.mean(0), rtol=1e-6, atol=1e-6)
-    key = fid.data_key(data)
+    key = classifier.data_key(data)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [f"classifier-{key}-seed2.pt",
                                                                        f"reference-{key}-{scorer.name}.npz"]
 
 
 def test_the_classifier_scorer_is_named_by_data_and_seed_and_placed_on_its_device(scorer, tmp_path):
     assert scorer.name == "classifier-digits-seed0" and scorer.device == torch.device("cpu")
-    with pytest.raises(fid.FeatureError) as bad:
+    with pytest.raises(classifier.FeatureError) as bad:
         fid.image_scorer("digits", "inception", tmp_path, mode="tf")
     assert str(bad.value) == "eval.inception_mode='tf': not one of clean, legacy_tensorflow"
 
@@ -200,7 +200,7 @@ def test_offline_inception_names_the_file_and_never_downloads(monkeypatch, tmp_p
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     monkeypatch.setattr(fid, "INCEPTION_FILE", tmp_path / "inception-2015-12-05.pt")
-    with pytest.raises(fid.FeatureError, match=str(tmp_path / "inception-2015-12-05.pt")):
+    with pytest.raises(classifier.FeatureError, match=str(tmp_path / "inception-2015-12-05.pt")):
         fid.image_scorer("digits", "inception", tmp_path)
 
 
@@ -238,7 +238,7 @@ def test_cifar10_with_inception_reads_clean_fids_own_statistics(monkeypatch, tmp
     package = tmp_path / "cleanfid"
     monkeypatch.setattr(fid.cleanfid, "__file__", str(package / "__init__.py"))
     stats = package / "stats" / f"cifar10_{mode}_train_32.npz"
-    with pytest.raises(fid.FeatureError) as missing:
+    with pytest.raises(classifier.FeatureError) as missing:
         fid.image_scorer("cifar10", "inception", tmp_path / "cache", 0, mode)
     assert str(missing.value) == (f"clean-fid's CIFAR-10 statistics are not at {stats}; this machine is offline. Put "
                                   f"https://www.cs.cmu.edu/~clean-fid/stats/cifar10_{mode}_train_32.npz there")
@@ -319,7 +319,7 @@ def test_image_metrics_score_every_sampler_with_the_seed_quantisation_and_decode
 def test_the_classifier_features_are_a_fixed_function():
     """FIDs of the classifier feature set compare across commits only while its network stays the same: with
     numpy-drawn weights, its features and logits equal those stored in tests/data at commit 833285e's network."""
-    net = fid.DigitClassifier(1, 8, 8, 10).double()
+    net = classifier.DigitClassifier(1, 8, 8, 10).double()
     assert sum(p.numel() for p in net.parameters()) == 89_930
     rng = np.random.default_rng(0)
     numpy_weights(net, rng, 0.3)
@@ -349,24 +349,24 @@ class FlatScorer:
 def test_reference_statistics_of_the_train_split_are_computed_once_and_cached(tmp_path, keep):
     feats = fid.to_uint8(load_data("digits", "train").x).flatten(1).double().numpy()
     cache = tmp_path / "sub" / "ref.npz"
-    mu, sigma, kept = fid.reference_statistics(fid.as_source("digits"), FlatScorer(), cache, keep, chunk=500)
+    mu, sigma, kept = fid.reference_statistics(classifier.as_source("digits"), FlatScorer(), cache, keep, chunk=500)
     np.testing.assert_allclose(mu, feats.mean(0), rtol=1e-12)
     np.testing.assert_allclose(sigma, np.cov(feats, rowvar=False), rtol=1e-9, atol=1e-9)
     assert np.array_equal(kept, feats) if keep else kept is None
     with np.load(cache) as stored:
         assert sorted(stored) == (["feats", "mu", "sigma"] if keep else ["mu", "sigma"])
     assert list(tmp_path.glob("sub/*")) == [cache]  # no temporary file left
-    again = fid.reference_statistics(fid.as_source("digits"), None, cache, keep)  # from the cache: no scorer needed
+    again = fid.reference_statistics(classifier.as_source("digits"), None, cache, keep)  # from the cache: no scorer needed
     assert np.array_equal(again[0], mu) and np.array_equal(again[1], sigma)
     assert np.array_equal(again[2], kept) if keep else again[2] is None
 
 
 def test_the_classifier_is_trained_once_per_data_set_and_seed_then_loaded(tmp_path, monkeypatch):
-    model, accuracy = fid.load_classifier(fid.as_source("digits"), tmp_path / "cache", seed=0)
+    model, accuracy = classifier.load_classifier(classifier.as_source("digits"), tmp_path / "cache", seed=0)
     path = tmp_path / "cache" / "classifier-digits-seed0.pt"
     assert list((tmp_path / "cache").iterdir()) == [path]
-    monkeypatch.setattr(fid, "train_classifier", lambda *a, **k: pytest.fail("trained again"))
-    loaded, loaded_accuracy = fid.load_classifier(fid.as_source("digits"), tmp_path / "cache", seed=0)
+    monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: pytest.fail("trained again"))
+    loaded, loaded_accuracy = classifier.load_classifier(classifier.as_source("digits"), tmp_path / "cache", seed=0)
     assert loaded_accuracy == accuracy and not loaded.training
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     stored = torch.load(path, weights_only=False)
@@ -378,8 +378,8 @@ def test_the_classifier_needs_labelled_images(tmp_path, monkeypatch):
     for name, path in (("moons", ""), ("npz", "unlabelled.npz")):
         if path:
             np.savez(path, images=np.zeros((4, 8, 8), dtype=np.uint8))
-        with pytest.raises(fid.FeatureError) as error:
-            fid.train_classifier(DataConfig(name=name, path=path), seed=0, epochs=1)
+        with pytest.raises(classifier.FeatureError) as error:
+            classifier.train_classifier(DataConfig(name=name, path=path), seed=0, epochs=1)
         assert str(error.value) == f"data.name={name!r}: the classifier features need labelled images"
 
 
@@ -399,8 +399,8 @@ def test_the_scorer_resizes_each_image_with_its_resizer_before_the_features():
 
 def test_data_is_loaded_from_the_configured_folder(monkeypatch):
     seen = []
-    monkeypatch.setattr(fid, "load_data", lambda *args, **kwargs: seen.append((args, kwargs)))
-    fid.load(DataConfig(name="digits", data_dir="elsewhere", path="p"), "test")
+    monkeypatch.setattr(classifier, "load_data", lambda *args, **kwargs: seen.append((args, kwargs)))
+    classifier.load(DataConfig(name="digits", data_dir="elsewhere", path="p"), "test")
     assert seen == [(("digits", "test"), {"path": "p", "data_dir": "elsewhere"})]
 
 

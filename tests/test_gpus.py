@@ -5,9 +5,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from workbench import gpus
 from workbench.cli import app
-from workbench.gpus import GpuError
+from workbench.schedule import gpus
+from workbench.schedule.gpus import GpuError
 
 from conftest import tiny_study
 

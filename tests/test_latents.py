@@ -8,11 +8,12 @@ import torch
 
 from workbench.config import ConfigError, with_overrides
 from workbench.data import index_noise
-from workbench.evaluate import evaluator_for, flat_statistics, latent_metrics, posterior_samples
-from workbench.fid import FeatureError, frechet
-from workbench.pictures import save_run_pictures
-from workbench.studies import load_study
-from workbench.train import train
+from workbench.evaluate.classifier import FeatureError
+from workbench.evaluate.evaluators import evaluator_for, flat_statistics, latent_metrics, posterior_samples
+from workbench.evaluate.fid import frechet
+from workbench.evaluate.pictures import save_run_pictures
+from workbench.run.train import train
+from workbench.study.study import load_study
 
 
 class Constant(torch.nn.Module):

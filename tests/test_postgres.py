@@ -1,6 +1,6 @@
 """One study on a PostgreSQL server, from two launchers, and from a launcher and `wb worker`s through
 an MLflow tracking server: what `wb ablate --storage postgresql://...` on several machines relies on.
-The module starts a throwaway server (workbench/servers.py: initdb + pg_ctl, 127.0.0.1, a free port,
+The module starts a throwaway server (workbench/stores/servers.py: initdb + pg_ctl, 127.0.0.1, a free port,
 trust authentication) and stops it at the end; it is skipped where the PostgreSQL server binaries are
 not installed (Debian: apt-get install postgresql; .ci/run installs them)."""
 import subprocess
@@ -11,9 +11,9 @@ import optuna
 import pytest
 import torch
 
-from workbench.ablate import trials_name
-from workbench.servers import MlflowServer, Postgres, postgres_binaries
-from workbench.studies import load_study
+from workbench.schedule.ablation import trials_name
+from workbench.stores.servers import MlflowServer, Postgres, postgres_binaries
+from workbench.study.study import load_study
 
 from conftest import needs, tiny_study
 

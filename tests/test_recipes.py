@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 
 from workbench.cli import app
 from workbench.config import RunConfig, with_overrides
-from workbench.evaluate import generate
-from workbench.fid import to_uint8
-from workbench.train import load_ema, train
+from workbench.evaluate.draw import generate
+from workbench.evaluate.fid import to_uint8
+from workbench.run.checkpoint import load_ema
+from workbench.run.train import train
 
 
 def cifar_like(path, n=96):

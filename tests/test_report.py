@@ -8,11 +8,12 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from workbench.ablate import run_study
 from workbench.cli import app
-from workbench.report import render, render_suite
-from workbench.studies import load_study
-from workbench.tracking import default_stores
+from workbench.report.ablation import render, render_suite
+from workbench.schedule.ablation import AblationQueue
+from workbench.schedule.launcher import launch
+from workbench.stores.urls import default_stores
+from workbench.study.study import load_study
 
 from conftest import tiny_study
 
@@ -27,7 +28,7 @@ def store(tmp_path_factory):
     (root / "tiny.toml").write_text(STUDY)
     stores = default_stores(f"sqlite:///{root / 'optuna.db'}", f"sqlite:///{root / 'mlflow.db'}")
     stores = type(stores)(stores.storage, stores.tracking_uri, (root / "mlartifacts").as_uri())
-    run_study(load_study(root / "tiny.toml"), stores, workers=1, progress=lambda line: None)
+    launch(AblationQueue(load_study(root / "tiny.toml"), stores), workers=1, progress=lambda line: None)
     client = MlflowClient(stores.tracking_uri)
     mlflow.set_tracking_uri(stores.tracking_uri)
     runs = mlflow.search_runs(experiment_names=["tiny"])
@@ -121,7 +122,7 @@ def test_quality_section_shows_the_runs_scores_beside_the_exact_references(tmp_p
                                                     data="checkerboard", name="board"))
     stores = default_stores(f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
     stores = type(stores)(stores.storage, stores.tracking_uri, (tmp_path / "mlartifacts").as_uri())
-    run_study(load_study(tmp_path / "board.toml"), stores, workers=1, progress=lambda line: None)
+    launch(AblationQueue(load_study(tmp_path / "board.toml"), stores), workers=1, progress=lambda line: None)
     text = render("board", stores.tracking_uri, tmp_path / "out").read_text()
     section = text[text.index("## Quality against exact references"):]
     rows = table_rows(section)

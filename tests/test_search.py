@@ -1,11 +1,6 @@
 """wb search end to end: trials as MLflow child runs one to one, pruning on the seeds' mean, resume after
 a kill without running a finished trial again, the confirmation study and the report."""
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -16,8 +11,9 @@ from typer.testing import CliRunner
 
 from workbench.cli import app
 from workbench.config import RunConfig, with_overrides
-from workbench.studies import load_study
-from workbench.tracking import default_stores
+from workbench.run.train import train
+from workbench.stores.urls import default_stores
+from workbench.study.study import load_study
 
 from conftest import tiny_study
 
@@ -153,48 +149,9 @@ def test_a_trial_whose_seed_diverges_fails_with_its_reason_in_both_stores(tmp_pa
     assert all(r.data.tags["wb.fail_reason"] == trials[0].user_attrs["fail_reason"] for r in runs)
 
 
-def test_killed_search_restarts_to_n_trials_without_running_a_finished_one_again(tmp_path):
-    study = write(tmp_path / "tiny.toml", 'trials = 2\nsampler = "random"\npruner = "none"\n[search.space]\n'
-                                          '"meanflow.ratio" = {low = 0.0, high = 1.0}\n', steps=120)
-    env = {**os.environ, "WB_HEARTBEAT_S": "1", "WB_GRACE_S": "4"}
-    command = [sys.executable, "-m", "workbench.cli", "search", str(study), "--workers", "1", "--no-report"]
-    log = (tmp_path / "launcher.log").open("w")
-    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stdout=log, stderr=log)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        time.sleep(0.5)
-        if "[tiny search]" in (tmp_path / "launcher.log").read_text():  # the stores exist
-            trials, runs = recorded(tmp_path)
-            running = [t.number for t in trials if t.state == TrialState.RUNNING]
-            # mid-trial: one trial complete, the next one's runs of both seeds started
-            if TrialState.COMPLETE in [t.state for t in trials] and running and \
-                    sum(r.data.tags["wb.trial"] == str(running[0]) for r in runs) == 2:
-                break
-    os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and its worker, mid-trial
-    launcher.wait()
-    before, _ = recorded(tmp_path)
-    finished_before = {t.number: t.params for t in before if t.state == TrialState.COMPLETE}
-    killed = [t for t in before if t.state == TrialState.RUNNING]
-    assert len(finished_before) == 1 and len(killed) == 1, "the kill did not land mid-search"
-    time.sleep(5)  # past the heartbeat grace period: the killed trial is stale
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    trials, runs = recorded(tmp_path)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 2  # N trials in all: the killed one failed and ran again with its params
-    failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert [t.number for t in failed] == [killed[0].number]
-    assert killed[0].params in [t.params for t in complete if t.number not in finished_before]
-    assert {t.number: t.params for t in complete if t.number in finished_before} == finished_before
-    finished_runs = [r for r in runs if r.info.status == "FINISHED"]
-    assert len(finished_runs) == 4  # each complete trial's two seeds, trained once
-    assert_one_to_one(trials, runs)
-    assert all("worker stopped" in r.data.tags["wb.fail_reason"] for r in runs if r.info.status == "FAILED")
-
-
 def test_seeds_advanced_side_by_side_train_exactly_as_one_after_the_other(tmp_path):
-    from workbench.evaluate import evaluator_for
-    from workbench.train import train, training
+    from workbench.evaluate.evaluators import evaluator_for
+    from workbench.run.train import training
 
     configs = [with_overrides(RunConfig(), {"data.name": "moons", "net.mlp.width": 16, "train.steps": 30,
                                             "train.batch_size": 32, "eval.every": 10, "eval.num_samples": 100,

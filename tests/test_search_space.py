@@ -4,7 +4,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from workbench.studies import StudyError, parse_study, parse_study_text
+from workbench.study.study import StudyError, parse_study, parse_study_text
 
 BASE = {"name": "s", "metric": "energy_1nfe", "seeds": [0], "base": {"data.name": "moons", "train.steps": 10,
                                                                                    "eval.every": 5}}
@@ -25,7 +25,7 @@ def test_a_search_needs_no_axes_and_its_dimensions_get_their_kinds():
 
 
 def test_suggestions_stay_in_their_ranges_and_are_the_trials_params():
-    from workbench.search_space import suggest
+    from workbench.study.space import suggest
 
     spec = study().search
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -42,7 +42,7 @@ def test_suggestions_stay_in_their_ranges_and_are_the_trials_params():
 
 
 def test_grid_values_enumerate_choices_and_steps():
-    from workbench.search_space import ParamModel, grid_values
+    from workbench.study.space import ParamModel, grid_values
 
     assert grid_values(ParamModel(low=0.0, high=1.0, step=0.25)) == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert grid_values(ParamModel(low=2, high=8, step=3, type="int")) == [2, 5, 8]
@@ -79,7 +79,7 @@ def test_the_search_metric_is_checked_like_the_studys():
 
 
 def test_a_template_fills_a_string_key_from_its_own_dimensions():
-    from workbench.search_space import dimensions, suggest
+    from workbench.study.space import dimensions, suggest
 
     template = {"template": "lognorm({mu:.2f},{sigma:.2f})",
                 "params": {"mu": {"low": -1.0, "high": 0.5}, "sigma": {"low": 0.6, "high": 1.6}}}
@@ -112,7 +112,7 @@ def test_bad_templates_objectives_and_pruners_name_the_field(change, message):
 
 
 def test_directions_default_to_each_metrics_own_sense_and_a_pruner_needs_evaluations():
-    from workbench.search_space import objectives
+    from workbench.study.space import objectives
 
     spec = study(metric=["energy_1nfe", "precision_1nfe"]).search
     assert objectives(spec, "energy_1nfe") == [("energy_1nfe", "minimize"), ("precision_1nfe", "maximize")]

@@ -1,4 +1,4 @@
-"""The report statistics (workbench/stats.py) against hand computations of their formulas."""
+"""The report statistics (workbench/report/stats.py) against hand computations of their formulas."""
 import math
 from itertools import combinations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from workbench import stats
+from workbench.report import stats
 
 
 def test_best_is_the_lowest_value_and_none_when_nothing_finished():

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.studies import StudyError, load_study, parse_study, parse_study_text, study_file_text
+from workbench.study.study import StudyError, load_study, parse_study, parse_study_text, study_file_text
 
 SHIPPED = sorted(p for p in Path(__file__).parent.parent.joinpath("studies").glob("*.toml") if p.stem != "calibration")
 
@@ -76,7 +76,7 @@ def test_shipped_studies_validate(path):
 
 
 def test_shipped_calibration_plan_and_every_budgets_studies_validate(tmp_path):
-    from workbench.calibrate import derived_study, load_plan
+    from workbench.study.plan import derived_study, load_plan
 
     plan = load_plan(Path(__file__).parent.parent / "studies" / "calibration.toml")
     assert set(plan.chosen) == set(plan.studies)
@@ -132,7 +132,7 @@ def test_keys_added_later_leave_the_hash_of_a_cell_that_does_not_set_them():
     did before those keys existed (e041d1a: 459e40cf64fd for quick's first cell), so a rerun of an old study
     finds its recorded cells; setting one of them changes the hash."""
     from workbench.config import with_overrides
-    from workbench.studies import config_hash
+    from workbench.study.study import config_hash
 
     cell = load_study("quick").cells()[0]
     assert cell.key == "459e40cf64fd"

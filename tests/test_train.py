@@ -7,10 +7,11 @@ import torch
 
 from workbench.config import ConfigError, RunConfig, with_overrides
 from workbench.data import load_data
-from workbench.evaluate import metric_names
-from workbench.pictures import save_run_pictures
-from workbench.tracking import JsonlTracker
-from workbench.train import build_net, learning_rate, train
+from workbench.evaluate.names import metric_names
+from workbench.evaluate.pictures import save_run_pictures
+from workbench.run.model import build_net, learning_rate
+from workbench.run.trackers import JsonlTracker
+from workbench.run.train import train
 
 TINY = {"net.mlp.width": 16, "net.mlp.depth": 1, "train.batch_size": 32, "train.steps": 20, "train.log_every": 5,
         "train.checkpoint_every": 10, "sample.num_points": 50, "train.device": "cpu"}
@@ -64,7 +65,7 @@ def test_every_ema_rate_is_the_average_of_the_weights_at_its_update_steps(tmp_pa
         run = tmp_path / f"to{steps}"
         train(with_overrides(config, {"train.steps": steps}), run, progress=False)
         snapshots.append(torch.load(run / "checkpoint.pt", weights_only=False)["net"])
-    from workbench.train import load_ema
+    from workbench.run.checkpoint import load_ema
 
     for rate, which in ((0.9, ""), (0.5, "ema0.5")):
         expected = {k: v.double() for k, v in snapshots[0].items()}
@@ -178,7 +179,7 @@ def test_gradient_clipping_bounds_the_gradient_the_optimizer_steps_with(tmp_path
 
 
 def test_on_eval_sees_every_intermediate_evaluation_and_can_stop_the_run(tmp_path):
-    from workbench.evaluate import evaluator_for
+    from workbench.evaluate.evaluators import evaluator_for
 
     config = with_overrides(RunConfig(), {**TINY, "eval.every": 5, "eval.num_samples": 100, "eval.num_samples_during": 50,
                                           "eval.fm_steps": ""})
@@ -200,8 +201,8 @@ def test_on_eval_sees_every_intermediate_evaluation_and_can_stop_the_run(tmp_pat
 
 
 def test_a_diverging_run_stops_naming_the_step_and_keeps_its_last_finite_checkpoint(tmp_path, monkeypatch):
-    import workbench.train as training_module
-    from workbench.train import Diverged
+    import workbench.run.train as training_module
+    from workbench.run.train import Diverged
 
     real, calls = training_module.meanflow_loss, []
 

@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from workbench import fid
 from workbench.cli import app
 from workbench.config import RunConfig, with_overrides
 from workbench.data import load_data
-from workbench.train import draw_batch, train
-from workbench.vae import SD_SCALE, center_crop, decode, encode_folder, load_vae
+from workbench.evaluate import fid
+from workbench.evaluate.vae import SD_SCALE, center_crop, decode, encode_folder, load_vae
+from workbench.run.train import draw_batch, train
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,8 @@ def test_latent_run_scored_as_decoded_images_and_sampled_as_images(tmp_path, mon
         "eval.features": "inception", "eval.inception_mode": "legacy_tensorflow", "eval.vae_path": str(vae_folder),
         "eval.fid_reference": str(tmp_path / "ref.npz"), "eval.num_samples": 20, "eval.nfe": "1", "eval.fm_steps": "",
         "eval.seed": 3, "eval.quantize": "floor"})
-    from workbench.evaluate import evaluator_for, metric_names
+    from workbench.evaluate.evaluators import evaluator_for
+    from workbench.evaluate.names import metric_names
 
     evaluator = evaluator_for(config)
     result = train(config, tmp_path / "run", progress=False, evaluator=evaluator)
@@ -103,7 +104,7 @@ def test_latent_run_scored_as_decoded_images_and_sampled_as_images(tmp_path, mon
     assert evaluator.info == {"features": f"inception-legacy_tensorflow of images decoded by {vae_folder}",
                               "reference": str(tmp_path / "ref.npz"), "seed": 3}
     # the score is the Frechet distance of the decoded samples' features: recompute it by hand
-    from workbench.evaluate import generate
+    from workbench.evaluate.draw import generate
 
     latents = generate(result.ema, (4, 8, 8), (1,), (), 20, 3)["1nfe"]
     images = decode(load_vae(vae_folder), latents, SD_SCALE)

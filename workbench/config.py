@@ -294,8 +294,6 @@ def describe() -> list[tuple[str, Any, str]]:
 def flatten(config: RunConfig) -> dict[str, Any]:
     """RunConfig -> {'meanflow.ratio': 0.25, ...} (tuples kept)."""
     def walk(node: dict, prefix: str) -> dict[str, Any]:
-        out = {}
-        for key, value in node.items():
-            out.update(walk(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-        return out
+        return {k: v for key, value in node.items() for k, v in (
+            walk(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}).items()}
     return walk(config.model_dump(), "")

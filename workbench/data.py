@@ -218,7 +218,7 @@ def folder(split: str, path: str = "", **_) -> Dataset:
     return _images(images, labels, len(classes))
 
 
-TOY_SETS = {  # 2D points, scored with distribution metrics (workbench.evaluate)
+TOY_SETS = {  # 2D points, scored with distribution metrics (workbench.evaluate.evaluators)
     "checkerboard": _toy(checkerboard, 0),
     "moons": _toy(moons, 2),
     "spirals": _toy(spirals, 2),

@@ -33,7 +33,7 @@ TANGENTS = {"(v,0,1)": (0.0, 1.0), "(v,0,0)": (0.0, 0.0), "(v,1,0)": (1.0, 0.0),
 
 def split_rows(t: Tensor, r: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(r != t rows, r = t rows) as index tensors on t's device. rows: the r != t rows as CPU indices, known
-    where t and r were drawn (workbench/train.py), so that no step waits for the device; else found from t
+    where t and r were drawn (workbench/run/train.py), so that no step waits for the device; else found from t
     and r (on a GPU a host synchronisation: nonzero must know its size)."""
     if rows is None:
         rows = (r != t).nonzero().squeeze(1).cpu()

@@ -6,7 +6,7 @@ map Phi_{t->r} (an ODE solve of dz/ds = v(z, s) from s = t to s = r) and the exa
 
     u*(z, r, t) = (z - Phi_{t->r}(z)) / (t - r)        (u* = v(z, t) when r = t)
 
-are known to solver accuracy. A trained network's u_theta is scored against them (workbench/evaluate.py).
+are known to solver accuracy. A trained network's u_theta is scored against them (workbench/evaluate/evaluators.py).
 Everything runs in float64.
 """
 from __future__ import annotations

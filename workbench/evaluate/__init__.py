@@ -1,0 +1,1 @@
+"""Scores and pictures of a trained model: metric names, toy scores, FID, sample export."""

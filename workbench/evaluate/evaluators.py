@@ -1,0 +1,142 @@
+"""The evaluator of a run: what scores a trained model (EMA weights) at each NFE and for the Flow Matching
+Euler baseline, chosen by the run's data. 2D points: workbench/evaluate/toy.py. Images: FID and KID through
+clean-fid (workbench/evaluate/fid.py). Latents: Frechet distance of the latents themselves, or FID of the
+decoded images. Fixed sample counts and per-index noise seeds make scores comparable across cells.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.config import ConfigError, RunConfig
+from workbench.data import (
+    EXACT_REFERENCES,
+    TOY_SETS,
+    load_data,
+)
+from workbench.evaluate.draw import sample_chunks
+from workbench.evaluate.fid import ImageScorer, RunningStats, frechet, image_scorer
+from workbench.evaluate.names import samplers
+from workbench.evaluate.toy import toy_metrics
+
+
+def image_metrics(net: nn.Module, scorer: ImageScorer, shape: tuple[int, ...], nfe: tuple[int, ...],
+                  fm_steps: tuple[int, ...], num_samples: int, seed: int, quantize: str,
+                  decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+    """clean-fid FID (and KID) of generated images: {'fid_1nfe': ..., 'kid_1nfe': ..., 'fid_fm50': ...}, the
+    features computed on the net's device as the samples come. decode: latents -> images in [-1, 1]."""
+    scorer.to(next(net.parameters()).device)
+    metrics = {}
+    for name, (euler, steps) in samplers(nfe, fm_steps).items():
+        chunks = sample_chunks(net, shape, euler, steps, num_samples, seed)
+        scores = scorer.score_stream(map(decode, chunks) if decode else chunks, seed, quantize)
+        metrics |= {f"{metric}_{name}": value for metric, value in scores.items()}
+    return metrics
+
+
+def flat_statistics(chunks: Iterable[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of flattened tensors, accumulated chunk by chunk (float64 sums on their device)."""
+    stats = RunningStats()
+    for chunk in chunks:
+        stats.update(chunk.flatten(1))
+    return stats.mean_cov()
+
+
+def latent_metrics(net: nn.Module, reference: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...],
+                   nfe: tuple[int, ...], fm_steps: tuple[int, ...], num_samples: int, seed: int) -> dict[str, float]:
+    """Frechet distance between generated latents and the reference's (mean, covariance) of flattened
+    latents: {'fdlatent_1nfe': ...}. A cheap proxy during training; its scale is not FID's."""
+    return {f"fdlatent_{name}": frechet(*flat_statistics(sample_chunks(net, shape, euler, steps, num_samples, seed)),
+                                        *reference)
+            for name, (euler, steps) in samplers(nfe, fm_steps).items()}
+
+
+@dataclass
+class Evaluator:
+    """net, num_samples -> metrics; `info` says what the scores are measured with (never compare
+    scores across feature sets) and is written beside them."""
+
+    score: Callable[[nn.Module, int], dict[str, float]]
+    info: dict
+
+    def __call__(self, net: nn.Module, num_samples: int) -> dict[str, float]:
+        return self.score(net, num_samples)
+
+
+def evaluator_for(config: RunConfig) -> Evaluator:
+    """The metrics for this run's data: distribution distances for 2D points, FID/KID for images."""
+    ev, name = config.eval, config.data.name
+    if name in TOY_SETS:
+        mf = config.meanflow
+        guidance, interval = mf.cfg_omega / (1 - mf.cfg_kappa), (mf.cfg_t_lo, mf.cfg_t_hi)
+        exact = " and the exact flow map (transport, uerr, support scores)" if name in EXACT_REFERENCES else ""
+        return Evaluator(lambda net, n: toy_metrics(net, name, ev.nfe, ev.fm_steps, n, ev.seed, guidance, interval),
+                         {"features": f"points (energy distance, sliced W2 vs held-out split{exact})", "seed": ev.seed,
+                          **({"exact_guidance": guidance} if exact else {})})
+    data = load_data(name, "test", path=config.data.path, data_dir=config.data.data_dir)
+    if data.kind == "latents" and ev.features == "inception":
+        return decoded_image_evaluator(config, data)
+    if data.kind == "latents":
+        if ev.features != "auto" and ev.features != "latent":
+            raise ConfigError(f"eval.features={ev.features!r}: latents are scored as latents (latent) or, decoded "
+                              "by eval.vae_path, with Inception (inception)")
+        reference = flat_statistics(posterior_samples(data, ev.seed))
+        return Evaluator(lambda net, n: latent_metrics(net, reference, data.shape, ev.nfe, ev.fm_steps, n, ev.seed),
+                         {"features": "latent (Frechet distance of flattened latents vs the training latents)",
+                          "seed": ev.seed})
+    kind = ev.features if ev.features != "auto" else ("classifier" if data.labels is not None else "inception")
+    scorer = image_scorer(config.data, kind, Path(ev.cache_dir), ev.seed, ev.inception_mode, reference=ev.fid_reference)
+    return Evaluator(lambda net, n: image_metrics(net, scorer, data.shape, ev.nfe, ev.fm_steps, n, ev.seed, ev.quantize),
+                     {"features": scorer.name, "seed": ev.seed, **scorer.info})
+
+
+def posterior_samples(data, seed: int, chunk: int = 4096) -> Iterator[torch.Tensor]:
+    """The data set's latents in chunks: fixed latents as they are, a posterior's mean and std as one draw each
+    (the noise from `seed`), so the reference has the spread the training latents have."""
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, len(data.x), chunk):
+        x = data.x[start:start + chunk].float()
+        if data.std is not None:
+            x = x + data.std[start:start + chunk].float() * torch.randn(x.shape, generator=generator)
+        yield x
+
+
+def decoded_image_evaluator(config: RunConfig, data) -> Evaluator:
+    """FID of generated latents decoded to images by eval.vae_path (SD-VAE), Inception features against
+    eval.fid_reference (ImageNet 256: ADM's statistics), as the official ImageNet evaluation computes it."""
+    from workbench.evaluate.vae import decode, load_vae
+
+    ev = config.eval
+    if not ev.fid_reference:
+        raise ConfigError("eval.features='inception' on latents needs eval.fid_reference: the statistics of real "
+                          "images (ImageNet 256: ADM's VIRTUAL_imagenet256_labeled.npz)")
+    vae = load_vae(ev.vae_path)
+    scorer = image_scorer(config.data, "inception", Path(ev.cache_dir), ev.seed, ev.inception_mode,
+                          reference=ev.fid_reference)
+    return Evaluator(lambda net, n: image_metrics(net, scorer, data.shape, ev.nfe, ev.fm_steps, n, ev.seed, ev.quantize,
+                                                  decode=lambda z: decode(vae, z, data.scale)),
+                     {"features": f"{scorer.name} of images decoded by {ev.vae_path}", "reference": ev.fid_reference,
+                      "seed": ev.seed})
+
+
+def evaluate_saved(run_dir: Path, overrides: list[str]) -> dict[str, float]:
+    """`wb eval`: scores every EMA a saved run keeps (and the raw weights with eval.raw) under its config with
+    eval.* `overrides`; writes run_dir/eval.json and returns the scores."""
+    from workbench.config import with_overrides
+    from workbench.run.checkpoint import load_ema
+    from workbench.run.emas import kept_weights
+    from workbench.run.trackers import write_eval
+
+    config = with_overrides(RunConfig.model_validate_json((run_dir / "config.json").read_text()), overrides)
+    evaluator = evaluator_for(config)
+    metrics = {}
+    for which in kept_weights(config):
+        scores = evaluator(load_ema(run_dir, config, which), config.eval.num_samples)
+        metrics |= {(f"{key}_{which}" if which else key): value for key, value in scores.items()}
+    write_eval(run_dir, evaluator.info, config.eval.num_samples, metrics)
+    return metrics

@@ -1,0 +1,1 @@
+"""Readers only: store -> DataFrame -> markdown and PNG pages."""

@@ -1,0 +1,263 @@
+"""`wb report`: a study's MLflow runs -> reports/<study>/README.md with tables beside the paper and figures.
+
+Everything comes from the tracking store (the parent run's study.toml, the child runs' tags, metrics
+and sample pictures), never from the process that ran the study, so a report renders later and on
+another machine. The same store gives the same markdown: no clock, no absolute paths.
+"""
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from workbench.data import EXACT_REFERENCES
+from workbench.report import figures, markdown
+from workbench.report.quality import BARS, best_quality, quality_section, steps_figure
+from workbench.report.record import Record, ReportError, axis_table, best_value, fmt, load_record
+from workbench.report.stats import MIN_PAIRS, MIN_SETTINGS, kendall_tau
+from workbench.stores import queries
+
+SUITE = ("table1a", "table1b", "table1c", "table1d", "table1e", "table1f", "table5")
+
+
+# Tables -------------------------------------------------------------------------------------------
+
+def verdict(table: pd.DataFrame) -> str:
+    """The plain sentence under a table: do we agree with the paper's best setting and its order?"""
+    if table["mean"].isna().all():
+        return "No finished cells yet."
+    ours = best_value(table)
+    parts = []
+    if table["paper"].notna().any():
+        papers = best_value(table, "paper")
+        tau, n = kendall_tau(table)
+        match = "matches" if ours == papers else "does not match"
+        order = (f"Kendall tau between our means and the paper's FIDs = {fmt(tau, 2)} over {n} settings."
+                 if n >= MIN_SETTINGS else f"(no Kendall tau: {n} settings with a paper value, it needs {MIN_SETTINGS})")
+        parts.append(f"Our best setting ({ours}) {match} the paper's ({papers}); {order}")
+    else:
+        parts.append(f"Our best setting: {ours} (no paper values for this axis).")
+    others = table[(table["value"] != ours) & (table["n"] > 0)]
+    tied = others[others["p_vs_best"] >= 0.05]["value"].tolist()
+    untested = others[others["p_vs_best"].isna()]["value"].tolist()
+    if tied:
+        parts.append(f"Within seed noise of the best (paired t-test over seeds, p >= 0.05): {', '.join(tied)}; "
+                     "their order against the best is not supported by these runs.")
+    if untested:
+        parts.append(f"Not tested against the best (n too small: fewer than {MIN_PAIRS} seeds paired with it, and a "
+                     f"t-test on fewer has too few degrees of freedom to mean anything): {', '.join(untested)}.")
+    if len(others) and not tied and not untested:
+        parts.append("Every other setting is worse than the best at p < 0.05 (paired t-test over seeds).")
+    return " ".join(parts)
+
+
+def _spread(mean: float, std: float) -> str:
+    return f"{fmt(mean)} ± {fmt(std, 2) or '–'}" if fmt(mean) else ""
+
+
+def markdown_table(table: pd.DataFrame, metric: str) -> str:
+    has_2nfe, has_fm = table["mean_2nfe"].notna().any(), table["mean_fm"].notna().any()
+    fm_name = next((n for n in table["fm_name"] if n), "")
+    header = ["value", f"{metric} mean ± std (n)"] + (["2-NFE mean ± std"] if has_2nfe else []) + \
+        ([f"Flow Matching Euler baseline ({fm_name}) mean ± std"] if has_fm else []) + \
+        ["paper FID", "our rank", "paper rank", "p vs best", "worse than best on"]
+    lines = markdown.header(header)
+    best_ours, best_paper = table["mean"].min(), table["paper"].min()
+    for row in table.itertuples():
+        if row.n == 0:
+            ours = (f"{'running' if row.running else 'diverged' if row.diverged else 'failed' if row.failed else 'missing'}"
+                    f" (0/{row.cells})")
+        else:
+            ours = f"{fmt(row.mean)} ± {fmt(row.std, 2) or '–'} ({row.n})"
+            if row.mean == best_ours:
+                ours = f"**{ours}**"
+            lost = [f"{k} {getattr(row, k)}" for k in ("diverged", "failed", "missing", "running") if getattr(row, k)]
+            if lost:
+                ours += f", {', '.join(lost)}"
+        paper = fmt(row.paper)
+        if paper and row.paper == best_paper:
+            paper = f"**{paper}**"
+        p = fmt(row.p_vs_best, 2) or ("n too small" if row.n and row.worse_on and row.mean != best_ours else "")
+        cells = [row.value, ours] + ([_spread(row.mean_2nfe, row.std_2nfe)] if has_2nfe else []) + \
+            ([_spread(row.mean_fm, row.std_fm)] if has_fm else []) + \
+            [paper, fmt(row.rank, 2), fmt(row.paper_rank, 2), p, row.worse_on]
+        lines.append(markdown.row(cells))
+    return "\n".join(lines)
+
+
+def ema_section(record: Record, config, metric: str) -> list[str]:
+    """Which weights each number comes from: the metric of every kept EMA (and the raw weights) per setting of
+    the first axis, mean ± std (n) over its finished cells. Empty when the runs kept one EMA."""
+    finished = record.finished()
+    suffixes = sorted({key.removeprefix(f"{metric}_") for m in finished["metrics"] for key in m
+                       if key.startswith(f"{metric}_ema") or key == f"{metric}_raw"})
+    if not len(finished) or not suffixes:
+        return []
+    columns = [(f"EMA {config.train.ema_decay} (`{metric}`, ranked above)", metric)] + \
+        [(f"{'raw weights' if s == 'raw' else 'EMA ' + s.removeprefix('ema')} (`{metric}_{s}`)", f"{metric}_{s}")
+         for s in suffixes]
+    axis = record.study.axes[0].name
+    lines = [f"## {metric} per kept EMA", "", *markdown.header([axis, *(title for title, _ in columns)])]
+    lowest = []
+    for label in record.study.axes[0].labels:
+        rows = finished[finished[axis] == label]["metrics"]
+        means = {key: pd.Series([m.get(key, math.nan) for m in rows], dtype=float) for _, key in columns}
+        best = min(means, key=lambda key: means[key].mean() if means[key].notna().any() else math.inf)
+        lowest.append(f"{label}: {dict((k, t) for t, k in columns)[best].split(' (')[0]}")
+        cells = [f"**{_spread(v.mean(), v.std())} ({v.notna().sum()})**" if key == best else
+                 f"{_spread(v.mean(), v.std())} ({v.notna().sum()})" for key, v in means.items()]
+        lines.append(markdown.row([label, *cells]))
+    lines += ["", f"Lowest mean per {axis} (bold): {'; '.join(lowest)}. The EMAs of one run are not independent "
+              "replicates, so no test separates them; the tables above rank by the first column.", ""]
+    return lines
+
+
+# Curves -------------------------------------------------------------------------------------------
+
+def histories(record: Record, metric: str) -> pd.DataFrame:
+    """(axis settings, seed, step, value) for every finished cell's metric history."""
+    rows = []
+    done = record.finished()
+    settings = [axis.name for axis in record.study.axes]
+    for cell in done.itertuples(index=False):
+        for step, value in queries.metric_history(record.client, cell.run_id, metric):
+            rows.append({"setting": ", ".join(getattr(cell, s) for s in settings), "seed": cell.seed,
+                         "step": step, "value": value})
+    return pd.DataFrame(rows, columns=["setting", "seed", "step", "value"])
+
+
+def sample_pictures(record: Record, folder: Path, name: str = "samples.png") -> dict[str, Path]:
+    """A sample picture (by artifact name) of the lowest finished seed per setting that has it, labelled
+    'setting (seed N)'."""
+    pictures = {}
+    done = record.finished().sort_values("seed", kind="stable")
+    settings = [axis.name for axis in record.study.axes]
+    for cell in done.itertuples(index=False):
+        label = ", ".join(getattr(cell, s) for s in settings)
+        if label in {key.rsplit(" (seed", 1)[0] for key in pictures}:
+            continue
+        picture = queries.download(record.client, cell.run_id, name, folder / cell.key)
+        if picture is not None:
+            pictures[f"{label} (seed {cell.seed})"] = picture
+    return pictures
+
+
+# The page -----------------------------------------------------------------------------------------
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def render(name: str, tracking_uri: str, out_root: Path = Path("reports")) -> Path:
+    """Writes out_root/<study>/README.md and its PNGs; returns the markdown's path."""
+    record = load_record(name, tracking_uri)
+    study, cells = record.study, record.cells
+    out = out_root / study.name
+    out.mkdir(parents=True, exist_ok=True)
+    config = study.cells()[0].config
+    net = config.net.arch
+    finished = record.finished()
+    commits = sorted(set(finished["commit"].dropna()))
+    last = pd.Timestamp(int(finished["end"].max()), unit="ms").strftime("%Y-%m-%d %H:%M UTC") if len(finished) else "–"
+    lines = [
+        f"# {study.name}",
+        "",
+        study.description.strip(),
+        "",
+        f"- data: `{config.data.name}`; network: `{net}` "
+        f"({', '.join(f'{k}={v}' for k, v in getattr(config.net, net).model_dump().items())}); "
+        f"{config.train.steps} steps, batch {config.train.batch_size}, EMA {config.train.ema_decay}",
+        f"- seeds: {', '.join(map(str, study.seeds))}; metric: `{study.metric}` (lower is better), "
+        f"{config.eval.num_samples} samples",
+        f"- cells: {len(finished)}/{len(cells)} finished"
+        + "".join(f", {int((cells['status'] == s).sum())} {s}" for s in ("diverged", "failed", "missing", "running")
+                  if (cells["status"] == s).any()),
+        f"- commit: {', '.join(commits) or '–'}; last cell finished {last}; "
+        f"total compute {finished['wall'].sum() / 60:.1f} min (sum of cell wall times)",
+        f"- reproduce: `wb ablate {study.name}` then `wb report {study.name}`",
+        "",
+    ]
+    for i, axis in enumerate(study.axes):
+        table = axis_table(record, i)
+        lines += [f"## {axis.name} ({', '.join(axis.keys)})", "", markdown_table(table, study.metric), "",
+                  verdict(table), ""]
+        figure = f"{slug(axis.name)}.png"
+        others = [a.name for a in study.axes if a.name != axis.name]
+        figures.axis_errorbars(table, study.metric, axis.name, out / figure,
+                             over="seeds" + "".join(f" and every {name}" for name in others))
+        lines += [f"![{study.metric} per {axis.name}]({figure})", ""]
+    lines += ema_section(record, config, study.metric)
+    if config.data.name in EXACT_REFERENCES:
+        lines += quality_section(record, config)
+    if any("train.steps" in axis.keys for axis in study.axes):
+        lines += steps_figure(record, out)
+    curves = [(study.metric, "evaluation", "eval.png"), ("mse", "training MSE (unweighted)", "loss.png")]
+    for metric, title, figure in curves:
+        history = histories(record, metric)
+        if history.groupby(["setting", "seed"]).size().gt(1).any():  # a curve needs more than the final point
+            figures.curves(history, metric, title, out / figure, log_y=True)
+            lines += [f"![{title}]({figure})", ""]
+    pictures = [("samples.png", f"{config.sample.steps}-NFE")] + \
+        [(f"samples_{k}nfe.png", f"{k}-NFE") for k in sorted(set(config.eval.nfe) - {config.sample.steps})]
+    with tempfile.TemporaryDirectory() as folder:
+        for i, (name, nfe) in enumerate(pictures):
+            found = sample_pictures(record, Path(folder) / str(i), name)
+            if found:
+                figures.picture_grid(found, out / name, f"{nfe} samples, lowest finished seed per setting")
+                lines += [f"## {nfe} samples", "", f"![{nfe} samples per setting]({name})", ""]
+    lines += ["---", f"Generated by `wb report {study.name}` from the MLflow store. p vs best: two-sided paired "
+              "t-test of log(metric) over seeds against our best setting (blank: the best itself; n too small: fewer than "
+              f"{MIN_PAIRS} seed pairs); worse than "
+              "best on: seeds where this setting scored worse than the best did with the same seed.", ""]
+    path = out / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def render_suite(names: tuple[str, ...], tracking_uri: str, out_root: Path = Path("reports"),
+                 title: str = "table1") -> Path:
+    """One page laid out like the paper's Table 1: each sub-table with the paper's FID beside ours."""
+    summary = markdown.header(["study", "axis", "metric", "our best", "its precision_1nfe", "learned (bar)",
+                               "paper's best", "match", "Kendall tau"])
+    sections, matches, taus, learned = [], [], [], []
+    for name in names:
+        try:
+            record = load_record(name, tracking_uri)
+        except ReportError:
+            summary.append(markdown.row([name, f"not run yet (`wb ablate {name}`)", *[""] * 7]))
+            continue
+        link = f"[{name}](../{name}/README.md)"
+        for i, axis in enumerate(record.study.axes):
+            table = axis_table(record, i)
+            tau, _ = kendall_tau(table)
+            ours, papers = best_value(table) or "–", best_value(table, "paper") or "–"
+            quality = best_quality(record, axis.name, None if ours == "–" else ours)
+            bar = quality["bar"]
+            matches.append(ours == papers)
+            taus.append(tau)
+            learned.append(bar)
+            summary.append(markdown.row([link, axis.name, f"`{record.study.metric}`", ours,
+                                         fmt(quality['best_precision'], 3), "–" if bar is None else "yes" if bar else "**no**",
+                                         papers, "yes" if ours == papers else "no", fmt(tau, 2)]))
+            sections += [f"## {name}: {axis.name}", "", markdown_table(table, record.study.metric), "",
+                         verdict(table), ""]
+    agree = [f"{sum(matches)} of {len(matches)} sub-tables have the paper's best setting as ours",
+             f"{sum(1 for t in taus if t >= 0.5)} order their settings like the paper (Kendall tau >= 0.5), "
+             f"{sum(1 for t in taus if t < 0)} against it (tau < 0)"]
+    if any(b is not None for b in learned):
+        agree.append(f"in {sum(1 for b in learned if b)} of {sum(1 for b in learned if b is not None)} our best "
+                     "setting's 1-NFE samples meet the bar of a model that has learned the data")
+    summary += ["", "Agreement: " + "; ".join(agree) + "."]
+    lines = ["# Table 1 and Table 5 at CPU scale, beside the paper", "",
+             "Paper: ImageNet 256, DiT-B/4, 80 epochs, 1-NFE FID-50K. Ours: the CPU proxy each study describes "
+             "(its metric; lower is better), mean ± std over seeds. Bold: best in the column. Only the orders "
+             "compare; the scales do not. learned (bar): " + "; ".join(f"{k}: {v}" for k, v in BARS.items()) + ".",
+             "", "## Summary", "", *summary, "", *sections,
+             "---", "Generated by `wb report --suite` from the MLflow store.", ""]
+    path = out_root / title / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,117 @@
+"""The 2D quality section of a report: scores beside exact references, the bar of a learned model,
+and quality against training steps."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from workbench.evaluate.names import family
+from workbench.report import figures, markdown, stats
+from workbench.report.record import Record, fmt
+
+# The 2D quality scores shown beside the exact references (workbench/evaluate/evaluators.py point_scores).
+QUALITY = ("precision_1nfe", "tv_1nfe", "modes_1nfe", "labelprec_1nfe", "transport_1nfe", "uerr", "energy_1nfe",
+           "precision_2nfe", "transport_2nfe", "precision_fm50", "transport_fm50")
+BARS = {"checkerboard": "precision_1nfe >= 0.9 (share of 1-NFE samples on the 8 squares) and modes_1nfe = 8 "
+                        "(Flow Matching sampled in one step puts 0.95 of its samples on 2 squares)",
+        "gaussians": "precision_1nfe >= 0.9 (share within 3 std of a mode), modes_1nfe = 8 and transport_1nfe <= "
+                     "0.005 (about a quarter of the 0.019 that samples all sitting on their class's mean score, "
+                     "which precision and modes cannot tell from a learned mixture)"}
+
+
+def meets_bar(data_name: str, scores: dict) -> bool:
+    """Whether mean scores of a setting pass BARS[data_name]."""
+    spread = data_name != "gaussians" or scores.get("transport_1nfe", math.nan) <= 0.005
+    return scores.get("precision_1nfe", math.nan) >= 0.9 and scores.get("modes_1nfe", 0) == 8 and spread
+
+
+def logged_references(logged: dict | None, config) -> dict[str, dict[str, float]]:
+    """The reference samplers' scores as the study logged them; a store written before they were logged gets
+    them computed here, once, from the same settings (toy_references is deterministic)."""
+    if logged is not None:
+        return logged
+    from workbench.evaluate.toy import toy_references
+
+    return toy_references(config.data.name, config.eval.num_samples, config.eval.seed, config.data.labels)
+
+
+def quality_section(record: Record, config) -> list[str]:
+    """Markdown: the 2D quality scores per setting (mean over seeds) above the same scores of reference
+    samplers (data floor, exact map, uniform box, the prior), and whether the best setting meets the bar."""
+    data_name = config.data.name
+    done = record.finished()
+    if not len(done):
+        return []
+    settings = [axis.name for axis in record.study.axes]
+    label = done[settings].astype(str).agg(", ".join, axis=1)
+    scores = pd.DataFrame(list(done["metrics"]), index=done.index)
+    columns = [c for c in QUALITY if c in scores.columns]
+    means = scores[columns].groupby(label, sort=False).mean()
+    means[record.study.metric] = done.groupby(label, sort=False)["metric"].mean()
+    means["wall s"] = done.groupby(label, sort=False)["wall"].mean()
+    columns = list(dict.fromkeys([record.study.metric, *columns, "wall s"]))
+    best = stats.best(means[record.study.metric])
+    header = ["setting (mean over seeds)", *[f"`{c}`" for c in columns]]
+    lines = ["## Quality against exact references", "",
+             "Higher is better for precision (share on the support), modes (squares/modes holding at least a quarter "
+             "of their share), labelprec (share in the own class's mode); lower for the rest: tv (total variation of "
+             "the per-square/per-mode histogram from the data's), transport (mean squared distance of each sample from "
+             "the exact flow map's image of the same noise), uerr (mean squared error of u against the exact average "
+             "velocity on fixed training-like (z, r, t)), energy (energy distance to held-out points). _fm50: Euler "
+             "with 50 steps on the same network.", "",
+             *markdown.header(header)]
+    for setting, row in means.iterrows():
+        name = f"**{setting}** (our best)" if setting == best else setting
+        lines.append(markdown.row([name, *[fmt(row[c], 3) for c in columns]]))
+    references = logged_references(record.references, config)
+    for name, ref in references.items():
+        values = [ref.get(family(c), math.nan) if c.endswith("_1nfe") or c == "uerr" else math.nan for c in columns]
+        lines.append(markdown.row([f"_reference: {name}_", *[fmt(v, 3) for v in values]]))
+    lines += ["", "References (same sample count and noise): data = training points (the sampling floor); exact map = "
+              "the exact one-step map of the evaluation noise" + (" (unguided)" if config.meanflow.cfg_omega != 1 else "")
+              + "; uniform box = uniform on the data's bounding box; prior (u = 0) = the noise itself, what a "
+              "one-step model that outputs zero gives" + ("; class means = every sample on its class's mean (the "
+              "right modes with no spread)" if "class means" in references else "") + ".", ""]
+    if data_name in BARS:
+        passed = [s for s, row in means.iterrows() if meets_bar(data_name, row)]
+        verdict_text = (f"{len(passed)} of {len(means)} settings meet it" + (f" ({', '.join(passed)})" if passed else "")
+                        + f"; our best by `{record.study.metric}` ({best}) "
+                        + ("meets it." if best in passed else "does not: this ranking is among models that have not "
+                           "learned the data, so read it as a statement about early training, not about MeanFlow."))
+        lines += [f"Bar for a model that has learned the data: {BARS[data_name]}. {verdict_text}", ""]
+    return lines
+
+
+def steps_figure(record: Record, out: Path) -> list[str]:
+    """A study with train.steps on an axis: quality against steps, one line per setting of the other keys
+    (network width included), each point one run's final evaluation (mean over seeds)."""
+    done = record.finished()
+    configs = {cell.key: cell.config for cell in record.study.cells()}
+    step_axes = [axis.name for axis in record.study.axes if "train.steps" in axis.keys]
+    others = [axis.name for axis in record.study.axes if axis.name not in step_axes]
+    rows = []
+    for cell in done.itertuples(index=False):
+        config = configs[cell.key]
+        series = ", ".join([*(str(getattr(cell, name)) for name in others), f"width {config.net.mlp.width}"])
+        rows.append({"series": series, "steps": config.train.steps, **cell.metrics})
+    if not rows:
+        return []
+    points = pd.DataFrame(rows).groupby(["series", "steps"], sort=False).mean(numeric_only=True).reset_index()
+    metrics = [m for m in ("transport_1nfe", "precision_1nfe", "uerr", "transport_fm50") if m in points.columns]
+    figures.against_steps(points, metrics, out / "steps.png", "final scores against training steps")
+    return ["## Quality against training steps", "", "![quality against training steps](steps.png)", ""]
+
+
+def best_quality(record: Record, axis_name: str, best: str | None) -> dict:
+    """The best setting's mean 1-NFE precision and transport error over seeds, and whether it meets the
+    bar of a model that has learned the data (workbench.report.quality.BARS); NaN / None for other data."""
+    data_name = record.study.cells()[0].config.data.name
+    finished = record.finished()
+    done = finished[finished[axis_name] == best]
+    if best is None or data_name not in BARS or not len(done):
+        return {"best_precision": math.nan, "best_transport": math.nan, "bar": None}
+    scores = pd.DataFrame(list(done["metrics"])).mean()
+    return {"best_precision": scores.get("precision_1nfe", math.nan),
+            "best_transport": scores.get("transport_1nfe", math.nan), "bar": meets_bar(data_name, scores)}
