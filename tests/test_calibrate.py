@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from workbench.cli import app
 from workbench.report.calibration import comparisons, noise
 from workbench.report.record import Record
-from workbench.study.plan import load_plan, write_studies
+from workbench.study.derived import write_studies
+from workbench.study.plan import load_plan
 from workbench.study.study import StudyError, parse_study
 
 from conftest import tiny_study

@@ -76,7 +76,8 @@ def test_shipped_studies_validate(path):
 
 
 def test_shipped_calibration_plan_and_every_budgets_studies_validate(tmp_path):
-    from workbench.study.plan import derived_study, load_plan
+    from workbench.study.derived import derived_study
+    from workbench.study.plan import load_plan
 
     plan = load_plan(Path(__file__).parent.parent / "studies" / "calibration.toml")
     assert set(plan.chosen) == set(plan.studies)

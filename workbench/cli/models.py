@@ -1,8 +1,6 @@
 """The commands on one model: wb train, eval, sample, encode, config."""
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -27,45 +25,26 @@ def train(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
 ) -> None:
     """Train one MeanFlow model; writes config.json, checkpoint.pt, metrics.jsonl and samples.png."""
-    from workbench.config import ConfigError, RunConfig, with_overrides
+    from workbench.config import ConfigError
     from workbench.data import DataError
     from workbench.evaluate.classifier import FeatureError
-    from workbench.evaluate.evaluators import evaluator_for
-    from workbench.evaluate.pictures import save_run_pictures
-    from workbench.run.distributed import torchrun
-    from workbench.run.train import train as run_training
+    from workbench.evaluate.evaluators import train_scored
+    from workbench.run.launch import ranks, run_config, torchrun
 
-    ranks = int(os.environ.get("WORLD_SIZE", "1"))  # > 1: this is one of the processes torchrun started
     shortcuts = {"data.name": data, "net.arch": net, "train.steps": steps, "train.seed": seed, "train.nproc": nproc}
-    if ranks > 1 and nproc is None and resume is None and not any(o.startswith("train.nproc=") for o in set_ or []):
-        shortcuts["train.nproc"] = ranks
-    overrides = [f"{k}={v}" for k, v in shortcuts.items() if v is not None] + list(set_ or [])
     try:
-        if resume is not None:
-            if not (resume / "config.json").is_file():
-                fail(f"--resume {resume}: no config.json there (is it a run folder?)")
-            config = RunConfig.model_validate_json((resume / "config.json").read_text())
-            if overrides:
-                fail("--resume continues a run exactly as configured; drop --data/--net/--steps/--seed/--set")
-            folder = resume
-        else:
-            config = with_overrides(RunConfig(), overrides)
-            folder = run_dir or Path("runs") / f"{config.data.name}-{config.net.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+        config, folder, overrides = run_config(shortcuts, list(set_ or []), resume, run_dir)
         if dry_run:
             typer.echo(config.model_dump_json(indent=2))
             return
-        if config.train.nproc > 1 and ranks == 1:
-            if resume is None and (folder / "config.json").exists():
-                raise FileExistsError(f"{folder} already holds a run; continue it with --resume or pick another --run-dir")
+        if config.train.nproc > 1 and ranks() == 1:
             typer.echo(f"torchrun: {config.train.nproc} processes", err=True)
-            raise typer.Exit(torchrun(config.train.nproc, ["--resume", str(folder)] if resume is not None else [
-                "--run-dir", str(folder), *sum((["--set", o] for o in overrides), [])]))
-        result = run_training(config, folder, resume=resume is not None, evaluator=evaluator_for(config))
-        if os.environ.get("RANK", "0") != "0":
-            return  # rank 0 saves the pictures and reports
-        save_run_pictures(result.ema, result.data, config, result.run_dir, scored=True)
+            raise typer.Exit(torchrun(config, folder, resume is not None, overrides))
+        result = train_scored(config, folder, resume is not None)
     except (ConfigError, DataError, FileNotFoundError, FileExistsError, FeatureError) as err:
         fail(str(err))
+    if result is None:
+        return  # rank 0 reports
     typer.echo(f"run folder: {result.run_dir}  (final loss {result.final_loss:.4f}, {result.steps_per_s:.1f} steps/s)")
     typer.echo(f"samples:    {result.run_dir / 'samples.png'}")
     print_metrics(result.metrics)

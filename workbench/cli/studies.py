@@ -45,8 +45,9 @@ def _ended(progress, seconds: float | None = None) -> str:
             + (f", {seconds / 60:.1f} min" if seconds is not None else ""))
 
 
-def _run(queue, study: str, command: str, prepare_only: bool, workers, gpus, threads) -> object:
-    """The launch both commands share: --prepare-only, or local workers until nothing is left; the summary."""
+def _run(queue, study: str, command: str, prepare_only: bool, workers, gpus, threads, render=None) -> None:
+    """The launch both commands share: --prepare-only, or local workers until nothing is left; the summary,
+    the page render() writes, exit 1 unless the study ended as it should."""
     from workbench.schedule import gpus as gpu_slots
     from workbench.schedule.launcher import launch, terminal_progress
     from workbench.schedule.queue import prepare
@@ -76,7 +77,15 @@ def _run(queue, study: str, command: str, prepare_only: bool, workers, gpus, thr
         typer.echo(f"Browse: {view_url(uri, summary.parent.experiment_id)}")
     else:
         typer.echo(f"Browse: {wb()} ui --tracking-uri {uri}  (it prints each study's link)")
-    return summary
+    best, confirmation = summary.conclusion.get("best"), summary.conclusion.get("confirmation")
+    if best is not None:
+        typer.echo(f"best: trial {best.number}, {', '.join(f'{v:.5g}' for v in best.values)}: {best.params}")
+    if confirmation is not None:
+        typer.echo(f"Confirm: wb ablate {confirmation}  (best against the base config on fresh seeds)")
+    if render is not None:
+        typer.echo(f"Report: {render()}")
+    if not queue.succeeded(summary.progress):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -93,16 +102,12 @@ def ablate(study: StudyName, workers: Workers = None, gpus: Gpus = None, threads
     typer.echo("\n".join(study_lines(spec, cells=dry_run)))
     if dry_run:
         return
+    from workbench.report.ablation import render
     from workbench.schedule.ablation import AblationQueue
 
     queue = AblationQueue(spec, stores(storage, tracking_uri, share_checkpoints))
-    summary = _run(queue, study, "ablate", prepare_only, workers, gpus, threads)
-    if not no_report:
-        from workbench.report.ablation import render
-
-        typer.echo(f"Report: {render(spec.name, queue.stores.tracking_uri, Path(reports))}")
-    if summary.progress.complete < summary.progress.total:
-        raise typer.Exit(1)
+    _run(queue, study, "ablate", prepare_only, workers, gpus, threads,
+         None if no_report else lambda: render(spec.name, queue.stores.tracking_uri, Path(reports)))
 
 
 @app.command()
@@ -129,21 +134,12 @@ def search(
     typer.echo("\n".join(search_lines(spec, target(spec, trials))))
     if dry_run:
         return
+    from workbench.report.search import render_search
     from workbench.schedule.search import SearchQueue
 
     queue = SearchQueue(spec, stores(storage, tracking_uri, share_checkpoints), trials)
-    summary = _run(queue, study, "search", prepare_only, workers, gpus, threads)
-    best, confirmation = summary.conclusion.get("best"), summary.conclusion.get("confirmation")
-    if best is not None:
-        typer.echo(f"best: trial {best.number}, {', '.join(f'{v:.5g}' for v in best.values)}: {best.params}")
-    if confirmation is not None:
-        typer.echo(f"Confirm: wb ablate {confirmation}  (best against the base config on fresh seeds)")
-    if not no_report:
-        from workbench.report.search import render_search
-
-        typer.echo(f"Report: {render_search(spec.name, queue.stores.tracking_uri, queue.stores.storage, Path(reports))}")
-    if summary.progress.ended < summary.progress.total:
-        raise typer.Exit(1)
+    _run(queue, study, "search", prepare_only, workers, gpus, threads, None if no_report else lambda: render_search(
+        spec.name, queue.stores.tracking_uri, queue.stores.storage, Path(reports)))
 
 
 @app.command()

@@ -140,3 +140,18 @@ def evaluate_saved(run_dir: Path, overrides: list[str]) -> dict[str, float]:
         metrics |= {(f"{key}_{which}" if which else key): value for key, value in scores.items()}
     write_eval(run_dir, evaluator.info, config.eval.num_samples, metrics)
     return metrics
+
+
+def train_scored(config: RunConfig, run_dir: Path, resume: bool):
+    """`wb train`: trains (or continues) the run with its evaluator, and on rank 0 saves its sample pictures;
+    the TrainResult there, None on the other data-parallel ranks."""
+    import os
+
+    from workbench.evaluate.pictures import save_run_pictures
+    from workbench.run.train import train
+
+    result = train(config, run_dir, resume=resume, evaluator=evaluator_for(config))
+    if os.environ.get("RANK", "0") != "0":
+        return None
+    save_run_pictures(result.ema, result.data, config, result.run_dir, scored=True)
+    return result

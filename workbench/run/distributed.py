@@ -215,12 +215,3 @@ def _run_rank(env: dict[str, str], threads: int | None, helper, args: tuple) -> 
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-
-
-def torchrun(nproc: int, args: list[str]) -> int:
-    """Runs `wb train ARGS` as nproc processes under torchrun on this machine; returns its exit code."""
-    import subprocess
-
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "workbench.cli", "train", *args]
-    return subprocess.call(command, env=os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))})

@@ -123,8 +123,9 @@ class AblationQueue(Queue):
     def succeeded(self, progress: Progress) -> bool:
         return progress.complete == progress.total
 
-    def conclude(self, trials_study: optuna.Study, client: MlflowClient, parent: Parent) -> dict:
-        return {"setting_means": layout.log_setting_means(client, parent.run_id, self.study.metric)}
+    def conclude(self, trials_study: optuna.Study, client: MlflowClient, parent: Parent, write: bool) -> dict:
+        """Each setting's mean on the parent run, the row the runs table shows first."""
+        return {"setting_means": layout.log_setting_means(client, parent.run_id, self.study.metric)} if write else {}
 
     def time_left(self, trials_study: optuna.Study, workers: int, now: datetime.datetime | None = None) -> float | None:
         return time_left(self.study, trials_study, workers, now)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from workbench.schedule.ablation import AblationQueue
 from workbench.schedule.launcher import Summary, launch
 from workbench.stores.urls import Stores
-from workbench.study.plan import Plan, write_studies
+from workbench.study.derived import write_studies
+from workbench.study.plan import Plan
 from workbench.study.schema import StudyError
 from workbench.study.study import load_study
 

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from workbench.run.stopping import STOP, worker_stops_on_signals
 from workbench.schedule import gpus
-from workbench.stores import layout, trials
+from workbench.stores import layout, queries, trials
 from workbench.stores.urls import Stores
 from workbench.study.study import Study, study_file_text
 
@@ -102,8 +102,9 @@ class Queue(ABC):
     def succeeded(self, progress: Progress) -> bool:
         """Whether an idle study ended as it should (the parent run FINISHED, else FAILED)."""
 
-    def conclude(self, trials_study: optuna.Study, client: MlflowClient, parent: Parent) -> dict:
-        """What the finished study leaves besides its runs (setting means, a confirmation study); a summary."""
+    def conclude(self, trials_study: optuna.Study, client: MlflowClient, parent: Parent, write: bool) -> dict:
+        """What the finished study leaves besides its runs (setting means, a confirmation study), written unless
+        another process finished the study first; a summary."""
         return {}
 
     def prepared(self, client: MlflowClient, parent: Parent) -> None:
@@ -198,8 +199,8 @@ def work(queue: Queue, parent: Parent, threads: int, gpu: str | None = None) -> 
 def finish(queue: Queue, trials_study: optuna.Study, client: MlflowClient, parent: Parent,
            stopped_by: str | None = None, keep_end_time: bool = False) -> tuple[Progress, dict]:
     """Ends the study if nothing runs or waits anywhere (or it was stopped on request: KILLED): the parent
-    run FINISHED or FAILED, the queue's conclusion written. Doing it twice is harmless. Returns the progress
-    and the conclusion's summary."""
+    run FINISHED or FAILED, the queue's conclusion written; a study another process finished already is left
+    as it ended. Returns the progress and the conclusion's summary."""
     close_orphans(client, trials_study)
     progress = queue.progress(trials_study)
     if stopped_by:
@@ -207,9 +208,11 @@ def finish(queue: Queue, trials_study: optuna.Study, client: MlflowClient, paren
         return progress, {}
     if not progress.idle:
         return progress, {}  # the last one out finishes it
-    summary = queue.conclude(trials_study, client, parent)
-    layout.end_run(client, parent.run_id, "FINISHED" if queue.succeeded(progress) else "FAILED",
-                   keep_end_time=keep_end_time)
+    first = queries.is_running(client, parent.run_id)  # prepare() reopened it; whoever ends it first concludes
+    summary = queue.conclude(trials_study, client, parent, write=first)
+    if first:
+        layout.end_run(client, parent.run_id, "FINISHED" if queue.succeeded(progress) else "FAILED",
+                       keep_end_time=keep_end_time)
     return progress, summary
 
 

@@ -26,7 +26,7 @@ from workbench.run.stopping import Interrupted
 from workbench.schedule.cell import Attempt, open_run, side_by_side
 from workbench.schedule.queue import Context, Parent, Progress, Queue, record_runs
 from workbench.stores import layout, trials
-from workbench.study.derived import write_confirmation
+from workbench.study.derived import confirmation_path, write_confirmation
 from workbench.study.space import PRUNERS, SAMPLERS, grid_points, objectives, suggest
 from workbench.study.study import Cell, Study
 
@@ -138,9 +138,12 @@ class SearchQueue(Queue):
     def best(self, trials_study: optuna.Study):
         return trials.best_trial(trials_study, self.goals[0][1])
 
-    def conclude(self, trials_study: optuna.Study, client: MlflowClient, parent: Parent) -> dict:
+    def conclude(self, trials_study: optuna.Study, client: MlflowClient, parent: Parent, write: bool) -> dict:
         """The confirmation study file, named on the search's parent run."""
         best = self.best(trials_study)
+        if not write:
+            written = confirmation_path(self.study)
+            return {"best": best, "confirmation": written if best is not None and written.is_file() else None}
         path = write_confirmation(self.study, best) if best is not None else None
         if path is not None:
             client.set_tag(parent.run_id, layout.CONFIRMATION, f"{self.study.name}-confirm")
