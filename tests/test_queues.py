@@ -215,6 +215,10 @@ def test_launcherless_workers_share_a_prepared_study_and_the_last_one_finishes_i
     if kind == "search":
         assert (tmp_path / "tiny-confirm.toml").is_file()  # written by whichever worker finished the search
         assert parents["tags.wb.confirmation"].tolist() == ["tiny-confirm"]
+        assert parents["tags.wb.confirmation_file"].tolist() == [str(tmp_path / "tiny-confirm.toml")]
+        report = subprocess.run(wb + ["report", "tiny"], cwd=tmp_path, env=ENV, capture_output=True, text=True)
+        assert f"`wb ablate {tmp_path / 'tiny-confirm.toml'}`" in (tmp_path / "reports/tiny/search.md").read_text(), \
+            report.stderr
         confirm = subprocess.run(wb + ["ablate", str(tmp_path / "tiny-confirm.toml"), "--prepare-only"], cwd=tmp_path,
                                  env=ENV, capture_output=True, text=True, timeout=120)
         assert confirm.returncode == 0, confirm.stderr

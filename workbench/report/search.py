@@ -55,7 +55,7 @@ def render_search(name: str, tracking_uri: str, storage_url: str, out: Path) -> 
     lines += best_section(study, trials_study, trials, runs, queries.references(client, parent))
     lines += pictures(study, trials_study, runs, client, folder)
     lines += figures(trials_study, folder)
-    lines += confirmation_section(study, tracking_uri)
+    lines += confirmation_section(study, tracking_uri, parent.data.tags.get(layout.CONFIRMATION_FILE))
     page = out / name / "search.md"
     page.write_text("\n".join(lines).rstrip() + "\n")
     return page
@@ -220,13 +220,14 @@ def figures(trials_study: optuna.Study, folder: Path) -> list[str]:
     return lines
 
 
-def confirmation_section(study: Study, tracking_uri: str) -> list[str]:
-    """The confirmation ablation's result (best against base on fresh seeds), or how to run it."""
+def confirmation_section(study: Study, tracking_uri: str, written: str | None) -> list[str]:
+    """The confirmation ablation's result (best against base on fresh seeds), or how to run it (`written`:
+    the file the search wrote it to, as its parent run names it)."""
     name = f"{study.name}-confirm"
     try:
         record = load_record(name, tracking_uri)
     except ReportError:
-        return ["## Confirmation", "", f"Not run yet: `wb ablate {confirmation_path(study)}` re-runs the best trial "
+        return ["## Confirmation", "", f"Not run yet: `wb ablate {written or confirmation_path(study)}` re-runs the best trial "
                 "against the base config on fresh seeds; this page then shows the result.", ""]
     table = axis_table(record, 0)
     lines = ["## Confirmation on fresh seeds", "",

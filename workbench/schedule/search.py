@@ -147,4 +147,5 @@ class SearchQueue(Queue):
         path = write_confirmation(self.study, best) if best is not None else None
         if path is not None:
             client.set_tag(parent.run_id, layout.CONFIRMATION, f"{self.study.name}-confirm")
+            client.set_tag(parent.run_id, layout.CONFIRMATION_FILE, str(path))
         return {"best": best, "confirmation": path}

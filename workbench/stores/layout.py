@@ -35,6 +35,7 @@ DEVICE = "wb.device"  # the device the cell trained on, e.g. "cuda:0 (NVIDIA H20
 AXIS = "wb.axis"  # comma-joined axis names; wb.axis.<name> = the cell's label on that axis
 VALUE = "wb.value"  # comma-joined labels
 CONFIRMATION = "wb.confirmation"  # a search's parent run: the study that confirms its best trial
+CONFIRMATION_FILE = "wb.confirmation_file"  # and the study file the search wrote it to
 CONFIRMS = "wb.confirms"  # that study's parent run: the search it confirms
 TRIAL = "wb.trial"  # a search's child run: its Optuna trial number
 TRIAL_STATE = "wb.trial_state"  # complete | pruned | failed (the Optuna state; MLflow: FINISHED, KILLED, FAILED)

@@ -9,8 +9,8 @@ def study_lines(study: Study, cells: bool = False) -> list[str]:
     """The study's size, metric and stated budget; with cells, its [base] and every cell's hash and name."""
     every = study.cells()
     minutes = study.budget_minutes
-    expected = ("" if not minutes else f", budget_minutes {minutes:g} with 2 workers on 2 CPU cores (where it was "
-                "measured: the study's description; up to 2x on slower CPUs)" if minutes < 1000
+    expected = ("" if not minutes else f", about {minutes:g} min with 2 workers on 2 CPU cores (budget_minutes; its "
+                "description says where that was measured; up to 2x on slower CPUs)" if minutes < 1000
                 else f", sized for GPUs: about {minutes / 60:,.0f} GPU-hours (its description says how that was estimated)")
     lines = [f"study {study.name}: {len(every)} cells, metric {study.metric}{expected}"]
     if cells:
