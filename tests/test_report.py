@@ -82,11 +82,10 @@ def test_suite_page_links_each_study(store, tmp_path):
     text = render_suite(("tiny", "notrun"), uri, tmp_path).read_text()
     assert "[tiny](../tiny/README.md)" in text and "failed (0/2)" in text
     assert "| notrun | not run yet (`wb ablate notrun`)" in text
-    # computed from the runs: our best is the finished setting with the lowest mean, the paper's is "half" (63.14)
-    runs = mlflow.search_runs(experiment_names=["tiny"])
-    done = runs[(runs["tags.wb.role"] != "study") & (runs["status"] == "FINISHED")]
-    ours = done.groupby("tags.wb.axis.ratio")["metrics.energy_1nfe"].mean().idxmin()
-    assert f"Agreement: {int(ours == 'half')} of 1 sub-tables have the paper's best setting as ours" in text
+    # the paper's best is "half" (63.14), which kept one finished seed: no test can separate it from ours or ours
+    # from it, so the sub-table is unresolved whichever setting has the lowest mean
+    assert "Agreement: of 1 sub-tables, 0 agree with the paper's best setting, 0 disagree and 1 are unresolved" in text
+    assert "| unresolved |" in text
 
 
 def test_wb_report_unknown_study_exits_2(store, tmp_path):

@@ -71,14 +71,16 @@ def concordance_tau(x: list[float], y: list[float]) -> float:
 
 def test_kendall_tau_over_the_settings_with_both_numbers():
     ours, paper = [0.3, 0.1, 0.4, 0.2, 0.5, math.nan], [2.0, 1.0, 4.0, 3.0, math.nan, 7.0]
-    tau, n = stats.kendall_tau(pd.DataFrame({"mean": ours, "paper": paper}))
-    assert n == 4
+    tau, n, p = stats.kendall_tau(pd.DataFrame({"mean": ours, "paper": paper}))
+    assert n == 4 and p == pytest.approx(scipy_stats.kendalltau(ours[:4], paper[:4]).pvalue, abs=1e-12)
     assert tau == pytest.approx(concordance_tau(ours[:4], paper[:4]), abs=1e-12)
     assert tau == pytest.approx(2 / 3)  # one discordant pair of six
-    tau, n = stats.kendall_tau(pd.DataFrame({"mean": [0.1, 0.2, math.nan], "paper": [1.0, 2.0, 3.0]}))
-    assert math.isnan(tau) and n == 2
-    tau, n = stats.kendall_tau(pd.DataFrame({"mean": [0.1, 0.2, 0.3], "paper": [1.0, 2.0, 3.0]}))
-    assert tau == pytest.approx(1.0) and n == 3
+    tau, n, p = stats.kendall_tau(pd.DataFrame({"mean": [0.1, 0.2, math.nan], "paper": [1.0, 2.0, 3.0]}))
+    assert math.isnan(tau) and n == 2 and math.isnan(p)
+    tau, n, p = stats.kendall_tau(pd.DataFrame({"mean": [0.1, 0.2, 0.3], "paper": [1.0, 2.0, 3.0]}))
+    assert tau == pytest.approx(1.0) and n == 3 and p == pytest.approx(2 / 6)  # 1 of the 3! = 6 orders is as concordant
+    tau, n, p = stats.kendall_tau(pd.DataFrame({"mean": [0.1, 0.2, 0.3, 0.4], "paper": [1.0, 2.0, 3.0, 4.0]}))
+    assert tau == pytest.approx(1.0) and p == pytest.approx(2 / 24)  # a perfect order of 4 settings: p = 0.083
 
 
 def test_log_noise_against_its_formulas():
@@ -116,7 +118,7 @@ def test_paired_test_takes_logs_only_when_every_value_is_positive():
 
 def test_kendall_tau_ignores_other_columns():
     table = pd.DataFrame({"mean": [0.1, 0.2, 0.3], "paper": [1.0, 2.0, 3.0], "std": [math.nan, 0.1, math.nan]})
-    assert stats.kendall_tau(table) == (pytest.approx(1.0), 3)
+    assert stats.kendall_tau(table)[:2] == (pytest.approx(1.0), 3)
 
 
 def test_log_noise_of_two_settings_and_of_settings_with_one_mean():
@@ -125,3 +127,41 @@ def test_log_noise_of_two_settings_and_of_settings_with_one_mean():
     assert two["gap"] == pytest.approx(gap, rel=1e-12)
     same = stats.log_noise(cells({"a": [0.1, 0.2], "b": [0.2, 0.1]}), "lr")  # equal means: no spread
     assert same["spread"] == 0 and math.isnan(same["ratio"])
+
+
+def test_holm_adjusts_each_p_by_its_rank_and_keeps_the_order():
+    """m = 4: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04, made monotone (0.06)."""
+    adjusted = stats.holm([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.5, math.nan, 0.2])[1] != stats.holm([0.5, math.nan, 0.2])[1]  # untested stays NaN
+    assert stats.holm([0.5, math.nan, 0.2])[::2] == pytest.approx([0.5, 0.4])  # a family of two
+    assert stats.holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # never above 1
+    assert stats.holm([]) == []
+
+
+@pytest.mark.parametrize("ours, papers, separated, papers_worse, expected", [
+    ("a", "a", True, False, "agree"), ("a", "a", False, False, "unresolved"), ("a", "b", True, True, "disagree"),
+    ("a", "b", False, True, "disagree"), ("a", "b", False, False, "unresolved"), (None, "b", False, False, "unresolved")])
+def test_agreement_with_the_papers_best_counts_ties_as_unresolved(ours, papers, separated, papers_worse, expected):
+    assert stats.agreement(ours, papers, separated, papers_worse) == expected
+
+
+def test_two_raw_wins_become_ties_under_holm_and_leave_the_agreement_unresolved():
+    """Three settings on 4 seeds: b and c are each worse than a on every seed by a small margin, raw p 0.033 and
+    0.038, each a "win" on its own. Holm over the table's two comparisons makes both ties (0.033 x 2 = 0.066), so
+    the paper's best b leaves the agreement unresolved, where the raw tests would have called it a disagreement."""
+    from workbench.report.ablation import outcome
+
+    values = {"a": [0.100, 0.120, 0.090, 0.110], "b": [0.105, 0.123, 0.097, 0.113], "c": [0.107, 0.124, 0.097, 0.112]}
+    done = pd.DataFrame([{"lr": lr, "seed": s, "metric": v} for lr, vs in values.items() for s, v in enumerate(vs)])
+    raw = {label: stats.paired_test(done, "lr", "a", label, ["seed"])[0] for label in ("b", "c")}
+    assert raw["b"] == pytest.approx(0.0332, abs=1e-4) and raw["c"] == pytest.approx(0.0384, abs=1e-4)
+    table = pd.DataFrame({"value": list(values), "n": [4, 4, 4], "mean": [np.mean(v) for v in values.values()],
+                          "paper": [2.0, 1.0, 3.0], "p_vs_best": [math.nan, raw["b"], raw["c"]]})
+    table["p_holm"] = stats.holm(table["p_vs_best"])
+    assert table["p_holm"].tolist()[1:] == pytest.approx([2 * raw["b"], 2 * raw["b"]])  # monotone: c's 0.038 -> 0.066
+    result = outcome(table)
+    assert result["ours"] == "a" and result["papers"] == "b" and result["worse"] == []
+    assert result["tied"] == ["b", "c"] and result["agreement"] == "unresolved"
+    raw_table = table.assign(p_holm=table["p_vs_best"])  # without the correction: b "worse", a disagreement
+    assert outcome(raw_table)["agreement"] == "disagree"

@@ -17,7 +17,7 @@ from workbench.data import EXACT_REFERENCES
 from workbench.report import figures, markdown
 from workbench.report.quality import BARS, best_quality, quality_section, steps_figure
 from workbench.report.record import Record, ReportError, axis_table, best_value, fmt, load_record
-from workbench.report.stats import MIN_PAIRS, MIN_SETTINGS, kendall_tau
+from workbench.report.stats import ALPHA, MIN_PAIRS, MIN_SETTINGS, agreement, kendall_tau
 from workbench.stores import queries
 
 SUITE = ("table1a", "table1b", "table1c", "table1d", "table1e", "table1f", "table5")
@@ -25,32 +25,48 @@ SUITE = ("table1a", "table1b", "table1c", "table1d", "table1e", "table1f", "tabl
 
 # Tables -------------------------------------------------------------------------------------------
 
+def outcome(table: pd.DataFrame) -> dict:
+    """Our best setting against the others and the paper's: the settings worse than ours, tied with it and
+    untested (paired t-test over seeds, Holm-corrected over this table's comparisons), and whether we agree
+    with the paper's best setting (agree / disagree / unresolved, stats.agreement)."""
+    ours = best_value(table)
+    papers = best_value(table, "paper") if table["paper"].notna().any() else None
+    others = table[(table["value"] != ours) & (table["n"] > 0)]
+    worse = others[others["p_holm"] < ALPHA]["value"].tolist()
+    tied = others[others["p_holm"] >= ALPHA]["value"].tolist()
+    untested = others[others["p_holm"].isna()]["value"].tolist()
+    separated = bool(len(others)) and len(worse) == len(others)
+    return {"ours": ours, "papers": papers, "worse": worse, "tied": tied, "untested": untested,
+            "agreement": agreement(ours, papers, separated, papers in worse)}
+
+
 def verdict(table: pd.DataFrame) -> str:
-    """The plain sentence under a table: do we agree with the paper's best setting and its order?"""
+    """The plain sentence under a table: which settings our runs separate, and do we agree with the paper's
+    best setting and its order?"""
     if table["mean"].isna().all():
         return "No finished cells yet."
-    ours = best_value(table)
+    result = outcome(table)
+    ours, papers = result["ours"], result["papers"]
     parts = []
-    if table["paper"].notna().any():
-        papers = best_value(table, "paper")
-        tau, n = kendall_tau(table)
-        match = "matches" if ours == papers else "does not match"
-        order = (f"Kendall tau between our means and the paper's FIDs = {fmt(tau, 2)} over {n} settings."
-                 if n >= MIN_SETTINGS else f"(no Kendall tau: {n} settings with a paper value, it needs {MIN_SETTINGS})")
-        parts.append(f"Our best setting ({ours}) {match} the paper's ({papers}); {order}")
+    if papers is not None:
+        tau, n, p = kendall_tau(table)
+        order = (f"Kendall tau between our means and the paper's FIDs = {fmt(tau, 2)} over {n} settings (p = "
+                 f"{fmt(p, 2)} against no order)." if n >= MIN_SETTINGS
+                 else f"(no Kendall tau: {n} settings with a paper value, it needs {MIN_SETTINGS})")
+        parts.append(f"Our best setting ({ours}) against the paper's ({papers}): **{result['agreement']}**; {order}")
     else:
         parts.append(f"Our best setting: {ours} (no paper values for this axis).")
-    others = table[(table["value"] != ours) & (table["n"] > 0)]
-    tied = others[others["p_vs_best"] >= 0.05]["value"].tolist()
-    untested = others[others["p_vs_best"].isna()]["value"].tolist()
-    if tied:
-        parts.append(f"Within seed noise of the best (paired t-test over seeds, p >= 0.05): {', '.join(tied)}; "
-                     "their order against the best is not supported by these runs.")
-    if untested:
+    family = f"paired t-test over seeds, Holm-corrected over the {int(table['p_holm'].notna().sum())} comparisons here"
+    if result["tied"]:
+        parts.append(f"Tied with the best ({family}, p >= {ALPHA}): {', '.join(result['tied'])}; these runs do not "
+                     "order them against it.")
+    if result["untested"]:
         parts.append(f"Not tested against the best (n too small: fewer than {MIN_PAIRS} seeds paired with it, and a "
-                     f"t-test on fewer has too few degrees of freedom to mean anything): {', '.join(untested)}.")
-    if len(others) and not tied and not untested:
-        parts.append("Every other setting is worse than the best at p < 0.05 (paired t-test over seeds).")
+                     f"t-test on fewer has too few degrees of freedom to mean anything): {', '.join(result['untested'])}.")
+    if result["worse"] and not result["tied"] and not result["untested"]:
+        parts.append(f"Every other setting is worse than the best at p < {ALPHA} ({family}).")
+    elif result["worse"]:
+        parts.append(f"Worse than the best at p < {ALPHA} ({family}): {', '.join(result['worse'])}.")
     return " ".join(parts)
 
 
@@ -63,7 +79,7 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
     fm_name = next((n for n in table["fm_name"] if n), "")
     header = ["value", f"{metric} mean ± std (n)"] + (["2-NFE mean ± std"] if has_2nfe else []) + \
         ([f"Flow Matching Euler baseline ({fm_name}) mean ± std"] if has_fm else []) + \
-        ["paper FID", "our rank", "paper rank", "p vs best", "worse than best on"]
+        ["paper FID", "our rank", "paper rank", "p vs best (Holm)", "worse than best on"]
     lines = markdown.header(header)
     best_ours, best_paper = table["mean"].min(), table["paper"].min()
     for row in table.itertuples():
@@ -80,7 +96,7 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
         paper = fmt(row.paper)
         if paper and row.paper == best_paper:
             paper = f"**{paper}**"
-        p = fmt(row.p_vs_best, 2) or ("n too small" if row.n and row.worse_on and row.mean != best_ours else "")
+        p = fmt(row.p_holm, 2) or ("n too small" if row.n and row.worse_on and row.mean != best_ours else "")
         cells = [row.value, ours] + ([_spread(row.mean_2nfe, row.std_2nfe)] if has_2nfe else []) + \
             ([_spread(row.mean_fm, row.std_fm)] if has_fm else []) + \
             [paper, fmt(row.rank, 2), fmt(row.paper_rank, 2), p, row.worse_on]
@@ -221,7 +237,7 @@ def render_suite(names: tuple[str, ...], tracking_uri: str, out_root: Path = Pat
                  title: str = "table1") -> Path:
     """One page laid out like the paper's Table 1: each sub-table with the paper's FID beside ours."""
     summary = markdown.header(["study", "axis", "metric", "our best", "its precision_1nfe", "learned (bar)",
-                               "paper's best", "match", "Kendall tau"])
+                               "paper's best", "agreement", "Kendall tau (p)"])
     sections, matches, taus, learned = [], [], [], []
     for name in names:
         try:
@@ -232,21 +248,26 @@ def render_suite(names: tuple[str, ...], tracking_uri: str, out_root: Path = Pat
         link = f"[{name}](../{name}/README.md)"
         for i, axis in enumerate(record.study.axes):
             table = axis_table(record, i)
-            tau, _ = kendall_tau(table)
-            ours, papers = best_value(table) or "–", best_value(table, "paper") or "–"
+            tau, _, tau_p = kendall_tau(table)
+            result = outcome(table)
+            ours, papers = result["ours"] or "–", result["papers"] or "–"
             quality = best_quality(record, axis.name, None if ours == "–" else ours)
             bar = quality["bar"]
-            matches.append(ours == papers)
-            taus.append(tau)
+            matches.append(result["agreement"])
+            taus.append((tau, tau_p))
             learned.append(bar)
             summary.append(markdown.row([link, axis.name, f"`{record.study.metric}`", ours,
                                          fmt(quality['best_precision'], 3), "–" if bar is None else "yes" if bar else "**no**",
-                                         papers, "yes" if ours == papers else "no", fmt(tau, 2)]))
+                                         papers, result["agreement"], f"{fmt(tau, 2)} ({fmt(tau_p, 2)})" if fmt(tau) else ""]))
             sections += [f"## {name}: {axis.name}", "", markdown_table(table, record.study.metric), "",
                          verdict(table), ""]
-    agree = [f"{sum(matches)} of {len(matches)} sub-tables have the paper's best setting as ours",
-             f"{sum(1 for t in taus if t >= 0.5)} order their settings like the paper (Kendall tau >= 0.5), "
-             f"{sum(1 for t in taus if t < 0)} against it (tau < 0)"]
+    counted = {state: matches.count(state) for state in ("agree", "disagree", "unresolved")}
+    agree = [f"of {len(matches)} sub-tables, {counted['agree']} agree with the paper's best setting, {counted['disagree']} "
+             f"disagree and {counted['unresolved']} are unresolved (its best within seed noise of ours, paired t-test "
+             f"over seeds, Holm-corrected per table)",
+             f"{sum(1 for tau, p in taus if p < ALPHA and tau > 0)} order their settings like the paper and "
+             f"{sum(1 for tau, p in taus if p < ALPHA and tau < 0)} against it at p < {ALPHA} (Kendall tau against no "
+             f"order); the other {sum(1 for tau, p in taus if not p < ALPHA)} cannot tell the paper's order from a random one"]
     if any(b is not None for b in learned):
         agree.append(f"in {sum(1 for b in learned if b)} of {sum(1 for b in learned if b is not None)} our best "
                      "setting's 1-NFE samples meet the bar of a model that has learned the data")

@@ -33,7 +33,7 @@ def noise(record: Record) -> dict:
     best, paper_best = best_value(table), best_value(table, "paper")
     others = table[(table["value"] != best) & (table["n"] > 0)]
     return {**stats.log_noise(record.finished(), axis.name), **best_quality(record, axis.name, best),
-            "separated": int((others["p_vs_best"] < 0.05).sum()), "others": len(others),
+            "separated": int((others["p_holm"] < stats.ALPHA).sum()), "others": len(others),
             "best": best, "paper_best": paper_best, "match": best is not None and best == paper_best,
             "tau": stats.kendall_tau(table)[0], "finished": len(record.finished()), "cells": len(record.cells)}
 
@@ -103,7 +103,8 @@ def render_calibration(plan: Plan, tracking_uri: str, out_root: Path = Path("rep
              "(lower is better: at 1 the seeds vary as much as the settings do). **gap** = (runner-up's mean - best's "
              "mean) / seed SD: below about 2 the best setting is not resolved from the runner-up, however large "
              "the spread. **separated** = settings a paired "
-             "t-test over seeds puts behind our best at p < 0.05, of all others. **tau** = Kendall tau between our "
+             "t-test over seeds puts behind our best at p < 0.05 (Holm-corrected per table), of all others. **tau** = "
+             "Kendall tau between our "
              "means and the paper's FIDs. **learned (bar)**: whether our best setting's 1-NFE samples meet the bar of a "
              "model that has learned the data (" + "; ".join(f"{k}: {v}" for k, v in BARS.items()) + "), mean over seeds. "
              "Minutes: wall time of the study (`wb ablate`, 2 workers on 2 cores).", "",

@@ -117,6 +117,7 @@ def axis_table(record: Record, axis_index: int) -> pd.DataFrame:
         tests = [stats.paired_test(done, axis.name, ours, label, keys) for label in table["value"]]
         table["p_vs_best"] = [p for p, _ in tests]
         table["worse_on"] = [worse for _, worse in tests]
+    table["p_holm"] = stats.holm(table["p_vs_best"])  # corrected over the comparisons on this table
     return table
 
 

@@ -36,13 +36,42 @@ def paired_test(done: pd.DataFrame, axis_name: str, best_label: str, label: str,
     return float(stats.ttest_rel(pairs.iloc[:, 0], pairs.iloc[:, 1]).pvalue), worse
 
 
-def kendall_tau(table: pd.DataFrame) -> tuple[float, int]:
+def kendall_tau(table: pd.DataFrame) -> tuple[float, int, float]:
     """Kendall tau between our means and the paper's values over the settings that have both (NaN with
-    fewer than MIN_SETTINGS), and their count."""
+    fewer than MIN_SETTINGS), their count, and the two-sided p-value of tau = 0 (scipy's exact test for
+    small n: tau = 1 over 4 settings has p = 0.083, so it does not tell an order from a random one)."""
     both = table.dropna(subset=["mean", "paper"])
     if len(both) < MIN_SETTINGS:
-        return math.nan, len(both)
-    return float(stats.kendalltau(both["mean"], both["paper"]).statistic), len(both)
+        return math.nan, len(both), math.nan
+    result = stats.kendalltau(both["mean"], both["paper"])
+    return float(result.statistic), len(both), float(result.pvalue)
+
+
+ALPHA = 0.05  # the family-wise error rate of the comparisons on one table
+
+
+def holm(pvalues) -> list[float]:
+    """Holm's step-down adjustment of the p-values of the comparisons on one table (NaN: not tested, left
+    out of the family and returned as NaN): the i-th smallest of m times (m - i + 1), kept monotone, at most 1.
+    An adjusted p below ALPHA keeps the chance of any false claim on the table below ALPHA."""
+    values = [float(p) for p in pvalues]
+    tested = sorted((p, i) for i, p in enumerate(values) if not math.isnan(p))
+    adjusted, running = [math.nan] * len(values), 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def agreement(ours: str | None, papers: str | None, separated: bool, papers_worse: bool) -> str:
+    """Whether our study agrees with the paper's best setting: 'agree' (the same best, every other setting
+    worse at the corrected level), 'disagree' (another best that way, or the paper's best worse than ours at
+    that level), else 'unresolved' (the paper's best within noise of ours)."""
+    if ours is None or papers is None:
+        return "unresolved"
+    if ours == papers:
+        return "agree" if separated else "unresolved"
+    return "disagree" if papers_worse else "unresolved"
 
 
 def log_noise(done: pd.DataFrame, axis_name: str) -> dict[str, float]:
