@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
@@ -158,3 +159,35 @@ def test_runs_recorded_under_another_config_hash_are_matched_by_settings_and_see
     finally:
         for run_id, key in old.items():
             client.set_tag(run_id, "wb.config_hash", key)
+
+
+def test_a_two_axis_one_seed_study_never_prints_a_seed_spread_or_a_paired_test():
+    """The other axis is no replicate: each table is one setting of it, over seeds (here one), so every std is
+    blank and no setting is tested, tied or separated; the settings' means are the cells' own values."""
+    import tomllib
+
+    from workbench.report.ablation import markdown_table, verdict
+    from workbench.report.record import Record, axis_table, combinations
+    from workbench.study.study import parse_study
+
+    text = tiny_study(6, "values = [0.0, 0.5]\nname = \"ratio\"").replace("seeds = [0, 1]", "seeds = [0]") + \
+        '[[axes]]\nkey = "train.steps"\nvalues = [6, 12]\nname = "steps"\n'
+    study = parse_study(tomllib.loads(text), Path("two.toml"))
+    values = {("0.0", "6"): 0.30, ("0.0", "12"): 0.20, ("0.5", "6"): 0.25, ("0.5", "12"): 0.10}
+    rows = [{"ratio": r, "steps": s, "seed": 0, "status": "finished", "metric": v, "metric_2nfe": math.nan,
+             "metric_fm": math.nan, "fm_name": "", "wall": 1.0, "key": r + s, "run_id": "x", "end": 0, "commit": "c"}
+            for (r, s), v in values.items()]
+    record = Record(study, pd.DataFrame(rows), client=None)
+    assert combinations(record, 0) == [{"steps": "6"}, {"steps": "12"}]
+    for axis_index, axis in enumerate(study.axes):
+        for within in combinations(record, axis_index):
+            table = axis_table(record, axis_index, within)
+            assert table["n"].tolist() == [1, 1] and table["std"].isna().all() and table["p_holm"].isna().all()
+            key = {**within}
+            assert table["mean"].tolist() == [values[(key.get("ratio", label), key.get("steps", label))]
+                                              for label in axis.labels]
+            text = markdown_table(table, study.metric) + verdict(table)
+            assert "± – (1)" in text and "Tied" not in text and "worse than the best at p" not in text
+            assert "Not tested against the best (n too small" in text
+    pooled = axis_table(record, 0)  # what the report no longer prints for a study of several axes
+    assert pooled["n"].tolist() == [2, 2]

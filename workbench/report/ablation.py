@@ -16,7 +16,7 @@ import pandas as pd
 from workbench.data import EXACT_REFERENCES
 from workbench.report import figures, markdown
 from workbench.report.quality import BARS, best_quality, quality_section, steps_figure
-from workbench.report.record import Record, ReportError, axis_table, best_value, fmt, load_record
+from workbench.report.record import Record, ReportError, axis_table, best_value, combinations, fmt, load_record
 from workbench.report.stats import ALPHA, MIN_PAIRS, MIN_SETTINGS, agreement, kendall_tau
 from workbench.stores import queries
 
@@ -197,14 +197,19 @@ def render(name: str, tracking_uri: str, out_root: Path = Path("reports")) -> Pa
         "",
     ]
     for i, axis in enumerate(study.axes):
-        table = axis_table(record, i)
-        lines += [f"## {axis.name} ({', '.join(axis.keys)})", "", markdown_table(table, study.metric), "",
-                  verdict(table), ""]
-        figure = f"{slug(axis.name)}.png"
-        others = [a.name for a in study.axes if a.name != axis.name]
-        figures.axis_errorbars(table, study.metric, axis.name, out / figure,
-                             over="seeds" + "".join(f" and every {name}" for name in others))
-        lines += [f"![{study.metric} per {axis.name}]({figure})", ""]
+        lines += [f"## {axis.name} ({', '.join(axis.keys)})", ""]
+        if len(study.axes) > 1:
+            lines += [f"One table per setting of the other axes: the statistics run over seeds (the only replicates) "
+                      f"at one setting of {', '.join(a.name for a in study.axes if a is not axis)}.", ""]
+        for within in combinations(record, i):
+            table = axis_table(record, i, within)
+            title = ", ".join(f"{k} = {v}" for k, v in within.items())
+            lines += [*([f"### at {title}", ""] if title else []), markdown_table(table, study.metric), "",
+                      verdict(table), ""]
+        if len(study.axes) == 1:  # one figure over seeds; a study of several axes shows its curves instead
+            figure = f"{slug(axis.name)}.png"
+            figures.axis_errorbars(axis_table(record, i), study.metric, axis.name, out / figure, over="seeds")
+            lines += [f"![{study.metric} per {axis.name}]({figure})", ""]
     lines += ema_section(record, config, study.metric)
     if config.data.name in EXACT_REFERENCES:
         lines += quality_section(record, config)

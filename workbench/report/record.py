@@ -5,6 +5,7 @@ metrics), never from the process that ran the study, so a report renders later a
 """
 from __future__ import annotations
 
+import itertools
 import math
 import tomllib
 from dataclasses import dataclass
@@ -88,11 +89,20 @@ def _outcome(attempts: list, metric: str) -> dict:
             "commit": run.data.tags.get(layout.COMMIT, "unknown"), "metrics": dict(metrics)}
 
 
-def axis_table(record: Record, axis_index: int) -> pd.DataFrame:
-    """Per setting of one axis (over seeds, and over the other axes' settings): n, mean, std, paper,
-    ranks, and a paired t-test against our best setting across matching cells."""
+def combinations(record: Record, axis_index: int) -> list[dict[str, str]]:
+    """Every setting of the study's other axes (name -> label), in file order: one table of the axis each, so
+    that its statistics run over seeds, the only replicates ([{}] for a one-axis study)."""
+    others = [axis for i, axis in enumerate(record.study.axes) if i != axis_index]
+    return [dict(zip((a.name for a in others), labels)) for labels in itertools.product(*(a.labels for a in others))]
+
+
+def axis_table(record: Record, axis_index: int, within: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per setting of one axis, over seeds at the other axes' settings `within` (a one-axis study: none): n,
+    mean, std, paper, ranks, and a paired t-test over seeds against our best setting, Holm-corrected."""
     axis = record.study.axes[axis_index]
     cells, done = record.cells, record.finished()
+    for name, label in (within or {}).items():
+        cells, done = cells[cells[name] == label], done[done[name] == label]
     rows = []
     for label, paper in zip(axis.labels, axis.paper):
         values = done.loc[done[axis.name] == label, "metric"].dropna()
