@@ -191,3 +191,26 @@ def test_a_two_axis_one_seed_study_never_prints_a_seed_spread_or_a_paired_test()
             assert "Not tested against the best (n too small" in text
     pooled = axis_table(record, 0)  # what the report no longer prints for a study of several axes
     assert pooled["n"].tolist() == [2, 2]
+
+
+def test_a_run_that_finished_blown_up_is_shown_as_diverged_and_left_out_of_the_statistics(store, monkeypatch):
+    """A finished run scoring above 10x the prior's logged score is no result: its cell counts as diverged and
+    its setting's mean, n and test leave it out. The store's worst finished run is put just above the line."""
+    from workbench.report import record as record_module
+    from workbench.report import stats
+    from workbench.report.record import axis_table, load_record
+
+    _, uri = store
+    before = load_record("tiny", uri)
+    done = before.finished()
+    worst = done.loc[done["metric"].idxmax()]
+    prior = worst["metric"] / stats.BLOWN_UP * 0.999
+    assert not (done["metric"].drop(worst.name) > stats.BLOWN_UP * prior).any(), "the store has a tie at its worst"
+    monkeypatch.setattr(record_module.queries, "references",
+                        lambda client, parent: {"prior (u = 0)": {"energy": prior}})
+    after = load_record("tiny", uri)
+    assert after.cells.loc[worst.name, "status"] == "diverged" and len(after.finished()) == len(done) - 1
+    row = axis_table(after, 0).set_index("value").loc[worst["ratio"]]
+    assert row["diverged"] == 1 and row["n"] == (done["ratio"] == worst["ratio"]).sum() - 1
+    assert stats.blown_up(math.nan, None) and stats.blown_up(math.inf, 1.0) and not stats.blown_up(5.0, None)
+    assert stats.blown_up(10.5, 1.0) and not stats.blown_up(10.0, 1.0) and not stats.blown_up(3.0, 0.0)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 
-from workbench.evaluate.names import baselines, with_sampler
+from workbench.evaluate.names import baselines, family, with_sampler
 from workbench.report import stats
 from workbench.stores import layout, queries, urls
 from workbench.study.study import Study, parse_study
@@ -66,7 +66,12 @@ def load_record(name: str, tracking_uri: str) -> Record:
         # parent run is the one they ran, so within it the settings and seed identify the cell.
         attempts = by_cell.get(cell.key) or by_settings.get((cell.settings, str(cell.seed)), [])
         rows.append(dict(cell.settings) | {"seed": cell.seed, "key": cell.key} | _outcome(attempts, study.metric))
-    return Record(study, pd.DataFrame(rows), client, queries.references(client, parent))
+    references = queries.references(client, parent)
+    prior = (references or {}).get("prior (u = 0)", {}).get(family(study.metric))
+    for row in rows:  # a run that finished blown up is shown as diverged and kept out of every statistic
+        if row["status"] == "finished" and stats.blown_up(row["metric"], prior):
+            row["status"] = "diverged"
+    return Record(study, pd.DataFrame(rows), client, references)
 
 
 def _outcome(attempts: list, metric: str) -> dict:

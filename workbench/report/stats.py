@@ -48,6 +48,13 @@ def kendall_tau(table: pd.DataFrame) -> tuple[float, int, float]:
 
 
 ALPHA = 0.05  # the family-wise error rate of the comparisons on one table
+BLOWN_UP = 10.0  # a finished run scoring above this multiple of the prior's score (u = 0) blew up
+
+
+def blown_up(value: float, prior: float | None) -> bool:
+    """Whether a finished run's score is no result to average or rank: not finite, or above BLOWN_UP times
+    what the prior itself scores (a model that outputs u = 0; None where no reference was logged)."""
+    return not math.isfinite(value) or (prior is not None and prior > 0 and value > BLOWN_UP * prior)
 
 
 def holm(pvalues) -> list[float]:
