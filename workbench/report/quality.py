@@ -9,7 +9,7 @@ import pandas as pd
 
 from workbench.evaluate.names import family
 from workbench.report import figures, markdown, stats
-from workbench.report.record import Record, fmt
+from workbench.report.record import Record, fmt, logged_references
 
 # The 2D quality scores shown beside the exact references (workbench/evaluate/evaluators.py point_scores).
 QUALITY = ("precision_1nfe", "tv_1nfe", "modes_1nfe", "labelprec_1nfe", "transport_1nfe", "uerr", "energy_1nfe",
@@ -25,16 +25,6 @@ def meets_bar(data_name: str, scores: dict) -> bool:
     """Whether mean scores of a setting pass BARS[data_name]."""
     spread = data_name != "gaussians" or scores.get("transport_1nfe", math.nan) <= 0.005
     return scores.get("precision_1nfe", math.nan) >= 0.9 and scores.get("modes_1nfe", 0) == 8 and spread
-
-
-def logged_references(logged: dict | None, config) -> dict[str, dict[str, float]]:
-    """The reference samplers' scores as the study logged them; a store written before they were logged gets
-    them computed here, once, from the same settings (toy_references is deterministic)."""
-    if logged is not None:
-        return logged
-    from workbench.evaluate.toy import toy_references
-
-    return toy_references(config.data.name, config.eval.num_samples, config.eval.seed, config.data.labels)
 
 
 def quality_section(record: Record, config) -> list[str]:

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from workbench.config import RunConfig, flatten, with_overrides
 from workbench.evaluate.names import family
 from workbench.report import markdown
-from workbench.report.record import ReportError, axis_table, fmt, load_record
+from workbench.report.record import ReportError, axis_table, fmt, load_record, logged_references
 from workbench.stores import layout, queries, urls
 from workbench.stores.trials import best_trial, counted, search_name
 from workbench.study.derived import confirmation_path
@@ -146,7 +146,7 @@ def reference_lines(study: Study, scores: dict, logged: dict | None) -> list[str
     """The metric's reference values on toy data (the data's floor, the exact map, trivial samplers) and
     whether the best trial meets the bar of a model that has learned its data."""
     from workbench.data import EXACT_REFERENCES
-    from workbench.report.quality import BARS, logged_references, meets_bar
+    from workbench.report.quality import BARS, meets_bar
 
     config = with_overrides(RunConfig(), study.base)
     if config.data.name not in EXACT_REFERENCES:
