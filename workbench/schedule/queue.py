@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import optuna
 from mlflow import MlflowClient
@@ -65,7 +65,6 @@ class Context:
     client: MlflowClient
     parent: Parent
     stores: Stores
-    extra: dict = field(default_factory=dict)
 
 
 class Queue(ABC):
