@@ -2,6 +2,7 @@
 unfinished run."""
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from workbench.stores.layout import AXIS, CONFIG_HASH, PARENT, REFERENCES, STUDY_FILE
+from workbench.stores.urls import StoreError
 
 
 def is_running(client: MlflowClient, run_id: str) -> bool:
@@ -64,8 +66,6 @@ def download(client: MlflowClient, run_id: str, name: str, folder: Path) -> Path
 def references(client: MlflowClient, parent: Run) -> dict | None:
     """The reference scores logged with a parent run (2D data with exact references), or None: none logged
     (other data, or a store written before they were)."""
-    import json
-
     with tempfile.TemporaryDirectory() as folder:
         path = download(client, parent.info.run_id, REFERENCES, Path(folder))
         return json.loads(path.read_text()) if path is not None else None
@@ -93,8 +93,6 @@ def axis_label(run: Run, axis_name: str) -> str | None:
 
 def model_files(tracking_uri: str, run_id: str, which: str, folder: Path) -> tuple[Path, Path]:
     """A finished run's config.json and EMA weights (ema.pt, or ema_<which>.pt), downloaded into folder."""
-    from workbench.stores.urls import StoreError
-
     client, name = MlflowClient(tracking_uri), f"ema_{which}.pt" if which else "ema.pt"
     try:
         config_file, weights = (download(client, run_id, file, folder) for file in ("config.json", name))
