@@ -122,3 +122,20 @@ def test_directions_default_to_each_metrics_own_sense_and_a_pruner_needs_evaluat
     with pytest.raises(StudyError, match="search.pruner: 'median' prunes on the evaluations every eval.every steps"):
         parse_study(raw, Path("studies/s.toml"))
     parse_study(raw | {"search": {"space": SPACE, "pruner": "none"}}, Path("studies/s.toml"))  # no pruner: fine
+
+
+def test_the_search_report_flags_a_best_value_on_a_bound_of_its_range():
+    """Within 2% of the range's width of a bound (of its log for a log dimension): lr 1.1e-4 of 1e-4 .. 1e-1 (log)
+    and batch 505 of 32 .. 512 sit on their lower and upper bounds; a value in the middle, one 2.1% in and a
+    categorical choice do not."""
+    from workbench.report.search import at_bounds
+    from workbench.study.space import SearchModel
+
+    search = SearchModel.model_validate({"space": {
+        "optim.lr": {"low": 1e-4, "high": 1e-1, "log": True}, "meanflow.ratio": {"low": 0.0, "high": 1.0},
+        "train.batch_size": {"low": 32, "high": 512}, "meanflow.tangent": {"choices": ["(v,0,1)", "(v,0,0)"]}}})
+    flagged = at_bounds(search, {"optim.lr": 1.1e-4, "meanflow.ratio": 0.5, "train.batch_size": 505,
+                                 "meanflow.tangent": "(v,0,1)"})
+    assert flagged == ["`optim.lr` = 0.00011 at its low bound (0.0001 .. 0.1)",
+                       "`train.batch_size` = 505 at its high bound (32 .. 512)"]
+    assert at_bounds(search, {"optim.lr": 1.2e-4, "meanflow.ratio": 0.021}) == []  # log: 2.6% of 3 decades up

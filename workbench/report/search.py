@@ -133,6 +133,11 @@ def best_section(study: Study, trials_study: optuna.Study, trials: list[FrozenTr
         front = {t.number for t in trials_study.best_trials}
         lines += ["", f"Pareto front over {', '.join(m for m, _ in goals)}: trials {sorted(front)}."]
     best = best_trial(trials_study, objectives(study.search, study.metric)[0][1])
+    bounds = at_bounds(search, best.params)
+    lines += ["", (f"At a bound of the space (within {BOUND_MARGIN:.0%} of its range; the best value may lie outside "
+                   f"it, widen the space before trusting it): {'; '.join(bounds)}." if bounds else
+                   f"No parameter of the best trial (#{best.number}) lies within {BOUND_MARGIN:.0%} of a bound of "
+                   "its range.")]
     scores = trial_scores(runs, best.number)
     lines += ["", f"The best trial (#{best.number}) on the other scores, mean over its seeds:", ""]
     shown = [m for m in ("transport_1nfe", "precision_1nfe", "modes_1nfe", "uerr", "energy_1nfe", "fid_1nfe")
@@ -140,6 +145,24 @@ def best_section(study: Study, trials_study: optuna.Study, trials: list[FrozenTr
     lines += [*markdown.table([f"`{m}`" for m in shown], [[fmt(scores[m], 3) for m in shown]]), ""]
     lines += reference_lines(study, scores, references)
     return lines
+
+
+BOUND_MARGIN = 0.02  # a value this close to a bound (share of the range; of its log for a log dimension) sits on it
+
+
+def at_bounds(search, params: dict) -> list[str]:
+    """The numeric params that lie on a bound of their range: where the optimum may be outside the space."""
+    flagged = []
+    for name, p in dimensions(search).items():
+        if p.kind not in ("float", "int") or name not in params:
+            continue
+        scale = math.log if p.log else float
+        low, high, value = scale(p.low), scale(p.high), scale(params[name])
+        side = "low" if value - low <= BOUND_MARGIN * (high - low) else (
+            "high" if high - value <= BOUND_MARGIN * (high - low) else None)
+        if side:
+            flagged.append(f"`{name}` = {params[name]:.4g} at its {side} bound ({p.low:g} .. {p.high:g})")
+    return flagged
 
 
 def reference_lines(study: Study, scores: dict, logged: dict | None) -> list[str]:
@@ -215,7 +238,9 @@ def figures(trials_study: optuna.Study, folder: Path) -> list[str]:
     save(views.plot_slice(trials_study), "slice.png", "objective against each parameter")
     top = list(importances)[:2]
     if len(top) == 2:
-        lines += [f"## Contour of the two most important parameters ({top[0]}, {top[1]})", ""]
+        lines += [f"## Contour of the two most important parameters ({top[0]}, {top[1]})", "",
+                  f"Interpolated by Optuna between {len(complete)} complete trials of a {len(complete[0].distributions)}-"
+                  "dimensional space: the dots are the measurements; the colours between them are not.", ""]
         save(views.plot_contour(trials_study, params=top), "contour.png", "contour")
     return lines
 
