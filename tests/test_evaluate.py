@@ -45,7 +45,10 @@ def test_trained_model_ranks_above_untrained(tmp_path):
                     tmp_path / "b", progress=False)
     before = toy_metrics(untrained.ema, "checkerboard", (1,), (), 1000, 0, 1.0, (0.0, 1.0))
     after = toy_metrics(trained.ema, "checkerboard", (1,), (), 1000, 0, 1.0, (0.0, 1.0))
-    assert set(after) == {f"{m}_1nfe" for m in ("energy", "swd", "precision", "tv", "modes", "transport")} | {"uerr"}
+    exact = {f"{m}_exact" for m in ("energy", "swd", "precision", "tv", "modes")}
+    assert set(after) == {f"{m}_1nfe" for m in ("energy", "swd", "precision", "tv", "modes", "transport", "spread")} \
+        | exact | {"uerr"}
+    assert {k: after[k] for k in exact} == {k: before[k] for k in exact}  # the target's scores, not the model's
     assert after["energy_1nfe"] < 0.5 * before["energy_1nfe"]
     assert after["swd_1nfe"] < 0.5 * before["swd_1nfe"]
     assert after["transport_1nfe"] < 0.5 * before["transport_1nfe"] and after["uerr"] < 0.5 * before["uerr"]
@@ -63,8 +66,9 @@ def test_evaluation_during_and_after_training(tmp_path):
                                           "sample.num_points": 50, "eval.every": 10, "eval.num_samples": 300,
                                           "eval.num_samples_during": 100, "eval.nfe": "1,2", "eval.fm_steps": "5"})
     result = train(config, tmp_path / "run", progress=False, evaluator=evaluator_for(config))
-    names = {f"{m}_{s}" for m in ("energy", "swd", "precision", "tv", "modes", "transport")
-             for s in ("1nfe", "2nfe", "fm5")} | {"uerr"}
+    names = {f"{m}_{s}" for m in ("energy", "swd", "precision", "tv", "modes", "transport", "spread")
+             for s in ("1nfe", "2nfe", "fm5")} | {f"{m}_exact" for m in ("energy", "swd", "precision", "tv", "modes")} \
+        | {"uerr", "uerrown"}
     assert set(result.metrics) == names == set(metric_names(config))
     record = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert record["metrics"] == result.metrics and record["num_samples"] == 300 and "points" in record["features"]
@@ -141,7 +145,8 @@ def test_the_evaluator_of_a_run_scores_the_sample_count_it_is_given():
     net = small_net(num_classes=8, dtype=torch.float32)
     scores = evaluator_for(config)(net, 300)
     guidance = config.meanflow.cfg_omega / (1 - config.meanflow.cfg_kappa)
-    assert scores == toy_metrics(net, "gaussians", (1,), (), 300, 2, guidance, (0.0, 1.0))
+    sampler = tuple((key, getattr(config.meanflow, key)) for key in ("t_dist", "r_dist", "ratio", "ratio_mask", "tr_sampler"))
+    assert scores == toy_metrics(net, "gaussians", (1,), (), 300, 2, guidance, (0.0, 1.0), sampler)
     assert scores != evaluator_for(config)(net, 200)
 
 
@@ -178,9 +183,11 @@ def test_reference_samplers_of_the_labelled_gaussians_are_their_points_scored(co
         points["class means"] = (GAUSSIAN_MEANS[labels].float(), labels)
     assert list(refs) == list(points)
     for name, (x, x_labels) in points.items():
-        expected = point_scores(x, reference, "gaussians", x_labels, exact["map"], seed)
+        expected = point_scores(x, reference, "gaussians", x_labels, exact["map"], seed, labels)
         if name in ("data", "uniform box"):
             del expected["transport"]
+        if name == "uniform box":
+            del expected["spread"]
         if name == "prior (u = 0)":
             expected["uerr"] = float(exact["u"].pow(2).sum(1).mean())
         if name == "exact map":
@@ -233,8 +240,10 @@ def test_unconditional_model_of_a_labelled_set(tmp_path):
 
 
 @pytest.mark.parametrize(("overrides", "families", "extra"), [
-    ({"data.name": "gaussians"}, ["energy", "swd", "precision", "tv", "modes", "transport", "labelprec"], ["uerr"]),
-    ({"data.name": "gaussians", "data.labels": False}, ["energy", "swd", "precision", "tv", "modes", "transport"], ["uerr"]),
+    ({"data.name": "gaussians"}, ["energy", "swd", "precision", "tv", "modes", "transport", "spread", "labelprec"],
+     [f"{f}_exact" for f in ("energy", "swd", "precision", "tv", "modes", "labelprec")] + ["uerr", "uerrown"]),
+    ({"data.name": "gaussians", "data.labels": False}, ["energy", "swd", "precision", "tv", "modes", "transport", "spread"],
+     [f"{f}_exact" for f in ("energy", "swd", "precision", "tv", "modes")] + ["uerr", "uerrown"]),
     ({"data.name": "moons"}, ["energy", "swd"], []),
     ({"data.name": "digits"}, ["fid", "kid"], []),
     ({"data.name": "digits", "eval.features": "inception"}, ["fid"], []),
@@ -285,14 +294,16 @@ def test_evaluator_for_each_data_kind_passes_the_runs_settings(monkeypatch, tmp_
     guided = with_overrides(RunConfig(), {**ev, "data.name": "gaussians", "meanflow.cfg_omega": 2.0,
                                           "meanflow.cfg_kappa": 0.5, "meanflow.cfg_t_lo": 0.1, "meanflow.cfg_t_hi": 0.8})
     evaluator = evaluate.evaluator_for(guided)
-    assert evaluator.info == {"features": points + " and the exact flow map (transport, uerr, support scores))",
+    assert evaluator.info == {"features": points + " and the exact flow map (transport, spread, uerr, support scores))",
                               "seed": 3, "exact_guidance": 4.0}
     assert evaluator(net, 300) == {"called": 1}
-    assert evaluate.toy_metrics.calls[-1] == ((net, "gaussians", (1, 4), (2,), 300, 3, 4.0, (0.1, 0.8)), {})
+    sampler = (("t_dist", "lognorm(-0.4,1.0)"), ("r_dist", ""), ("ratio", 0.25), ("ratio_mask", "random"),
+               ("tr_sampler", "v0"))
+    assert evaluate.toy_metrics.calls[-1] == ((net, "gaussians", (1, 4), (2,), 300, 3, 4.0, (0.1, 0.8), sampler), {})
     evaluator = evaluate.evaluator_for(with_overrides(RunConfig(), {**ev, "data.name": "moons"}))
     assert evaluator.info == {"features": points + ")", "seed": 3}
     evaluator(net, 200)
-    assert evaluate.toy_metrics.calls[-1] == ((net, "moons", (1, 4), (2,), 200, 3, 1.0, (0.0, 1.0)), {})
+    assert evaluate.toy_metrics.calls[-1] == ((net, "moons", (1, 4), (2,), 200, 3, 1.0, (0.0, 1.0), sampler), {})
 
     path = latents_file(tmp_path)
     latent = with_overrides(RunConfig(), {**ev, "data.name": "latents", "data.path": str(path)})

@@ -22,7 +22,7 @@ from workbench.data import (
 from workbench.evaluate.draw import sample_chunks
 from workbench.evaluate.fid import ImageScorer, RunningStats, frechet, image_scorer
 from workbench.evaluate.names import samplers
-from workbench.evaluate.toy import toy_metrics
+from workbench.evaluate.toy import SAMPLER_KEYS, toy_metrics
 
 
 def image_metrics(net: nn.Module, scorer: ImageScorer, shape: tuple[int, ...], nfe: tuple[int, ...],
@@ -74,8 +74,10 @@ def evaluator_for(config: RunConfig) -> Evaluator:
     if name in TOY_SETS:
         mf = config.meanflow
         guidance, interval = mf.cfg_omega / (1 - mf.cfg_kappa), (mf.cfg_t_lo, mf.cfg_t_hi)
-        exact = " and the exact flow map (transport, uerr, support scores)" if name in EXACT_REFERENCES else ""
-        return Evaluator(lambda net, n: toy_metrics(net, name, ev.nfe, ev.fm_steps, n, ev.seed, guidance, interval),
+        exact = " and the exact flow map (transport, spread, uerr, support scores)" if name in EXACT_REFERENCES else ""
+        sampler = tuple((key, getattr(mf, key)) for key in SAMPLER_KEYS)
+        return Evaluator(lambda net, n: toy_metrics(net, name, ev.nfe, ev.fm_steps, n, ev.seed, guidance, interval,
+                                                    sampler),
                          {"features": f"points (energy distance, sliced W2 vs held-out split{exact})", "seed": ev.seed,
                           **({"exact_guidance": guidance} if exact else {})})
     data = load_data(name, "test", path=config.data.path, data_dir=config.data.data_dir)

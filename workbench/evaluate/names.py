@@ -1,11 +1,15 @@
 """The metric-name grammar, in one place: `<family>_<sampler>[_<weights>]`, e.g. transport_1nfe, fid_fm50,
 fid_1nfe_ema0.99995. A family (energy, swd, precision, tv, modes, transport, labelprec, fid, kid,
-fdlatent) is what is scored; a sampler how the samples were drawn (<k>nfe: MeanFlow with k steps, fm<k>: the
-Flow Matching Euler baseline with k steps); weights which EMA (none: train.ema_decay's) or raw. `uerr`
-stands alone. Imports no torch (the stores and reports read names too)."""
+fdlatent, spread) is what is scored; a sampler how the samples were drawn (<k>nfe: MeanFlow with k steps, fm<k>:
+the Flow Matching Euler baseline with k steps, exact: the run's own exact target map, a reference); weights which
+EMA (none: train.ema_decay's) or raw. `uerr` (pairs from the paper's (t, r) sampler) and `uerrown` (from the run's
+own) stand alone. spread is a ratio whose target is 1: neither direction is better, and no study ranks by it.
+Imports no torch (the stores and reports read names too)."""
 from __future__ import annotations
 
-HIGHER_IS_BETTER = ("precision", "modes", "labelprec")  # every other evaluation metric: lower is better
+HIGHER_IS_BETTER = ("precision", "modes", "labelprec")  # every other evaluation metric but spread: lower is better
+TWO_SIDED = ("spread",)  # 1 is the target
+EXACT_FAMILIES = ("energy", "swd", "precision", "tv", "modes")  # the scores of the exact map logged as <family>_exact
 
 
 def family(metric: str) -> str:
@@ -53,8 +57,10 @@ def _metric_names(config) -> list[str]:
         families = ["energy", "swd"]
         if name in EXACT_REFERENCES:
             labelled = config.data.labels and load_data(name, "test").num_classes
-            families += ["precision", "tv", "modes", "transport"] + (["labelprec"] if labelled else [])
-        return [f"{kind}_{s}" for s in suffixes for kind in families] + (["uerr"] if name in EXACT_REFERENCES else [])
+            families += ["precision", "tv", "modes", "transport", "spread"] + (["labelprec"] if labelled else [])
+            exact = [f"{kind}_exact" for kind in EXACT_FAMILIES] + (["labelprec_exact"] if labelled else [])
+            return [f"{kind}_{s}" for s in suffixes for kind in families] + exact + ["uerr", "uerrown"]
+        return [f"{kind}_{s}" for s in suffixes for kind in families]
     if name == "latents" and ev.features != "inception":
         return [f"fdlatent_{s}" for s in suffixes]
     families = ("fid",) if ev.features == "inception" else ("fid", "kid")  # KID needs the reference features

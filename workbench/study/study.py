@@ -36,7 +36,7 @@ import tomli_w
 from pydantic import Field, field_validator, model_validator
 
 from workbench.config import ConfigError, RunConfig, flatten, with_overrides
-from workbench.evaluate.names import higher_is_better, metric_names
+from workbench.evaluate.names import TWO_SIDED, family, higher_is_better, metric_names
 from workbench.study.schema import FileModel, StudyError, validated
 from workbench.study.space import SearchModel, check_space
 
@@ -259,6 +259,10 @@ def check_metric(study: Study, cells: list[Cell]) -> None:
                 raise StudyError(f"{study.path}: {where.split(' ')[0]}: {metric!r} is not produced for cell "
                                  f"{cell.run_name!r} (data.name={cell.config.data.name!r}); it produces: "
                                  f"{', '.join(names)}")
+        if family(metric) in TWO_SIDED or metric.endswith("_exact"):
+            raise StudyError(f"{study.path}: {where.split(' ')[0]}: {metric!r} cannot rank cells: "
+                             + ("its target is 1, neither direction is better" if family(metric) in TWO_SIDED
+                                else "it scores the exact target map, not the model"))
         if where.startswith("search."):  # a search states its direction; a study ranks lower-is-better
             continue
         if higher_is_better(metric):
