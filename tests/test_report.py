@@ -10,7 +10,8 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from workbench.cli import app
-from workbench.report.ablation import render, render_suite
+from workbench.report.ablation import render
+from workbench.report.suite import render_suite
 from workbench.schedule.ablation import AblationQueue
 from workbench.schedule.launcher import launch
 from workbench.stores.urls import default_stores
@@ -82,11 +83,13 @@ def test_suite_page_links_each_study(store, tmp_path):
     _, uri = store
     text = render_suite(("tiny", "notrun"), uri, tmp_path).read_text()
     assert "[tiny](../tiny/README.md)" in text and "failed (0/2)" in text
-    assert "| notrun | not run yet (`wb ablate notrun`)" in text
+    assert "| notrun | CPU (100%, uniform(0,1), p = 0.5) | not run yet (`wb ablate notrun`)" in text
+    assert "tiny_paper" not in text  # a paper-point variant that was not run is absent, not "not run"
     # the paper's best is "half" (63.14), which kept one finished seed: no test can separate it from ours or ours
     # from it, so the sub-table is unresolved whichever setting has the lowest mean
-    assert "Agreement: of 1 sub-tables, 0 agree with the paper's best setting, 0 disagree and 1 are unresolved" in text
+    assert "Of 1 tables: 0 agree with the paper's best setting, 0 disagree, 1 are unresolved" in text
     assert "| unresolved |" in text
+    assert "- tiny (CPU (100%, uniform(0,1), p = 0.5)): **unresolved** with the paper's best (half) by `energy_1nfe`" in text
 
 
 def test_wb_report_unknown_study_exits_2(store, tmp_path):
@@ -166,8 +169,9 @@ def test_a_two_axis_one_seed_study_never_prints_a_seed_spread_or_a_paired_test()
     blank and no setting is tested, tied or separated; the settings' means are the cells' own values."""
     import tomllib
 
-    from workbench.report.ablation import markdown_table, verdict
+    from workbench.report.ablation import markdown_table
     from workbench.report.record import Record, axis_table, combinations
+    from workbench.report.verdicts import verdict
     from workbench.study.study import parse_study
 
     text = tiny_study(6, "values = [0.0, 0.5]\nname = \"ratio\"").replace("seeds = [0, 1]", "seeds = [0]") + \

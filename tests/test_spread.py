@@ -86,3 +86,13 @@ def test_own_pairs_follow_the_runs_sampler(ratio, t_dist):
         assert torch.allclose(own["u"][same], v)
     paper = exact_targets("gaussians", 2000, 0)
     assert bool((paper["t"] != paper["r"]).all())  # the paper's pairs: all r != t, unchanged by `sampler`
+
+
+def test_own_pairs_carry_the_labels_of_their_own_points():
+    """Each own pair's z_t is drawn around a point of its label's mode: at small t, z is near that mode."""
+    from workbench.data import GAUSSIAN_MEANS
+
+    sampler = (("t_dist", "uniform(0,0.05)"), ("r_dist", ""), ("ratio", 1.0), ("ratio_mask", "random"), ("tr_sampler", "v0"))
+    own = exact_targets("gaussians", 500, 0, 1.0, (0.0, 1.0), True, sampler)["own"]
+    nearest = torch.cdist(own["z"], GAUSSIAN_MEANS.double()).argmin(1)
+    assert float((nearest == own["labels"]).double().mean()) > 0.95

@@ -150,7 +150,7 @@ def test_two_raw_wins_become_ties_under_holm_and_leave_the_agreement_unresolved(
     """Three settings on 4 seeds: b and c are each worse than a on every seed by a small margin, raw p 0.033 and
     0.038, each a "win" on its own. Holm over the table's two comparisons makes both ties (0.033 x 2 = 0.066), so
     the paper's best b leaves the agreement unresolved, where the raw tests would have called it a disagreement."""
-    from workbench.report.ablation import outcome
+    from workbench.report.verdicts import outcome
 
     values = {"a": [0.100, 0.120, 0.090, 0.110], "b": [0.105, 0.123, 0.097, 0.113], "c": [0.107, 0.124, 0.097, 0.112]}
     done = pd.DataFrame([{"lr": lr, "seed": s, "metric": v} for lr, vs in values.items() for s, v in enumerate(vs)])

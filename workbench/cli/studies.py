@@ -219,15 +219,16 @@ def calibrate(
 def report(
     studies: Annotated[list[str] | None, typer.Argument(
         metavar="STUDY...", help="Study names as recorded (e.g. table1a).")] = None,
-    suite: Annotated[bool, typer.Option("--suite", help="Also write reports/table1/README.md over table1a-f.")] = False,
+    suite: Annotated[bool, typer.Option("--suite", help="Also write reports/table1/README.md over table1a-f and table5, "
+                                        "at both operating points.")] = False,
     tracking_uri: TrackingUri = None, storage: Storage = None,
     out: Annotated[Path, typer.Option(help="Reports folder.")] = Path("reports"),
 ) -> None:
     """Render reports/<study>/README.md (an ablation: tables beside the paper, curves, samples) and
     reports/<study>/search.md (a search: best trials, history, importances, confirmation) from the stores."""
-    from workbench.report.ablation import SUITE, render_suite
     from workbench.report.record import ReportError
     from workbench.report.recorded import render_recorded, render_suite_studies
+    from workbench.report.suite import SUITE, render_suite
     from workbench.stores.urls import StoreError
     from workbench.study.study import StudyError
 

@@ -119,10 +119,10 @@ def exact_targets(data_name: str, num_samples: int, seed: int, guidance: float =
         own = torch.Generator().manual_seed(seed + 1)
         t, r = sample_t_r(num_samples, SimpleNamespace(**dict(sampler)), own)
         t, r = t.double(), r.double()
-        x = data.x[torch.randint(len(data.x), (num_samples,), generator=own)].double()
+        pick = torch.randint(len(data.x), (num_samples,), generator=own)
+        x, own_labels = data.x[pick].double(), data.labels[pick] if labels is not None else None
         z = (1 - t[:, None]) * x + t[:, None] * torch.randn(num_samples, 2, generator=own, dtype=torch.float64)
-        targets["own"] = {"z": z, "t": t, "r": r, "labels": pair_labels,
-                          "u": flow.average_velocity(z, t, r, pair_labels)}
+        targets["own"] = {"z": z, "t": t, "r": r, "labels": own_labels, "u": flow.average_velocity(z, t, r, own_labels)}
     return targets
 
 

@@ -15,66 +15,31 @@ import pandas as pd
 
 from workbench.data import EXACT_REFERENCES
 from workbench.report import figures, markdown
-from workbench.report.quality import BARS, best_quality, quality_section, steps_figure
-from workbench.report.record import Record, ReportError, axis_table, best_value, combinations, fmt, load_record
-from workbench.report.stats import ALPHA, BLOWN_UP, MIN_PAIRS, MIN_SETTINGS, agreement, kendall_tau
+from workbench.report.quality import quality_section, steps_figure
+from workbench.report.record import Record, axis_table, combinations, fmt, load_record
+from workbench.report.stats import BLOWN_UP, MIN_PAIRS
+from workbench.report.verdicts import other_metrics, other_metrics_lines, verdict
 from workbench.stores import queries
 
-SUITE = ("table1a", "table1b", "table1c", "table1d", "table1e", "table1f", "table5")
-
-
 # Tables -------------------------------------------------------------------------------------------
-
-def outcome(table: pd.DataFrame) -> dict:
-    """Our best setting against the others and the paper's: the settings worse than ours, tied with it and
-    untested (paired t-test over seeds, Holm-corrected over this table's comparisons), and whether we agree
-    with the paper's best setting (agree / disagree / unresolved, stats.agreement)."""
-    ours = best_value(table)
-    papers = best_value(table, "paper") if table["paper"].notna().any() else None
-    others = table[(table["value"] != ours) & (table["n"] > 0)]
-    worse = others[others["p_holm"] < ALPHA]["value"].tolist()
-    tied = others[others["p_holm"] >= ALPHA]["value"].tolist()
-    untested = others[others["p_holm"].isna()]["value"].tolist()
-    separated = bool(len(others)) and len(worse) == len(others)
-    return {"ours": ours, "papers": papers, "worse": worse, "tied": tied, "untested": untested,
-            "agreement": agreement(ours, papers, separated, papers in worse)}
-
-
-def verdict(table: pd.DataFrame) -> str:
-    """The plain sentence under a table: which settings our runs separate, and do we agree with the paper's
-    best setting and its order?"""
-    if table["mean"].isna().all():
-        return "No finished cells yet."
-    result = outcome(table)
-    ours, papers = result["ours"], result["papers"]
-    parts = []
-    if papers is not None:
-        tau, n, p = kendall_tau(table)
-        order = (f"Kendall tau between our means and the paper's FIDs = {fmt(tau, 2)} over {n} settings (p = "
-                 f"{fmt(p, 2)} against no order)." if n >= MIN_SETTINGS
-                 else f"(no Kendall tau: {n} settings with a paper value, it needs {MIN_SETTINGS})")
-        parts.append(f"Our best setting ({ours}) against the paper's ({papers}): **{result['agreement']}**; {order}")
-    else:
-        parts.append(f"Our best setting: {ours} (no paper values for this axis).")
-    family = f"paired t-test over seeds, Holm-corrected over the {int(table['p_holm'].notna().sum())} comparisons here"
-    if result["tied"]:
-        parts.append(f"Tied with the best ({family}, p >= {ALPHA}): {', '.join(result['tied'])}; these runs do not "
-                     "order them against it.")
-    if result["untested"]:
-        parts.append(f"Not tested against the best (n too small: fewer than {MIN_PAIRS} seeds paired with it, and a "
-                     f"t-test on fewer has too few degrees of freedom to mean anything): {', '.join(result['untested'])}.")
-    if result["worse"] and not result["tied"] and not result["untested"]:
-        parts.append(f"Every other setting is worse than the best at p < {ALPHA} ({family}).")
-    elif result["worse"]:
-        parts.append(f"Worse than the best at p < {ALPHA} ({family}): {', '.join(result['worse'])}.")
-    return " ".join(parts)
-
 
 def _spread(mean: float, std: float) -> str:
     return f"{fmt(mean)} ± {fmt(std, 2) or '–'}" if fmt(mean) else ""
 
 
-def markdown_table(table: pd.DataFrame, metric: str) -> str:
+def base_label(study, axis) -> str | None:
+    """The setting of `axis` that is the study's base configuration (the row several sub-tables share), if any."""
+    from workbench.config import RunConfig, with_overrides
+
+    base = with_overrides(RunConfig(), study.base)
+    for label, values in zip(axis.labels, axis.values):
+        if with_overrides(base, dict(zip(axis.keys, values))) == base:
+            return label
+    return None
+
+
+def markdown_table(table: pd.DataFrame, metric: str, base: str | None = None) -> str:
+    """The axis table as markdown; `base` (a setting's label) is marked as the study's base configuration."""
     has_2nfe, has_fm = table["mean_2nfe"].notna().any(), table["mean_fm"].notna().any()
     fm_name = next((n for n in table["fm_name"] if n), "")
     header = ["value", f"{metric} mean ± std (n)"] + (["2-NFE mean ± std"] if has_2nfe else []) + \
@@ -97,7 +62,8 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
         if paper and row.paper == best_paper:
             paper = f"**{paper}**"
         p = fmt(row.p_holm, 2) or ("n too small" if row.n and row.worse_on and row.mean != best_ours else "")
-        cells = [row.value, ours] + ([_spread(row.mean_2nfe, row.std_2nfe)] if has_2nfe else []) + \
+        value = f"{row.value} (base)" if row.value == base else row.value
+        cells = [value, ours] + ([_spread(row.mean_2nfe, row.std_2nfe)] if has_2nfe else []) + \
             ([_spread(row.mean_fm, row.std_fm)] if has_fm else []) + \
             [paper, fmt(row.rank, 2), fmt(row.paper_rank, 2), p, row.worse_on]
         lines.append(markdown.row(cells))
@@ -204,8 +170,9 @@ def render(name: str, tracking_uri: str, out_root: Path = Path("reports")) -> Pa
         for within in combinations(record, i):
             table = axis_table(record, i, within)
             title = ", ".join(f"{k} = {v}" for k, v in within.items())
-            lines += [*([f"### at {title}", ""] if title else []), markdown_table(table, study.metric), "",
-                      verdict(table), ""]
+            lines += [*([f"### at {title}", ""] if title else []),
+                      markdown_table(table, study.metric, base_label(study, axis)), "",
+                      verdict(table), *other_metrics_lines(other_metrics(record, i, within)), ""]
         if len(study.axes) == 1:  # one figure over seeds; a study of several axes shows its curves instead
             figure = f"{slug(axis.name)}.png"
             figures.axis_errorbars(axis_table(record, i), study.metric, axis.name, out / figure, over="seeds")
@@ -236,56 +203,5 @@ def render(name: str, tracking_uri: str, out_root: Path = Path("reports")) -> Pa
               f"or infinite, or the run finished with a score that is not finite or above {BLOWN_UP:g}x the prior's "
               "(u = 0, logged with the study); such runs are kept out of every mean, rank, test and tau.", ""]
     path = out / "README.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def render_suite(names: tuple[str, ...], tracking_uri: str, out_root: Path = Path("reports"),
-                 title: str = "table1") -> Path:
-    """One page laid out like the paper's Table 1: each sub-table with the paper's FID beside ours."""
-    summary = markdown.header(["study", "axis", "metric", "our best", "its precision_1nfe", "learned (bar)",
-                               "paper's best", "agreement", "Kendall tau (p)"])
-    sections, matches, taus, learned = [], [], [], []
-    for name in names:
-        try:
-            record = load_record(name, tracking_uri)
-        except ReportError:
-            summary.append(markdown.row([name, f"not run yet (`wb ablate {name}`)", *[""] * 7]))
-            continue
-        link = f"[{name}](../{name}/README.md)"
-        for i, axis in enumerate(record.study.axes):
-            table = axis_table(record, i)
-            tau, _, tau_p = kendall_tau(table)
-            result = outcome(table)
-            ours, papers = result["ours"] or "–", result["papers"] or "–"
-            quality = best_quality(record, axis.name, None if ours == "–" else ours)
-            bar = quality["bar"]
-            matches.append(result["agreement"])
-            taus.append((tau, tau_p))
-            learned.append(bar)
-            summary.append(markdown.row([link, axis.name, f"`{record.study.metric}`", ours,
-                                         fmt(quality['best_precision'], 3), "–" if bar is None else "yes" if bar else "**no**",
-                                         papers, result["agreement"], f"{fmt(tau, 2)} ({fmt(tau_p, 2)})" if fmt(tau) else ""]))
-            sections += [f"## {name}: {axis.name}", "", markdown_table(table, record.study.metric), "",
-                         verdict(table), ""]
-    counted = {state: matches.count(state) for state in ("agree", "disagree", "unresolved")}
-    agree = [f"of {len(matches)} sub-tables, {counted['agree']} agree with the paper's best setting, {counted['disagree']} "
-             f"disagree and {counted['unresolved']} are unresolved (its best within seed noise of ours, paired t-test "
-             f"over seeds, Holm-corrected per table)",
-             f"{sum(1 for tau, p in taus if p < ALPHA and tau > 0)} order their settings like the paper and "
-             f"{sum(1 for tau, p in taus if p < ALPHA and tau < 0)} against it at p < {ALPHA} (Kendall tau against no "
-             f"order); the other {sum(1 for tau, p in taus if not p < ALPHA)} cannot tell the paper's order from a random one"]
-    if any(b is not None for b in learned):
-        agree.append(f"in {sum(1 for b in learned if b)} of {sum(1 for b in learned if b is not None)} our best "
-                     "setting's 1-NFE samples meet the bar of a model that has learned the data")
-    summary += ["", "Agreement: " + "; ".join(agree) + "."]
-    lines = ["# Table 1 and Table 5 at CPU scale, beside the paper", "",
-             "Paper: ImageNet 256, DiT-B/4, 80 epochs, 1-NFE FID-50K. Ours: the CPU proxy each study describes "
-             "(its metric; lower is better), mean ± std over seeds. Bold: best in the column. Only the orders "
-             "compare; the scales do not. learned (bar): " + "; ".join(f"{k}: {v}" for k, v in BARS.items()) + ".",
-             "", "## Summary", "", *summary, "", *sections,
-             "---", "Generated by `wb report --suite` from the MLflow store.", ""]
-    path = out_root / title / "README.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path

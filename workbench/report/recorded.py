@@ -33,11 +33,12 @@ def render_recorded(name: str, stores: Stores, out: Path, wb: str = "wb") -> lis
 
 
 def render_suite_studies(tracking_uri: str, out: Path) -> list[tuple[str, str]]:
-    """Each Table 1 study's page, or why it was skipped (the suite page lists it as not run)."""
-    from workbench.report.ablation import SUITE
+    """Each Table 1 study's page at each operating point, or why it was skipped (the suite page lists it as not
+    run)."""
+    from workbench.report.suite import suite_names
 
     pages = []
-    for name in SUITE:
+    for name in suite_names():
         try:
             pages.append((name, str(render(name, tracking_uri, out))))
         except ReportError as err:
