@@ -96,3 +96,10 @@ def test_own_pairs_carry_the_labels_of_their_own_points():
     own = exact_targets("gaussians", 500, 0, 1.0, (0.0, 1.0), True, sampler)["own"]
     nearest = torch.cdist(own["z"], GAUSSIAN_MEANS.double()).argmin(1)
     assert float((nearest == own["labels"]).double().mean()) > 0.95
+
+
+def test_points_outside_a_panel_are_counted():
+    from workbench.evaluate.pictures import outside_count
+
+    points = torch.tensor([[0.0, 0.0], [1.0, -1.0], [1.01, 0.0], [0.0, -3.0], [math.nan, 0.0], [math.inf, 0.0]])
+    assert outside_count(points, 1.0) == 4

@@ -63,21 +63,29 @@ def save_samples(ema: nn.Module, data: Dataset, config: RunConfig, paths: dict[i
 
 
 def scatter(panels: list[tuple[str, torch.Tensor, torch.Tensor | None]], path: Path) -> None:
-    """2D point sets side by side with the same limits: (title, points (N, 2), class labels or None);
-    labelled points are coloured by class."""
+    """2D point sets side by side with the same limits, those of the first (the data): (title, points (N, 2),
+    class labels or None); labelled points are coloured by class, and a panel says how many of its points fall
+    outside the limits (and so are not drawn)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.8), sharex=True, sharey=True, squeeze=False)
+    lim = 1.2 * float(panels[0][1].abs().max())
     for ax, (title, points, labels) in zip(axes[0], panels):
         points = points.cpu()
         colours = {} if labels is None else {"c": labels.cpu(), "cmap": "tab10", "vmin": 0, "vmax": 9}
         ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.5, **({"color": "C0"} if labels is None else colours))
-        ax.set_title(title, fontsize=10)
+        outside = outside_count(points, lim)
+        ax.set_title(title + (f"\n{outside} of {len(points)} outside the panel" if outside else ""), fontsize=10,
+                     color="C3" if outside else "black")
         ax.set_aspect("equal")
-    lim = 1.2 * float(panels[0][1].abs().max())
     axes[0, 0].set_xlim(-lim, lim)
     axes[0, 0].set_ylim(-lim, lim)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def outside_count(points: torch.Tensor, lim: float) -> int:
+    """How many points (N, 2) fall outside the square [-lim, lim]^2 (non-finite ones included)."""
+    return int((~points.abs().le(lim).all(1)).sum())
 
 
 def image_grid(images: torch.Tensor, path: Path, title: str) -> None:
