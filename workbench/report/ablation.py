@@ -159,6 +159,8 @@ def render(name: str, tracking_uri: str, out_root: Path = Path("reports")) -> Pa
                   if (cells["status"] == s).any()),
         f"- commit: {', '.join(commits) or '–'}; last cell finished {last}; "
         f"total compute {finished['wall'].sum() / 60:.1f} min (sum of cell wall times)",
+        "- base config (over `wb config`'s defaults): "
+        + (", ".join(f"`{k}={v}`" for k, v in study.base.items()) or "the defaults"),
         f"- reproduce: `wb ablate {study.name}` then `wb report {study.name}`",
         "",
     ]

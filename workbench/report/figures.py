@@ -44,7 +44,7 @@ def curves(history, metric: str, title: str, path: Path, log_y: bool = False) ->
     """Per setting: mean over seeds vs step, with a band from the lowest to the highest seed."""
     groups = list(history.groupby("setting", sort=False))
     many = len(groups) > 6  # the legend goes beside the plot, and colours come from a 20-colour map
-    fig, ax = plt.subplots(figsize=(9 if many else 6.5, 3.6))
+    fig, ax = plt.subplots(figsize=(9 if many else 8, 3.6))
     colours = plt.get_cmap("tab20" if len(groups) > 10 else "tab10")
     for i, (setting, rows) in enumerate(groups):
         by_step = rows.groupby("step")["value"]
@@ -57,10 +57,8 @@ def curves(history, metric: str, title: str, path: Path, log_y: bool = False) ->
     ax.set_ylabel(metric)
     ax.set_title(f"{title}: mean over seeds, band = min to max")
     ax.title.set_fontsize(10)
-    if many:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(groups) // 16)
-    else:
-        ax.legend(fontsize=8)
+    # beside the plot, never over the curves
+    ax.legend(fontsize=7 if many else 8, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(groups) // 16)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -103,7 +101,7 @@ def against_steps(points, metrics: list[str], path: Path, title: str) -> None:
         ax.set_ylabel(metric)
         if metric.startswith(("transport", "uerr", "energy", "tv")):
             ax.set_yscale("log")
-    axes[0, 0].legend(fontsize=7)
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the plots, not over them
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
