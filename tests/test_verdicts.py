@@ -82,3 +82,18 @@ def test_the_bar_without_a_logged_spread_checks_the_rest():
     assert not meets_bar("gaussians", scores | {"spread_1nfe": 1.3})
     assert meets_bar("gaussians", scores | {"spread_1nfe": 0.95})
     assert not meets_bar("gaussians", scores | {"transport_1nfe": 0.006, "spread_1nfe": 1.0})
+
+
+def test_optuna_figures_leave_the_matplotlib_style_as_they_found_it(tmp_path):
+    import matplotlib.pyplot as plt
+    import optuna
+
+    from workbench.report.search import figures
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1) - 0.3) ** 2 + t.suggest_float("y", 0, 1), n_trials=6)
+    before = dict(plt.rcParams)
+    lines = figures(study, tmp_path)
+    assert "![optimization history](search/history.png)" in lines and (tmp_path / "history.png").exists()
+    assert {k for k in before if before[k] != plt.rcParams[k]} == set()  # Optuna's ggplot style did not leak

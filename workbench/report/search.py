@@ -208,7 +208,16 @@ def pictures(study: Study, trials_study: optuna.Study, runs: list, client, folde
 
 
 def figures(trials_study: optuna.Study, folder: Path) -> list[str]:
-    """Optuna's own plots (optuna.visualization.matplotlib) and importances (optuna.importance)."""
+    """Optuna's own plots (optuna.visualization.matplotlib) and importances (optuna.importance), in their own
+    matplotlib style: Optuna's views switch the global style to ggplot, which rc_context puts back afterwards
+    so that no later figure of the process (the confirmation's page) comes out grey."""
+    import matplotlib
+
+    with matplotlib.rc_context():
+        return _optuna_figures(trials_study, folder)
+
+
+def _optuna_figures(trials_study: optuna.Study, folder: Path) -> list[str]:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as views
 
