@@ -1,5 +1,6 @@
 """`wb report --suite`: reports/table1/README.md, Table 1 and Table 5 of the paper at CPU scale, each sub-table
-at the CPU operating point (studies/table1*.toml) and, where it was run, at the paper's (studies/table1*_paper.toml),
+at the CPU operating point (studies/table1*.toml) and, where it was run, at the paper's (the calibration plan's
+'paper' budget, `wb calibrate --budget paper`: studies/calibration/table1*-paper.toml),
 with the paper's best beside ours, the metric that decides, and whether another logged metric flips the verdict."""
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from workbench.report.stats import ALPHA, kendall_tau
 from workbench.report.verdicts import flips_summary, other_metrics, other_metrics_lines, outcome, verdict
 
 SUITE = ("table1a", "table1b", "table1c", "table1d", "table1e", "table1f", "table5")
-PAPER_POINT = "_paper"  # table1a_paper: table1a's axis at the paper's operating point
+PAPER_POINT = "-paper"  # table1a-paper: table1a's axis at the paper's operating point (studies/calibration.toml)
 OPERATING_POINTS = {"": "CPU (100%, uniform(0,1), p = 0.5)", PAPER_POINT: "paper (25%, lognorm(-0.4,1.0), p = 1)"}
 GUIDED = {"table1f": "each w is scored against its own guided target, so the table says how well one step learns "
                      "what each w asks for; the paper's claim (guidance lowers FID) is not testable here, where the "
@@ -72,7 +73,7 @@ def render_suite(names: tuple[str, ...], tracking_uri: str, out_root: Path = Pat
     lines = ["# Table 1 and Table 5 at CPU scale, beside the paper", "",
              "Paper: ImageNet 256, DiT-B/4, 80 epochs, 1-NFE FID-50K. Ours: the CPU proxy each study describes "
              "(its metric; lower is better), mean ± std over seeds, at two operating points: the CPU base that the "
-             "studies/table1*.toml run and the paper's defaults (studies/table1*_paper.toml). Bold: best in the "
+             "studies/table1*.toml run and the paper's defaults (`wb calibrate --budget paper`). Bold: best in the "
              "column; (base): the setting that is the study's base, the same configuration in every sub-table of one "
              "operating point. Only the orders compare; the scales do not. agreement: agree (the paper's best is "
              f"ours and every other setting is worse at p < {ALPHA}, paired t-test over seeds, Holm-corrected per "
