@@ -204,3 +204,44 @@ def test_multi_objective_search_keeps_its_pareto_front(tmp_path, monkeypatch):
     front = sorted(t.number for t in trials if not any(
         all(o <= v for o, v in zip(other.values, t.values)) and other.values != t.values for other in trials))
     assert f"Pareto front over energy_1nfe, swd_1nfe: trials {front}." in (tmp_path / "reports/tiny/search.md").read_text()
+
+
+def test_the_confirmation_runs_the_best_against_the_base_and_the_searchs_compare_settings(tmp_path):
+    """search_toy's base is wb config's defaults (the paper's) on the searched keys; its search.compare adds the
+    CPU studies' base, so the confirmation runs three settings; without compare, two."""
+    import dataclasses
+
+    from workbench.study.derived import confirmation
+
+    study = load_study("search_toy")
+    params = {"meanflow.t_dist.mu": 0.7, "meanflow.t_dist.sigma": 1.99, "meanflow.r_dist.mu": -0.1,
+              "meanflow.r_dist.sigma": 1.66, "meanflow.ratio": 0.96, "meanflow.adaptive_p": 0.84,
+              "meanflow.adaptive_c": 1e-4}
+    best = optuna.trial.create_trial(params=params, value=0.0026, distributions={
+        k: optuna.distributions.FloatDistribution(-10, 10) for k in params})
+    best.number = 8
+    raw = confirmation(study, best)
+    (axis,) = raw["axes"]
+    assert axis["labels"] == ["best (trial 8)", "base", "CPU studies' base"]
+    settings = [dict(zip(axis["key"], values)) for values in axis["values"]]
+    assert settings[0]["meanflow.t_dist"] == "lognorm(0.70,1.99)" and settings[0]["meanflow.adaptive_c"] == 1e-4
+    assert settings[1] == {"meanflow.t_dist": "lognorm(-0.4,1.0)", "meanflow.r_dist": "", "meanflow.ratio": 0.25,
+                           "meanflow.adaptive_p": 1.0, "meanflow.adaptive_c": 0.001}
+    assert settings[2] == settings[1] | {"meanflow.t_dist": "uniform(0,1)", "meanflow.ratio": 1.0,
+                                         "meanflow.adaptive_p": 0.5}
+    assert "against the study's base config, CPU studies' base, on fresh seeds [1, 2, 3]" in raw["description"]
+    plain = dataclasses.replace(study, search=study.search.model_copy(update={"compare": {}}))
+    assert confirmation(plain, best)["axes"][0]["labels"] == ["best (trial 8)", "base"]
+
+
+@pytest.mark.parametrize(("compare", "message"), [
+    ('{"x" = {"optim.lr" = 0.1}}', "compare.x: names keys the search does not search: ['optim.lr']"),
+    ('{"x" = {"meanflow.ratio" = 7.0}}', "search.compare.x: meanflow.ratio"),
+])
+def test_a_bad_compare_setting_exits_2_naming_it(tmp_path, compare, message):
+    lines = Path(load_study("search_toy").path).read_text().splitlines()
+    text = "\n".join(f"compare = {compare}" if line.startswith("compare = ") else line for line in lines)
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    result = CliRunner().invoke(app, ["search", str(path), "--dry-run"])
+    assert result.exit_code == 2 and message in result.output, result.output

@@ -20,39 +20,45 @@ def confirmation_path(study: Study) -> Path:
 
 
 def confirmation(study: Study, best: FrozenTrial) -> dict:
-    """A study file (as a dict) that re-runs the best trial's settings against the study's base config,
-    on seeds the search did not use."""
+    """A study file (as a dict) that re-runs the best trial's settings against the study's base config (on the
+    searched keys, which [base] cannot set, `wb config`'s defaults: for the MeanFlow keys the paper's ImageNet
+    settings) and each of the search's `compare` settings, on seeds the search did not use."""
     search, seeds = study.search, study.search_seeds
     chosen = overrides(search, best.params)
     base = flatten(with_overrides(RunConfig(), study.base))
     keys = list(chosen)
     plain = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731 (TOML has no tuples)
+    settings = {f"best (trial {best.number})": chosen, "base": base} | {
+        label: base | setting for label, setting in search.compare.items()}
+    values = {}
+    for label, config in settings.items():  # each setting once
+        value = [plain(config[k]) for k in keys] if len(keys) > 1 else plain(config[keys[0]])
+        if value not in values.values():
+            values[label] = value
     used = set(seeds) | set(study.seeds)
     fresh = [max(used) + 1 + i for i in range(max(3, len(seeds)))]
     metric, direction = objectives(search, study.metric)[0]
     rank_by = metric if direction == "minimize" else study.metric  # a study ranks lower-is-better
+    against = ", ".join(["the study's base config"] + [label for label in search.compare if label in values])
     return {
         "name": f"{study.name}-confirm",
         "description": (f"Confirmation of `wb search {study.name}`: its best trial (#{best.number}, {metric} = "
-                        f"{best.values[0]:.4g} over seeds {seeds}) against the study's base config, on fresh "
+                        f"{best.values[0]:.4g} over seeds {seeds}) against {against}, on fresh "
                         f"seeds {fresh}. Written by wb search; command: wb ablate {study.name}-confirm"),
         "metric": rank_by, "seeds": fresh, "confirms": study.name,
         # two workers, each cell about as long as one seed of the best trial took
-        "budget_minutes": round(2 * len(fresh) * best.duration.total_seconds() / len(seeds) / 2 / 60, 1)
+        "budget_minutes": round(len(values) * len(fresh) * best.duration.total_seconds() / len(seeds) / 2 / 60, 1)
         if best.duration else 0,
         "base": dict(study.base),
-        "axes": [{"key": keys if len(keys) > 1 else keys[0],
-                  "values": [[plain(chosen[k]) for k in keys] if len(keys) > 1 else plain(chosen[keys[0]]),
-                             [plain(base[k]) for k in keys] if len(keys) > 1 else plain(base[keys[0]])],
-                  "labels": [f"best (trial {best.number})", "base"], "name": "setting"}],
+        "axes": [{"key": keys if len(keys) > 1 else keys[0], "values": list(values.values()),
+                  "labels": list(values), "name": "setting"}],
     }
 
 
 def write_confirmation(study: Study, best: FrozenTrial) -> Path | None:
     """studies/<name>-confirm.toml next to the study file; None when the best trial is the base config."""
     raw = confirmation(study, best)
-    best_values, base_values = raw["axes"][0]["values"]
-    if best_values == base_values:
+    if "base" not in raw["axes"][0]["labels"]:  # the base config is the best trial's: nothing to confirm
         return None
     path = confirmation_path(study)
     path.write_text(tomli_w.dumps(raw, multiline_strings=True))

@@ -135,9 +135,17 @@ class SearchModel(FileModel):
     sampler: Literal[tuple(SAMPLERS)] = "tpe"
     pruner: Literal[tuple(PRUNERS)] | None = None  # default: median, or none for several metrics
     space: dict[str, ParamModel] = Field(min_length=1)
+    # named settings of searched keys that the confirmation study runs beside the best trial and the base
+    # (e.g. another study's hand-picked base); a key left out keeps the base's value
+    compare: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchModel:
+        for label, setting in self.compare.items():
+            unknown = sorted(set(setting) - set(self.space))
+            if unknown or not setting:
+                raise ValueError(f"compare.{label}: names keys the search does not search: {unknown}; allowed: "
+                                 f"{sorted(self.space)}" if unknown else f"compare.{label}: sets no key")
         if self.sampler == "grid" and any(p.kind not in ("categorical", "template") and p.step is None
                                           for p in dimensions(self).values()):
             raise ValueError("sampler: grid needs choices or a step on every dimension of the space")
@@ -198,6 +206,11 @@ def check_space(search: SearchModel, base: dict, path: Path) -> None:
                 with_overrides(RunConfig(), {**base, key: value})
             except ConfigError as err:
                 raise StudyError(f"{path}: search.space.{key}: {value!r} is not a value this key takes ({err})") from None
+    for label, setting in search.compare.items():
+        try:
+            with_overrides(RunConfig(), {**base, **setting})
+        except ConfigError as err:
+            raise StudyError(f"{path}: search.compare.{label}: {err}") from None
 
 
 def grid_points(search: SearchModel) -> list[dict[str, Any]]:
