@@ -2,7 +2,8 @@
 
     python benchmarks/all.py [--out benchmarks/RESULTS.md] [--steps 100]
 
-Sections: MeanFlow vs Flow Matching training step per network (and per jvp_mode of the loss);
+Sections: MeanFlow vs Flow Matching training step per network (and per jvp_mode of the loss); each training
+objective (meanflow.objective, the finite-difference d/dt u, beta) against Flow Matching;
 1-NFE sampling vs one forward pass and vs Euler; torch.compile's payback; evaluation throughput; one study laid out as 1
 worker x all threads vs one worker per core, with the tracking overhead per cell. Takes about 7
 minutes on 2 cores; run it on an otherwise idle machine.
@@ -21,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import compile_step  # noqa: E402
 import evaluation  # noqa: E402
+import objectives  # noqa: E402
 import study_workers  # noqa: E402
 import train_step  # noqa: E402
 
@@ -34,6 +36,7 @@ def main() -> None:
     torch.set_num_threads(threads)
     started = time.perf_counter()
     sections = [("Training step and sampling", lambda: train_step.markdown(args.steps)),
+                ("Training step per objective", lambda: objectives.markdown(args.steps)),
                 ("torch.compile", compile_step.markdown),
                 ("Evaluation throughput", evaluation.markdown),
                 ("A study: workers and tracking overhead", study_workers.markdown)]

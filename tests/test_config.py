@@ -25,11 +25,29 @@ def test_overrides_are_typed():
     ("data.name=imagenet", "data.name='imagenet': Input should be 'checkerboard'"),
     ("meanflow=1", "'meanflow' is a section"),
     ("ratio", "override 'ratio' is not KEY=VALUE"),
+    ("meanflow.objective=imf2", "meanflow.objective='imf2': Input should be 'meanflow', 'mmf' or 'splitmeanflow'"),
+    ("meanflow.dudt=fd", "meanflow.dudt='fd': Input should be 'jvp' or 'finite_difference'"),
+    ("meanflow.fd_step=0", "meanflow.fd_step='0': Input should be greater than 0"),
+    ("meanflow.beta=1.5", "meanflow.beta='1.5': Input should be less than or equal to 1"),
+    ("meanflow.mmf_lambda=-0.1", "meanflow.mmf_lambda='-0.1': Input should be greater than or equal to 0"),
+    ("meanflow.mmf_warmup=-5", "meanflow.mmf_warmup='-5': Input should be greater than or equal to 0"),
 ])
 def test_bad_overrides_name_the_problem(override, message):
     with pytest.raises(ConfigError) as err:
         with_overrides(RunConfig(), [override])
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["meanflow.objective=mmf", "meanflow.dudt=finite_difference"], "needs dudt='jvp'"),
+    (["meanflow.objective=splitmeanflow", "meanflow.beta=0.9"], "so beta (beta=0.9) would have no effect"),
+    (["meanflow.objective=splitmeanflow", "meanflow.dudt=finite_difference", "meanflow.tangent=(v,1,1)"],
+     "so dudt, tangent (dudt='finite_difference', tangent='(v,1,1)') would have no effect"),
+])
+def test_objective_options_that_cannot_act_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", "\\(").replace(")", "\\)")):
+        with_overrides(RunConfig(), overrides)
+    with_overrides(RunConfig(), overrides[:1])  # the objective alone is fine
 
 
 def test_config_is_frozen():

@@ -204,14 +204,14 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_its_last_finite_checkpo
     import workbench.run.train as training_module
     from workbench.run.train import Diverged
 
-    real, calls = training_module.meanflow_loss, []
+    real, calls = training_module.OBJECTIVES["meanflow"], []
 
     def loss_turning_nan_at_step_13(*args, **kwargs):  # the fault: step 13's loss is NaN
         loss, metrics = real(*args, **kwargs)
         calls.append(1)
         return (loss * float("nan") if len(calls) == 13 else loss), metrics
 
-    monkeypatch.setattr(training_module, "meanflow_loss", loss_turning_nan_at_step_13)
+    monkeypatch.setitem(training_module.OBJECTIVES, "meanflow", loss_turning_nan_at_step_13)
     config = with_overrides(RunConfig(), {"data.name": "moons", "net.mlp.width": 16, "train.steps": 200,
                                           "train.batch_size": 32, "train.log_every": 5, "train.checkpoint_every": 5})
     with pytest.raises(Diverged) as err:

@@ -10,7 +10,7 @@ from typing import Any, Literal, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workbench.data import DATASETS
-from workbench.meanflow import NETWORKS, TANGENTS, TIME_CONDITIONINGS, parse_time_dist
+from workbench.meanflow import NETWORKS, OBJECTIVES, TANGENTS, TIME_CONDITIONINGS, parse_time_dist
 
 
 class ConfigError(ValueError):
@@ -112,6 +112,18 @@ class MeanFlowConfig(_Frozen):
     cfg_t_lo: float = F(0.0, "guidance only for t in [cfg_t_lo, cfg_t_hi]", ge=0, le=1)
     cfg_t_hi: float = F(1.0, "upper end of the guidance interval", ge=0, le=1)
     class_drop: float = F(0.1, "fraction of labels replaced by the null class", ge=0, le=1)
+    objective: Literal[tuple(OBJECTIVES)] = F(
+        "meanflow", "the training objective: meanflow (Eq. 10), mmf (Modular MeanFlow: gradient modulation of the "
+        "d/dt u term), splitmeanflow (interval splitting, no JVP); meanflow/objectives.py")
+    dudt: Literal["jvp", "finite_difference"] = F(
+        "jvp", "how d/dt u is computed: a JVP (meanflow/dudt.py strategies) or central finite differences, two "
+        "extra forwards and no forward-mode AD (any network trains)")
+    fd_step: float = F(5e-3, "the finite-difference step d in (u(z + d v, t + d) - u(z - d v, t - d)) / 2d", gt=0, le=0.05)
+    beta: float = F(1.0, "tangent coefficient: the JVP's z-tangent is beta v + (1 - beta) u(z, t, t) (no gradient); "
+                    "1 = the paper", ge=0, le=1)
+    mmf_lambda: float = F(1.0, "mmf: the gradient share lambda of the d/dt u term after the warm-up (0 = MeanFlow's "
+                          "stop-gradient, 1 = full gradient through the JVP)", ge=0, le=1)
+    mmf_warmup: int = F(0, "mmf: steps over which lambda grows linearly from 0 to mmf_lambda (0: from the start)", ge=0)
 
     @field_validator("t_dist", "r_dist")
     @classmethod
@@ -124,6 +136,15 @@ class MeanFlowConfig(_Frozen):
     def _interval(self) -> MeanFlowConfig:
         if self.cfg_t_lo > self.cfg_t_hi:
             raise ValueError(f"cfg_t_lo={self.cfg_t_lo} must be <= cfg_t_hi={self.cfg_t_hi}")
+        if self.objective == "mmf" and self.dudt == "finite_difference" and self.mmf_lambda > 0:
+            raise ValueError("objective='mmf' with mmf_lambda > 0 back-propagates through d/dt u, which needs "
+                             "dudt='jvp' (finite differences carry no gradient)")
+        if self.objective == "splitmeanflow":
+            unused = {k: v for k, v in (("dudt", self.dudt), ("beta", self.beta), ("tangent", self.tangent))
+                      if v != type(self).model_fields[k].default}
+            if unused:
+                raise ValueError(f"objective='splitmeanflow' computes no d/dt u, so {', '.join(unused)} "
+                                 f"({', '.join(f'{k}={v!r}' for k, v in unused.items())}) would have no effect")
         return self
 
 

@@ -1,4 +1,5 @@
-"""How the MeanFlow loss gets u and d/dt u: four strategies with the same results.
+"""How the MeanFlow loss gets u and d/dt u: four JVP strategies with the same results, and central finite
+differences.
 
 A strategy dudt(net, z, t, r, v, labels, tangent, cond, rows) returns u = net(z, t, r, labels, **cond) (with gradient) and
 the JVP of net along (v, dr, dt) over (z, r, t) (no gradient; zeros where r = t, whose target term is
@@ -12,6 +13,8 @@ differ in cost (benchmarks/train_step.py):
                 outputs; the fastest;
   auto          tangent_pass, or jvp_rows_only if the network has active dropout (two passes would
                 draw two dropout masks). The default.
+central_difference(d) returns a fifth strategy without forward-mode AD (meanflow.dudt = finite_difference): two
+more forwards over the r != t rows, an approximation whose error tests/test_objectives.py measures.
 """
 from __future__ import annotations
 
@@ -84,6 +87,28 @@ def auto(net: Net, z: Tensor, t: Tensor, r: Tensor, v: Tensor, labels: Tensor | 
     """tangent_pass, or jvp_rows_only for a network with active dropout."""
     strategy = jvp_rows_only if _has_active_dropout(net) else tangent_pass
     return strategy(net, z, t, r, v, labels, tangent, cond, rows)
+
+
+def central_difference(d: float) -> DuDt:
+    """The strategy that takes d/dt u as [u(z + d v, r + d dr, t + d dt) - u(z - d v, r - d dr, t - d dt)] / 2d on the
+    r != t rows (no gradient; MeanFlow Transformers, arXiv 2511.13019, sony/mf-rae), beside u from one forward."""
+    def strategy(net: Net, z: Tensor, t: Tensor, r: Tensor, v: Tensor, labels: Tensor | None,
+                 tangent: tuple[float, float], cond: Cond = None, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if _has_active_dropout(net):
+            raise ValueError("meanflow.dudt=finite_difference: the network has active dropout, which would draw "
+                             "other masks in the two extra forwards; set its dropout to 0 or use the JVP")
+        u = net(z, t, r, labels, **(cond or {}))
+        jvp_rows = split_rows(t, r, rows)[0]
+        if not len(jvp_rows):
+            return u, torch.zeros_like(v)
+        dr, dt = tangent
+        z_, t_, r_, v_ = z[jvp_rows], t[jvp_rows], r[jvp_rows], v[jvp_rows]
+        labels_, cond_ = _pick(labels, jvp_rows), pick_cond(cond, jvp_rows) or {}
+        with torch.no_grad():
+            ahead = net(z_ + d * v_, t_ + d * dt, r_ + d * dr, labels_, **cond_)
+            behind = net(z_ - d * v_, t_ - d * dt, r_ - d * dr, labels_, **cond_)
+        return u, torch.zeros_like(v).index_put((jvp_rows,), (ahead - behind) / (2 * d))
+    return strategy
 
 
 JVP_MODES: dict[str, DuDt] = {"auto": auto, "tangent": tangent_pass, "subset": jvp_rows_only, "whole": whole_batch}

@@ -34,18 +34,43 @@ def meanflow_loss(
     cond: more per-sample network inputs, passed as keywords (the augmentation labels of the
     official CIFAR-10 recipe: {"augment_labels": (B, 6)}). rows: CPU indices of the r != t samples, when the
     caller knows them (no device sync to find them; meanflow/dudt.py split_rows)."""
-    if labels is not None and dropped is not None:
-        labels = torch.where(dropped, torch.full_like(labels, net.num_classes), labels)
+    labels = null_dropped(net, labels, dropped)
     z = (1 - _expand(t, x)) * x + _expand(t, x) * e                                  # Eq. 1
     v = guided_velocity(net, z, t, e - x, labels, dropped, config, cond)              # v, or v~ (Eq. 13)
-    u, du_dt = dudt(net, z, t, r, v, labels, TANGENTS[config.tangent], cond, rows)    # u and JVP (Eq. 8)
+    tangent = tangent_velocity(net, z, t, v, labels, config.beta, cond)              # v (beta = 1, the paper)
+    u, du_dt = dudt(net, z, t, r, tangent, labels, TANGENTS[config.tangent], cond, rows)  # u and JVP (Eq. 8)
     u_tgt = (v - _expand(t - r, x) * du_dt).detach()                                  # Eq. 10, stop-gradient
+    return regression(u, u_tgt, t, r, config)
+
+
+def null_dropped(net: Net, labels: torch.Tensor | None, dropped: torch.Tensor | None) -> torch.Tensor | None:
+    """Class dropout: the dropped samples get the null class net.num_classes."""
+    if labels is not None and dropped is not None:
+        return torch.where(dropped, torch.full_like(labels, net.num_classes), labels)
+    return labels
+
+
+def regression(u: torch.Tensor, u_tgt: torch.Tensor, t: torch.Tensor, r: torch.Tensor, config: MeanFlowConfig
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The adaptively weighted squared error of u against its target (Sec. 4.3): (loss, detached metrics)."""
     err = (u - u_tgt).pow(2).flatten(1).sum(dim=1)                                    # ||Delta||^2 per sample
     weight = adaptive_weight(err, config.adaptive_p, config.adaptive_c)               # Sec. 4.3
     loss = (weight * err).mean()
     metrics = {"loss": loss.detach(), "mse": err.detach().mean(), "weight_mean": weight.mean(),
                "frac_r_neq_t": (r != t).float().mean()}
     return loss, metrics
+
+
+def tangent_velocity(net: Net, z: torch.Tensor, t: torch.Tensor, v: torch.Tensor, labels: torch.Tensor | None,
+                     beta: float, cond: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """The JVP's z-tangent: beta v + (1 - beta) u(z, t, t), the network's own instantaneous velocity without
+    gradient (variance reduction in Mean Flows, arXiv 2605.09235; the parameterisation is inferred from its
+    abstract). beta = 1 is the paper's v, returned as it is (no extra forward)."""
+    if beta == 1.0:
+        return v
+    with torch.no_grad():
+        v_net = net(z, t, t, labels, **(cond or {}))
+    return beta * v + (1.0 - beta) * v_net
 
 
 def guided_velocity(

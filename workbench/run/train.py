@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from workbench.config import ConfigError, RunConfig
 from workbench.data import Dataset, load_data
-from workbench.meanflow import JVP_MODES, meanflow_loss, sample_t_r
+from workbench.meanflow import JVP_MODES, OBJECTIVES, central_difference, sample_t_r
 from workbench.run import checkpoint, distributed
 from workbench.run.augment import augment_batch, draw_augment
 from workbench.run.emas import Scorer, ema_models, score_all
@@ -61,13 +61,20 @@ class TrainResult:
 
 
 def loss_function(net: nn.Module, config: RunConfig) -> Callable[..., tuple[torch.Tensor, dict]]:
-    """(x, t, r, noise, labels, dropped, cond) -> (loss, metrics): eager with the default d/dt u strategy, or
-    with train.compile the whole-batch torch.func.jvp through torch.compile (compiled on the first call)."""
-    dudt = JVP_MODES["whole" if config.train.compile and config.meanflow.ratio > 0 else "auto"]  # ratio 0: no JVP
+    """(x, t, r, noise, labels, dropped, cond, rows, step, split) -> (loss, metrics) of meanflow.objective: eager
+    with the default d/dt u strategy (or central differences, meanflow.dudt), or with train.compile the whole-batch
+    torch.func.jvp through torch.compile (compiled on the first call)."""
+    mf = config.meanflow
+    if mf.dudt == "finite_difference":
+        dudt = central_difference(mf.fd_step)
+    else:
+        dudt = JVP_MODES["whole" if config.train.compile and mf.ratio > 0 else "auto"]  # ratio 0: no JVP
+    objective = OBJECTIVES[mf.objective]
+    extra = {"meanflow": {}, "mmf": {"step": 0}, "splitmeanflow": {"split": None}}[mf.objective]
 
-    def loss(x, t, r, noise, labels, dropped, cond, rows=None):
-        return meanflow_loss(net, x, t, r, noise, config.meanflow, labels=labels, dropped=dropped, dudt=dudt, cond=cond,
-                             rows=rows)
+    def loss(x, t, r, noise, labels, dropped, cond, rows=None, step=0, split=None):
+        given = {key: value for key, value in {"step": step, "split": split}.items() if key in extra}
+        return objective(net, x, t, r, noise, mf, labels=labels, dropped=dropped, dudt=dudt, cond=cond, rows=rows, **given)
     return torch.compile(loss) if config.train.compile else loss
 
 
@@ -89,8 +96,10 @@ def draw_batch(data: Dataset, config: RunConfig, generator: torch.Generator) -> 
     x = data.x[index].float()
     if data.std is not None:  # a fresh latent from each image's posterior (the official ImageNet recipe)
         x = x + data.std[index].float() * torch.randn((batch_size, *data.shape), generator=generator).to(x.device)
+    # SplitMeanFlow's split points, drawn last and only for it, so that other runs draw what they always did.
+    split = torch.rand(batch_size, generator=generator) if config.meanflow.objective == "splitmeanflow" else None
     return {"x": x, "t": t, "r": r, "noise": noise, "labels": labels, "dropped": dropped,
-            "hflip": hflip, "augment": augment}
+            "hflip": hflip, "augment": augment, "split": split}
 
 
 def train(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tracker | None = None,
@@ -170,7 +179,8 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
         x, cond = augment_batch(batch)
         # Loss (bf16 autocast outside the JVP when asked for).
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.precision == "bf16"):
-            loss, metrics = loss_fn(x, batch["t"], batch["r"], batch["noise"], batch["labels"], batch["dropped"], cond, rows)
+            loss, metrics = loss_fn(x, batch["t"], batch["r"], batch["noise"], batch["labels"], batch["dropped"], cond, rows,
+                                    step, batch["split"])
         # Update weights (gradients, loss and the stop flag averaged over data-parallel ranks).
         for param_group in optimizer.param_groups:
             param_group["lr"] = learning_rate(step, config)

@@ -1,0 +1,237 @@
+"""The objectives after MeanFlow (workbench/meanflow/objectives.py), the tangent coefficient beta and the
+finite-difference d/dt u against independent float64 computations of their equations
+(../shared/reference/successors.md), their limits that are MeanFlow, and short trainings on the closed-form case."""
+import pytest
+import torch
+from test_closed_form import MU, Exact, S, average_velocity, stats
+from test_loss import B, batch, finite_difference_dudt
+
+from workbench.meanflow import central_difference, meanflow_loss, sample_t_r
+from workbench.meanflow.dudt import whole_batch
+from workbench.meanflow.objectives import mmf_lambda, mmf_loss, splitmeanflow_loss
+
+from conftest import mf, small_net
+
+NETS = [("mlp", (2,)), ("unet", (1, 8, 8)), ("dit", (1, 8, 8)), ("songunet", (3, 8, 8))]
+
+
+def random_net(arch, shape):
+    net = small_net(arch, shape=shape, **({"channels": 16, "channel_mult": (1, 2), "blocks": 1,
+                                           "attn_resolutions": (4,), "dropout": 0.0} if arch == "songunet" else {}))
+    for param in net.parameters():  # adaLN-Zero and zero-initialised outputs start at u = 0: randomise
+        torch.nn.init.normal_(param, std=0.1)
+    return net
+
+
+def weighted(u, u_tgt, p, c):
+    sq = ((u - u_tgt) ** 2).reshape(len(u), -1).sum(1)
+    return ((1.0 / (sq.detach() + c) ** p) * sq).mean()
+
+
+@pytest.mark.parametrize(("arch", "shape"), NETS)
+def test_central_difference_equals_the_jvp_within_its_tolerance(arch, shape):
+    """float64, d = 1e-4: the central difference is within 1e-5 of the exact JVP (relative to its largest entry); the
+    r = t rows are 0."""
+    net = random_net(arch, shape)
+    x, t, r, noise = batch(shape)
+    z = (1 - t.view(-1, *[1] * len(shape))) * x + t.view(-1, *[1] * len(shape)) * noise
+    v = noise - x
+    u_fd, fd = central_difference(1e-4)(net, z, t, r, v, None, (0.0, 1.0))
+    u_jvp, jvp = whole_batch(net, z, t, r, v, None, (0.0, 1.0))
+    assert torch.equal(u_fd, net(z, t, r, None))
+    same = r == t
+    assert torch.equal(fd[same], torch.zeros_like(fd[same]))
+    error = (fd[~same] - jvp[~same]).abs().max() / jvp[~same].abs().max()
+    assert error < 1e-5, error  # SongUNet's 2.8e-6 is rounding: it halves when d doubles
+
+
+def test_finite_difference_refuses_a_network_with_active_dropout():
+    net = small_net("songunet", shape=(3, 8, 8), channels=16, channel_mult=(1, 2), blocks=1, attn_resolutions=(4,),
+                    dropout=0.1)
+    x, t, r, noise = batch((3, 8, 8))
+    with pytest.raises(ValueError, match="active dropout"):
+        central_difference(5e-3)(net, x, t, r, noise, None, (0.0, 1.0))
+    net.eval()  # no dropout at evaluation: allowed
+    central_difference(5e-3)(net, x, t, r, noise, None, (0.0, 1.0))
+
+
+def test_finite_difference_error_in_float32_at_the_default_step():
+    """The stated tolerance: at d = 5e-3 in float32 the central difference is within 1% of the JVP (relative
+    to its largest entry) on the MLP, and far closer than a wrong tangent."""
+    net = random_net("mlp", (2,)).float()
+    x, t, r, noise = (a.float() for a in batch())
+    z, v = (1 - t[:, None]) * x + t[:, None] * noise, noise - x
+    _, fd = central_difference(5e-3)(net, z, t, r, v, None, (0.0, 1.0))
+    _, jvp = whole_batch(net, z, t, r, v, None, (0.0, 1.0))
+    _, wrong = whole_batch(net, z, t, r, v, None, (1.0, 1.0))
+    rows = r != t  # the JVP strategies' whole batch: compare where the target uses d/dt u
+    fd, jvp, wrong = fd[rows], jvp[rows], wrong[rows]
+    scale = jvp.abs().max()
+    assert (fd - jvp).abs().max() / scale < 0.01, (fd - jvp).abs().max() / scale
+    assert (wrong - jvp).abs().max() / scale > 0.05
+
+
+def test_the_finite_difference_loss_trains_like_the_jvp_one():
+    """The loss with central differences equals meanflow_loss's within the difference's error."""
+    net = random_net("mlp", (2,))
+    x, t, r, noise = batch()
+    exact, _ = meanflow_loss(net, x, t, r, noise, mf(adaptive_p=0.0))
+    approx, _ = meanflow_loss(net, x, t, r, noise, mf(adaptive_p=0.0), dudt=central_difference(1e-4))
+    assert torch.allclose(approx, exact, rtol=1e-7)
+
+
+@pytest.mark.parametrize(("arch", "shape"), NETS[:3])
+def test_beta_loss_matches_an_independent_computation(arch, shape):
+    """Tangent beta v + (1 - beta) u(z, t, t) (no gradient) in the JVP; the target keeps v."""
+    net = random_net(arch, shape)
+    x, t, r, noise = batch(shape)
+    loss, _ = meanflow_loss(net, x, t, r, noise, mf(beta=0.6, adaptive_p=0.5))
+    tb = t.view(-1, *[1] * len(shape))
+    z, v = (1 - tb) * x + tb * noise, noise - x
+    with torch.no_grad():
+        tangent = 0.6 * v + 0.4 * net(z, t, t, None)
+    dudt = finite_difference_dudt(net, z, r, t, (tangent, 0.0, 1.0), eps=1e-6)
+    expected = weighted(net(z, t, r, None), (v - (t - r).view_as(tb) * dudt).detach(), 0.5, 1e-3)
+    assert torch.allclose(loss, expected, rtol=1e-7)
+    paper, _ = meanflow_loss(net, x, t, r, noise, mf(adaptive_p=0.5))
+    assert abs(float(paper.detach() - loss.detach())) > 1e-4 * float(paper.detach())  # the coefficient changes it
+
+
+def test_beta_one_is_the_paper_without_an_extra_forward():
+    calls = []
+    net = random_net("mlp", (2,))
+    counted = lambda *a, **k: calls.append(1) or net(*a, **k)  # noqa: E731
+    counted.num_classes = 0
+    x, t, r, noise = batch()
+    paper, _ = meanflow_loss(counted, x, t, r, noise, mf(), dudt=whole_batch)
+    n = len(calls)
+    again, _ = meanflow_loss(counted, x, t, r, noise, mf(beta=1.0), dudt=whole_batch)
+    assert torch.equal(paper, again) and len(calls) == 2 * n
+
+
+def test_mmf_lambda_warms_up_linearly():
+    config = mf(objective="mmf", mmf_lambda=0.8, mmf_warmup=100)
+    assert [mmf_lambda(config, s) for s in (0, 50, 100, 400)] == pytest.approx([0.0, 0.4, 0.8, 0.8])
+    assert mmf_lambda(mf(objective="mmf", mmf_lambda=0.3), 0) == 0.3
+
+
+def test_mmf_at_lambda_zero_is_meanflow_bit_for_bit():
+    net = random_net("mlp", (2,))
+    x, t, r, noise = batch()
+    config = mf(objective="mmf", mmf_lambda=0.0, adaptive_p=1.0)
+    loss, metrics = mmf_loss(net, x, t, r, noise, config)
+    paper, _ = meanflow_loss(net, x, t, r, noise, config)
+    assert torch.equal(loss, paper) and float(metrics["mmf_lambda"]) == 0.0
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 1.0])
+def test_mmf_gradient_matches_an_independent_double_backward(lam):
+    """The loss value is MeanFlow's for every lambda; its gradient carries lambda of the gradient through
+    d/dt u, computed here with torch.autograd.functional.jvp (create_graph) instead of torch.func.jvp."""
+    net = random_net("mlp", (2,))
+    x, t, r, noise = batch()
+    config = mf(objective="mmf", mmf_lambda=lam, adaptive_p=0.5)
+    loss, _ = mmf_loss(net, x, t, r, noise, config, step=10)
+    grads = torch.autograd.grad(loss, list(net.parameters()))
+    z, v = (1 - t[:, None]) * x + t[:, None] * noise, noise - x
+    u, dudt = torch.autograd.functional.jvp(lambda z_, t_: net(z_, t_, r, None), (z, t), (v, torch.ones_like(t)),
+                                            create_graph=True)
+    target = v - (t - r)[:, None] * (lam * dudt + (1 - lam) * dudt.detach())
+    expected = weighted(u, target, 0.5, 1e-3)
+    assert torch.allclose(loss, expected, rtol=1e-10)
+    for got, want in zip(grads, torch.autograd.grad(expected, list(net.parameters()))):
+        assert torch.allclose(got, want, rtol=1e-7, atol=1e-12)
+    if lam:  # the modulation changes the gradient, not the value
+        plain = torch.autograd.grad(meanflow_loss(net, x, t, r, noise, config)[0], list(net.parameters()))
+        assert max(float((a - b).abs().max()) for a, b in zip(grads, plain)) > 1e-6
+
+
+@pytest.mark.parametrize(("arch", "shape"), NETS[:3])
+def test_splitmeanflow_loss_matches_an_independent_computation(arch, shape):
+    net = random_net(arch, shape)
+    x, t, r, noise = batch(shape)
+    lam = torch.rand(B, dtype=torch.float64)
+    loss, _ = splitmeanflow_loss(net, x, t, r, noise, mf(objective="splitmeanflow", adaptive_p=0.5), split=lam)
+    tb, lb = t.view(-1, *[1] * len(shape)), lam.view(-1, *[1] * len(shape))
+    z, v = (1 - tb) * x + tb * noise, noise - x
+    with torch.no_grad():
+        s = (1 - lam) * t + lam * r
+        first = net(z, t, s, None)                               # u(z_t, s, t)
+        second = net(z - (t - s).view_as(tb) * first, s, r, None)  # u(z_s, r, s)
+        target = lb * first + (1 - lb) * second
+        target[r == t] = v[r == t]
+    assert torch.allclose(loss, weighted(net(z, t, r, None), target, 0.5, 1e-3), rtol=1e-10)
+
+
+def test_splitmeanflow_target_of_the_exact_average_velocity_is_exact():
+    """The semigroup property: with the closed-form u, the split target equals u(z_t, r, t) for any split."""
+    g = torch.Generator().manual_seed(0)
+    t, r = sample_t_r(256, mf(t_dist="uniform(0,1)", ratio=0.75), g)
+    t, r = t.double().clamp(0.02, 0.98), r.double().clamp(0.0, 0.97)
+    r = torch.where(r == t, t, torch.minimum(r, t - 0.01))
+    m_t, s_t = stats(t)
+    z = m_t + s_t * torch.randn(256, 2, dtype=torch.float64, generator=g)
+    v = average_velocity(z, t, t)  # the marginal velocity: x, e chosen so that e - x is it at z_t
+    x, e = z - t[:, None] * v, z + (1 - t[:, None]) * v
+    loss, _ = splitmeanflow_loss(Exact(), x, t, r, e, mf(adaptive_p=0.0), split=torch.rand(256, generator=g).double())
+    assert loss < 1e-20
+
+
+def train_closed_form(objective: str, steps: int = 600, **options) -> float:
+    """A short training on Gaussian data; the relative error of u against the exact average velocity."""
+    torch.manual_seed(0)
+    config = mf(objective=objective, ratio=0.5, t_dist="uniform(0,1)", adaptive_p=0.0, **options)
+    net = small_net("mlp", dtype=torch.float32, width=64, depth=2)
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    loss_fn = {"meanflow": meanflow_loss, "mmf": mmf_loss, "splitmeanflow": splitmeanflow_loss}[objective]
+    for step in range(steps):
+        x = MU.float() + S * torch.randn(256, 2, generator=g)
+        t, r = sample_t_r(256, config, g)
+        extra = {"split": torch.rand(256, generator=g)} if objective == "splitmeanflow" else {}
+        if objective == "mmf":
+            extra["step"] = step
+        if config.dudt == "finite_difference":
+            extra["dudt"] = central_difference(config.fd_step)
+        loss, _ = loss_fn(net, x, t, r, torch.randn(256, 2, generator=g), config, **extra)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    t = torch.rand(2048, dtype=torch.float64, generator=g)
+    r = t * torch.rand(2048, dtype=torch.float64, generator=g)
+    m_t, s_t = stats(t)
+    z = m_t + s_t * torch.randn(2048, 2, dtype=torch.float64, generator=g)
+    with torch.no_grad():
+        u = net(z.float(), t.float(), r.float()).double()
+    exact = average_velocity(z, t, r)
+    return float((u - exact).norm(dim=1).mean() / exact.norm(dim=1).mean())
+
+
+@pytest.mark.parametrize(("objective", "options"), [
+    ("mmf", {"mmf_lambda": 0.5, "mmf_warmup": 200}), ("splitmeanflow", {}), ("meanflow", {"beta": 0.8}),
+    ("meanflow", {"dudt": "finite_difference"})])
+def test_a_short_training_learns_the_exact_average_velocity(objective, options):
+    """From above 0.5 (an untrained net) to within 0.2 of the exact u in 600 steps (measured: MeanFlow 0.095, beta
+    0.8 0.096, SplitMeanFlow 0.12, MMF with lambda warmed up to 0.5 0.15)."""
+    assert train_closed_form(objective, steps=0, **options) > 0.5
+    assert train_closed_form(objective, **options) < 0.2
+
+
+@pytest.mark.parametrize("overrides", [{"meanflow.objective": "mmf", "meanflow.mmf_warmup": 4},
+                                       {"meanflow.objective": "splitmeanflow"}, {"meanflow.dudt": "finite_difference"},
+                                       {"meanflow.beta": 0.5}])
+def test_the_training_loop_trains_each_objective_and_resumes_it_exactly(tmp_path, overrides):
+    """wb train's loop: the objective's loss from the config (its step, its split draws from the batch generator),
+    and a run stopped at step 4 and resumed ends with the same weights as one run straight through."""
+    from workbench.config import RunConfig, with_overrides
+    from workbench.run.train import train
+
+    base = {"net.mlp.width": 16, "net.mlp.depth": 1, "train.batch_size": 32, "train.device": "cpu",
+            "train.log_every": 2, "sample.num_points": 50, "data.name": "gaussians", **overrides}
+    whole = train(with_overrides(RunConfig(), {**base, "train.steps": 8}), tmp_path / "whole", progress=False)
+    train(with_overrides(RunConfig(), {**base, "train.steps": 4}), tmp_path / "half", progress=False)
+    resumed = train(with_overrides(RunConfig(), {**base, "train.steps": 8}), tmp_path / "half", resume=True,
+                    progress=False)
+    for a, b in zip(whole.ema.parameters(), resumed.ema.parameters()):
+        assert torch.equal(a, b)
+    assert torch.isfinite(torch.tensor(whole.final_loss))

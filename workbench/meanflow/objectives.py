@@ -1,0 +1,78 @@
+"""The objectives that followed MeanFlow, each a pure function beside meanflow_loss (meanflow/loss.py), with the
+same inputs and outputs; `meanflow.objective` picks one (OBJECTIVES). Equations: ../shared/reference/successors.md
+in the workbench's convention (z_t = (1 - t) x + t e, t = 0 data, v = e - x, r <= t).
+
+  meanflow       Eq. 10 of Geng et al. 2025: u_tgt = v - (t - r) sg(d/dt u).
+  mmf            Modular MeanFlow (arXiv 2508.17426, no official code; from its abstract): the d/dt u term
+                 modulated, u_tgt = v - (t - r) SG_lambda[d/dt u] with SG_lambda[a] = lambda a + (1 - lambda) sg(a),
+                 lambda warmed up linearly over mmf_warmup steps; lambda = 0 is MeanFlow.
+  splitmeanflow  SplitMeanFlow (arXiv 2507.16884, no official code): interval splitting with s = (1 - l) t + l r,
+                 l ~ U(0, 1): u_tgt = sg[l u(z_t, s, t) + (1 - l) u(z_s, r, s)], z_s = z_t - (t - s) u(z_t, s, t),
+                 and u_tgt = v on the r = t rows (the boundary condition); no JVP.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .dudt import TANGENTS, whole_batch
+from .loss import Net, _expand, guided_velocity, meanflow_loss, null_dropped, regression, tangent_velocity
+
+if TYPE_CHECKING:
+    from workbench.config import MeanFlowConfig
+
+
+def mmf_lambda(config: MeanFlowConfig, step: int) -> float:
+    """lambda at a training step: mmf_lambda * min(1, step / mmf_warmup) (mmf_warmup 0: mmf_lambda throughout)."""
+    if config.mmf_warmup == 0:
+        return config.mmf_lambda
+    return config.mmf_lambda * min(1.0, step / config.mmf_warmup)
+
+
+def mmf_loss(net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, e: torch.Tensor, config: MeanFlowConfig,
+             labels: torch.Tensor | None = None, dropped: torch.Tensor | None = None,
+             cond: dict[str, torch.Tensor] | None = None, step: int = 0, **meanflow: object
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Modular MeanFlow: the MeanFlow loss with a share lambda (mmf_lambda at `step`) of the gradient through the
+    d/dt u term of the target. lambda = 0 is meanflow_loss itself (its fast d/dt u strategies, `meanflow` passed
+    on); otherwise d/dt u comes from one torch.func.jvp over the batch, whose output carries the gradient."""
+    lam = mmf_lambda(config, step)
+    if lam == 0.0:
+        loss, metrics = meanflow_loss(net, x, t, r, e, config, labels=labels, dropped=dropped, cond=cond, **meanflow)
+        return loss, metrics | {"mmf_lambda": torch.zeros((), device=x.device)}
+    labels = null_dropped(net, labels, dropped)
+    z = (1 - _expand(t, x)) * x + _expand(t, x) * e
+    v = guided_velocity(net, z, t, e - x, labels, dropped, config, cond)
+    tangent = tangent_velocity(net, z, t, v, labels, config.beta, cond)
+    u, du_dt = whole_batch(net, z, t, r, tangent, labels, TANGENTS[config.tangent], cond)  # du_dt with gradient
+    modulated = lam * du_dt + (1.0 - lam) * du_dt.detach()                              # SG_lambda
+    u_tgt = v.detach() - _expand(t - r, x) * modulated
+    loss, metrics = regression(u, u_tgt, t, r, config)
+    return loss, metrics | {"mmf_lambda": torch.full((), lam, device=x.device)}
+
+
+def splitmeanflow_loss(net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, e: torch.Tensor,
+                       config: MeanFlowConfig, labels: torch.Tensor | None = None, dropped: torch.Tensor | None = None,
+                       cond: dict[str, torch.Tensor] | None = None, split: torch.Tensor | None = None, **_: object
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SplitMeanFlow: u(z_t, r, t) regressed on the split-interval target (module docstring); `split` (B,) the
+    draws l ~ U(0, 1), made with the batch (workbench/run/train.py draw_batch) so that a resumed run repeats them."""
+    if split is None:
+        raise ValueError("splitmeanflow_loss needs the per-sample split draws (split, shape (B,))")
+    labels = null_dropped(net, labels, dropped)
+    z = (1 - _expand(t, x)) * x + _expand(t, x) * e
+    v = guided_velocity(net, z, t, e - x, labels, dropped, config, cond)
+    lam = split.to(t.dtype)
+    s = (1 - lam) * t + lam * r
+    with torch.no_grad():
+        u_long = net(z, t, s, labels, **(cond or {}))                  # u(z_t, s, t): from t back to s
+        z_s = z - _expand(t - s, x) * u_long
+        u_short = net(z_s, s, r, labels, **(cond or {}))               # u(z_s, r, s): from s back to r
+        u_tgt = _expand(lam, x) * u_long + _expand(1 - lam, x) * u_short
+        u_tgt = torch.where(_expand(r == t, x), v, u_tgt)              # the boundary u(z_t, t, t) = v
+    u = net(z, t, r, labels, **(cond or {}))
+    return regression(u, u_tgt, t, r, config)
+
+
+OBJECTIVES = {"meanflow": meanflow_loss, "mmf": mmf_loss, "splitmeanflow": splitmeanflow_loss}
