@@ -5,12 +5,12 @@ raises ConfigError naming the key, the value and what is allowed.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, get_origin
+from typing import Annotated, Any, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workbench.data import DATASETS
-from workbench.meanflow import NETWORKS, OBJECTIVES, TANGENTS, TIME_CONDITIONINGS, parse_time_dist
+from workbench.meanflow import NETWORKS, OBJECTIVES, TANGENTS, TIME_CONDITIONINGS, objective_conflict, parse_time_dist
 
 
 class ConfigError(ValueError):
@@ -50,30 +50,23 @@ def _multipliers(values: tuple[int, ...]) -> tuple[int, ...]:
     return values
 
 
+Multipliers = Annotated[tuple[int, ...], AfterValidator(_multipliers)]  # one or more positive integers
+
+
 class UNetConfig(_Frozen):
     channels: int = F(32, "base channel count", ge=8)
-    channel_mult: tuple[int, ...] = F((1, 2), "per resolution level; H, W divisible by 2^(levels - 1)")
+    channel_mult: Multipliers = F((1, 2), "per resolution level; H, W divisible by 2^(levels - 1)")
     blocks: int = F(1, "residual blocks per level", ge=1)
     dropout: float = F(0.0, "dropout rate inside residual blocks", ge=0, lt=1)
-
-    @field_validator("channel_mult")
-    @classmethod
-    def _levels(cls, channel_mult: tuple[int, ...]) -> tuple[int, ...]:
-        return _multipliers(channel_mult)
 
 
 class SongUNetConfig(_Frozen):
     """The official CIFAR-10 network of MeanFlow (EDM's DDPM++ SongUNet); the defaults are the official ones."""
     channels: int = F(128, "model_channels: base channel count", ge=8)
-    channel_mult: tuple[int, ...] = F((2, 2, 2), "per resolution level; H = W divisible by 2^(levels - 1)")
+    channel_mult: Multipliers = F((2, 2, 2), "per resolution level; H = W divisible by 2^(levels - 1)")
     blocks: int = F(4, "residual blocks per encoder level (decoder: one more)", ge=1)
     attn_resolutions: tuple[int, ...] = F((16,), "resolutions with self-attention (and always the middle block)")
     dropout: float = F(0.2, "dropout before each block's second conv", ge=0, lt=1)
-
-    @field_validator("channel_mult")
-    @classmethod
-    def _levels(cls, channel_mult: tuple[int, ...]) -> tuple[int, ...]:
-        return _multipliers(channel_mult)
 
     @field_validator("attn_resolutions")
     @classmethod
@@ -112,18 +105,13 @@ class MeanFlowConfig(_Frozen):
     cfg_t_lo: float = F(0.0, "guidance only for t in [cfg_t_lo, cfg_t_hi]", ge=0, le=1)
     cfg_t_hi: float = F(1.0, "upper end of the guidance interval", ge=0, le=1)
     class_drop: float = F(0.1, "fraction of labels replaced by the null class", ge=0, le=1)
-    objective: Literal[tuple(OBJECTIVES)] = F(
-        "meanflow", "the training objective: meanflow (Eq. 10), mmf (Modular MeanFlow: gradient modulation of the "
-        "d/dt u term), splitmeanflow (interval splitting, no JVP); meanflow/objectives.py")
-    dudt: Literal["jvp", "finite_difference"] = F(
-        "jvp", "how d/dt u is computed: a JVP (meanflow/dudt.py strategies) or central finite differences, two "
-        "extra forwards and no forward-mode AD (any network trains)")
-    fd_step: float = F(5e-3, "the finite-difference step d in (u(z + d v, t + d) - u(z - d v, t - d)) / 2d", gt=0, le=0.05)
-    beta: float = F(1.0, "tangent coefficient: the JVP's z-tangent is beta v + (1 - beta) u(z, t, t) (no gradient); "
-                    "1 = the paper", ge=0, le=1)
-    mmf_lambda: float = F(1.0, "mmf: the gradient share lambda of the d/dt u term after the warm-up (0 = MeanFlow's "
-                          "stop-gradient, 1 = full gradient through the JVP)", ge=0, le=1)
-    mmf_warmup: int = F(0, "mmf: steps over which lambda grows linearly from 0 to mmf_lambda (0: from the start)", ge=0)
+    objective: Literal[tuple(OBJECTIVES)] = F("meanflow", "training objective (meanflow/objectives.py): meanflow "
+                                              "(Eq. 10), mmf (Modular MeanFlow), splitmeanflow (interval splitting)")
+    dudt: Literal["jvp", "finite_difference"] = F("jvp", "d/dt u by a JVP or by central differences (no forward-mode AD)")
+    fd_step: float = F(5e-3, "finite-difference step d: (u(z + d v, t + d) - u(z - d v, t - d)) / 2d", gt=0, le=0.05)
+    beta: float = F(1.0, "tangent coefficient: z-tangent beta v + (1 - beta) u(z, t, t); 1 = the paper", ge=0, le=1)
+    mmf_lambda: float = F(1.0, "mmf: gradient share of the d/dt u term (0 = MeanFlow's stop-gradient)", ge=0, le=1)
+    mmf_warmup: int = F(0, "mmf: steps over which lambda grows linearly from 0 to mmf_lambda", ge=0)
 
     @field_validator("t_dist", "r_dist")
     @classmethod
@@ -136,15 +124,8 @@ class MeanFlowConfig(_Frozen):
     def _interval(self) -> MeanFlowConfig:
         if self.cfg_t_lo > self.cfg_t_hi:
             raise ValueError(f"cfg_t_lo={self.cfg_t_lo} must be <= cfg_t_hi={self.cfg_t_hi}")
-        if self.objective == "mmf" and self.dudt == "finite_difference" and self.mmf_lambda > 0:
-            raise ValueError("objective='mmf' with mmf_lambda > 0 back-propagates through d/dt u, which needs "
-                             "dudt='jvp' (finite differences carry no gradient)")
-        if self.objective == "splitmeanflow":
-            unused = {k: v for k, v in (("dudt", self.dudt), ("beta", self.beta), ("tangent", self.tangent))
-                      if v != type(self).model_fields[k].default}
-            if unused:
-                raise ValueError(f"objective='splitmeanflow' computes no d/dt u, so {', '.join(unused)} "
-                                 f"({', '.join(f'{k}={v!r}' for k, v in unused.items())}) would have no effect")
+        if problem := objective_conflict(self, {k: f.default for k, f in type(self).model_fields.items()}):
+            raise ValueError(problem)
         return self
 
 
@@ -254,8 +235,7 @@ def validate(tree: dict[str, Any]) -> RunConfig:
     except ValidationError as err:
         first = err.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
-        value = first.get("input")
-        shown = "" if isinstance(value, dict) else f"={value!r}"
+        shown = "" if isinstance(first.get("input"), dict) else f"={first.get('input')!r}"
         raise ConfigError(f"{key}{shown}: {first['msg'].removeprefix('Value error, ')}") from None
 
 

@@ -75,4 +75,17 @@ def splitmeanflow_loss(net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tens
     return regression(u, u_tgt, t, r, config)
 
 
+def objective_conflict(config: MeanFlowConfig, defaults: dict) -> str | None:
+    """Why the objective's options cannot act together (the config refuses them), or None."""
+    if config.objective == "mmf" and config.dudt == "finite_difference" and config.mmf_lambda > 0:
+        return ("objective='mmf' with mmf_lambda > 0 back-propagates through d/dt u, which needs dudt='jvp' (finite "
+                "differences carry no gradient)")
+    if config.objective == "splitmeanflow":
+        unused = {k: getattr(config, k) for k in ("dudt", "beta", "tangent") if getattr(config, k) != defaults[k]}
+        if unused:
+            return (f"objective='splitmeanflow' computes no d/dt u, so {', '.join(unused)} "
+                    f"({', '.join(f'{k}={v!r}' for k, v in unused.items())}) would have no effect")
+    return None
+
+
 OBJECTIVES = {"meanflow": meanflow_loss, "mmf": mmf_loss, "splitmeanflow": splitmeanflow_loss}
