@@ -229,7 +229,9 @@ def test_songunet_is_initialised_as_edm():
 def test_networks_are_a_fixed_function(arch, time_cond):
     """The committed CPU studies were measured with the MLP and U-Net, and the DiT is the official ImageNet
     network rewritten from JAX: with numpy-drawn weights their outputs equal those stored in tests/data at commit
-    df87d24 (an architecture change shows here, not only in the reports)."""
+    df87d24 (an architecture change shows here, not only in the reports), within 1e-6 of the output's scale: the
+    float32 sinusoidal time features round differently on another CPU's vector units (measured: up to 2.4e-8 of the
+    scale on an AVX-512 machine against the stored values), an architecture change by far more."""
     shape = SHAPES[arch]
     net = small_net(arch, time_cond=time_cond, num_classes=3, shape=shape)
     rng = np.random.default_rng(0)
@@ -238,7 +240,8 @@ def test_networks_are_a_fixed_function(arch, time_cond):
     t, r = torch.tensor([0.9, 0.6, 0.3, 0.1], dtype=torch.float64), torch.tensor([0.2, 0.6, 0.0, 0.05], dtype=torch.float64)
     with np.load(Path(__file__).parent / "data" / "cpu_networks_function.npz") as stored:
         expected = stored[f"{arch} {time_cond}"]
-    np.testing.assert_allclose(net.eval()(z, t, r, torch.tensor([0, 1, 2, 3])).detach().numpy(), expected, rtol=1e-10, atol=1e-12)
+    out = net.eval()(z, t, r, torch.tensor([0, 1, 2, 3])).detach().numpy()
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("affine", [True, False])
