@@ -84,7 +84,7 @@ def test_suite_page_links_each_study(store, tmp_path):
     text = render_suite(("tiny", "notrun"), uri, tmp_path).read_text()
     assert "[tiny](../tiny/README.md)" in text and "failed (0/2)" in text
     assert "| notrun | CPU (100%, uniform(0,1), p = 0.5) | not run yet (`wb ablate notrun`)" in text
-    assert "tiny-paper" not in text  # a paper-point variant that was not run is absent, not "not run"
+    assert "tiny-paper" not in text  # a study outside the paper budget has no paper-point row
     # the paper's best is "half" (63.14), which kept one finished seed: no test can separate it from ours or ours
     # from it, so the sub-table is unresolved whichever setting has the lowest mean
     assert "Of 1 tables: 0 agree with the paper's best setting, 0 disagree, 1 are unresolved" in text

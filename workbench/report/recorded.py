@@ -38,9 +38,9 @@ def render_suite_studies(tracking_uri: str, out: Path) -> list[tuple[str, str]]:
     from workbench.report.suite import suite_names
 
     pages = []
-    for name in suite_names():
+    for name, command in suite_names():
         try:
             pages.append((name, str(render(name, tracking_uri, out))))
-        except ReportError as err:
-            pages.append((name, f"skipped ({err})"))
+        except ReportError:
+            pages.append((name, f"skipped: not in the store yet (`{command}` runs it)"))
     return pages

@@ -15,6 +15,7 @@ from workbench.report.verdicts import flips_summary, other_metrics, other_metric
 
 SUITE = ("table1a", "table1b", "table1c", "table1d", "table1e", "table1f", "table5")
 PAPER_POINT = "-paper"  # table1a-paper: table1a's axis at the paper's operating point (studies/calibration.toml)
+AT_PAPER_POINT = SUITE[:5]  # the calibration plan's 'paper' budget: the guidance studies keep the CPU point only
 OPERATING_POINTS = {"": "CPU (100%, uniform(0,1), p = 0.5)", PAPER_POINT: "paper (25%, lognorm(-0.4,1.0), p = 1)"}
 GUIDED = {"table1f": "each w is scored against its own guided target, so the table says how well one step learns "
                      "what each w asks for; the paper's claim (guidance lowers FID) is not testable here, where the "
@@ -23,9 +24,10 @@ GUIDED = {"table1f": "each w is scored against its own guided target, so the tab
                     "lowers FID) is about sample quality against real images, which this target does not measure"}
 
 
-def suite_names(names: tuple[str, ...] = SUITE) -> list[str]:
-    """Every study of the suite: each sub-table at each operating point."""
-    return [name + point for name in names for point in OPERATING_POINTS]
+def suite_names(names: tuple[str, ...] = SUITE) -> list[tuple[str, str]]:
+    """Every study of the suite, each sub-table at each operating point it runs at, with the command that runs it."""
+    return [(name, f"wb ablate {name}") for name in names] + [
+        (name + PAPER_POINT, "wb calibrate --budget paper") for name in names if name in AT_PAPER_POINT]
 
 
 def render_suite(names: tuple[str, ...], tracking_uri: str, out_root: Path = Path("reports"),
@@ -42,8 +44,9 @@ def render_suite(names: tuple[str, ...], tracking_uri: str, out_root: Path = Pat
             try:
                 record = load_record(study, tracking_uri)
             except ReportError:
-                if not point:  # a paper-point variant that was not run is simply absent
-                    summary.append(markdown.row([name, point_title, f"not run yet (`wb ablate {study}`)", *[""] * 7]))
+                if not point or name in AT_PAPER_POINT:
+                    command = "wb calibrate --budget paper" if point else f"wb ablate {study}"
+                    summary.append(markdown.row([name, point_title, f"not run yet (`{command}`)", *[""] * 7]))
                 continue
             config = config or record.study.cells()[0].config
             link = f"[{study}](../{study}/README.md)"
