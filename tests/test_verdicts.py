@@ -108,3 +108,10 @@ def test_the_suite_runs_table1a_to_e_at_both_operating_points_and_guidance_at_on
     assert "table1f-paper" not in names and "table5-paper" not in names
     paper = load_plan("studies/calibration.toml").budget("paper")
     assert {f"{s}-paper" for s in paper.studies} == {n for n in names if n.endswith("-paper")}
+
+
+def test_a_calibration_candidates_page_says_to_run_its_file():
+    from workbench.report.ablation import study_argument
+
+    assert study_argument("table1a") == "table1a"
+    assert study_argument("table1d-paper") == "studies/calibration/table1d-paper.toml"

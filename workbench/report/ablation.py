@@ -133,6 +133,15 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def study_argument(name: str) -> str:
+    """What `wb ablate` takes to run the study again: its name, or for a calibration candidate (written by
+    `wb calibrate` to studies/calibration/) that file's path."""
+    from workbench.study.study import SHIPPED
+
+    derived = SHIPPED / "calibration" / f"{name}.toml"
+    return f"studies/calibration/{name}.toml" if derived.is_file() else name
+
+
 def render(name: str, tracking_uri: str, out_root: Path = Path("reports")) -> Path:
     """Writes out_root/<study>/README.md and its PNGs; returns the markdown's path."""
     record = load_record(name, tracking_uri)
@@ -161,7 +170,7 @@ def render(name: str, tracking_uri: str, out_root: Path = Path("reports")) -> Pa
         f"total compute {finished['wall'].sum() / 60:.1f} min (sum of cell wall times)",
         "- base config (over `wb config`'s defaults): "
         + (", ".join(f"`{k}={v}`" for k, v in study.base.items()) or "the defaults"),
-        f"- reproduce: `wb ablate {study.name}` then `wb report {study.name}`",
+        f"- reproduce: `wb ablate {study_argument(study.name)}` then `wb report {study.name}`",
         "",
     ]
     for i, axis in enumerate(study.axes):
