@@ -1,6 +1,6 @@
 """The objectives that followed MeanFlow, each a pure function beside meanflow_loss (meanflow/loss.py), with the
-same inputs and outputs; `meanflow.objective` picks one (OBJECTIVES). Equations: ../shared/reference/successors.md
-in the workbench's convention (z_t = (1 - t) x + t e, t = 0 data, v = e - x, r <= t).
+same inputs and outputs; `meanflow.objective` picks one (OBJECTIVES). Equations in the workbench's convention
+(z_t = (1 - t) x + t e, t = 0 data, v = e - x, r <= t).
 
   meanflow       Eq. 10 of Geng et al. 2025: u_tgt = v - (t - r) sg(d/dt u).
   mmf            Modular MeanFlow (arXiv 2508.17426, no official code; from its abstract): the d/dt u term

@@ -33,17 +33,8 @@ class ResBlock(nn.Module):
 class UNet(nn.Module):
     """u(z, t, r, labels) for z of shape (B, C, H, W); H and W divisible by 2^(len(channel_mult) - 1)."""
 
-    def __init__(
-        self,
-        data_shape: tuple[int, ...],
-        num_classes: int,
-        time_cond: str,
-        *,
-        channels: int,
-        channel_mult: tuple[int, ...],
-        blocks: int,
-        dropout: float,
-    ):
+    def __init__(self, data_shape: tuple[int, ...], num_classes: int, time_cond: str, *, channels: int,
+                 channel_mult: tuple[int, ...], blocks: int, dropout: float):
         super().__init__()
         c_img, height, width = data_shape
         factor = 2 ** (len(channel_mult) - 1)
