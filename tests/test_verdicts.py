@@ -115,3 +115,16 @@ def test_a_calibration_candidates_page_says_to_run_its_file():
 
     assert study_argument("table1a") == "table1a"
     assert study_argument("table1d-paper") == "studies/calibration/table1d-paper.toml"
+
+
+def test_a_recorded_study_without_finished_cells_gets_no_verdict_on_the_suite_page(tmp_path, monkeypatch):
+    import workbench.report.suite as suite
+
+    transport = {"a": [0.001, 0.0011, 0.0009], "b": [0.01, 0.012, 0.011], "c": [0.1, 0.12, 0.09]}
+    learned, failed = record({"transport_1nfe": transport}), record({"transport_1nfe": transport})
+    failed.cells["status"] = "failed"
+    monkeypatch.setattr(suite, "load_record", lambda name, uri: {"good": learned, "bad": failed}[name])
+    text = suite.render_suite(("good", "bad"), "unused", tmp_path).read_text()
+    assert "| [bad](../bad/README.md) | CPU (100%, uniform(0,1), p = 0.5) | ratio | no finished cells |" in text
+    assert "- bad (CPU (100%, uniform(0,1), p = 0.5)): no finished cells yet." in text
+    assert "Of 1 tables: 1 agree with the paper's best setting, 0 disagree, 0 are unresolved" in text

@@ -41,17 +41,22 @@ def render_suite(names: tuple[str, ...], tracking_uri: str, out_root: Path = Pat
     for name in names:
         for point, point_title in OPERATING_POINTS.items():
             study = name + point
+            if point and name not in AT_PAPER_POINT:
+                continue
             try:
                 record = load_record(study, tracking_uri)
             except ReportError:
-                if not point or name in AT_PAPER_POINT:
-                    command = "wb calibrate --budget paper" if point else f"wb ablate {study}"
-                    summary.append(markdown.row([name, point_title, f"not run yet (`{command}`)", *[""] * 7]))
+                command = "wb calibrate --budget paper" if point else f"wb ablate {study}"
+                summary.append(markdown.row([name, point_title, f"not run yet (`{command}`)", *[""] * 7]))
                 continue
             config = config or record.study.cells()[0].config
             link = f"[{study}](../{study}/README.md)"
             for i, axis in enumerate(record.study.axes):
                 table = axis_table(record, i)
+                if table["mean"].isna().all():  # recorded, but no cell finished: no verdict to count
+                    summary.append(markdown.row([link, point_title, axis.name, "no finished cells", *[""] * 6]))
+                    statements.append(f"- {study} ({point_title}): no finished cells yet.")
+                    continue
                 tau, _, tau_p = kendall_tau(table)
                 result = outcome(table)
                 checks = other_metrics(record, i)

@@ -110,7 +110,8 @@ def other_metrics_lines(rows: list[dict]) -> list[str]:
     said = (f"Ranked by another logged metric the verdict flips under {', '.join(flipped)}." if flipped else
             f"Every other logged metric ({others}) gives the same verdict.")
     return ["", f"The same runs ranked by the other metrics they logged (lower is better for each; `{rows[0]['metric']}` "
-            "decides above):", "", *lines, "", said]
+            "decides above; `uerrown` scores each setting on pairs from its own (t, r) sampler, so where the axis "
+            "changes the sampler its rows answer different questions):", "", *lines, "", said]
 
 
 def flips_summary(rows: list[dict]) -> str:
