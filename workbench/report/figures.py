@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 
 
 def axis_errorbars(table, metric: str, axis_name: str, path: Path, over: str = "seeds") -> None:
@@ -88,19 +89,24 @@ def picture_grid(pictures: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def against_steps(points, metrics: list[str], path: Path, title: str) -> None:
+def against_steps(points, metrics: list[str], path: Path, title: str, bands: dict | None = None) -> None:
     """One panel per metric: value against training steps (log x), one line per series. `points` has
-    columns series, steps, and the metrics (means over seeds)."""
+    columns series, steps, and the metrics (means over seeds); bands: metric -> (low, high) shaded (a bar)."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for i, (series, rows) in enumerate(points.groupby("series", sort=False)):
             rows = rows.sort_values("steps")
             ax.plot(rows["steps"], rows[metric], "o-", color=f"C{i}", label=series)
         ax.set_xscale("log")
+        steps = sorted(points["steps"].unique())  # the budgets run, as plain numbers: no crowded log minor labels
+        ax.set_xticks(steps, [f"{int(s)}" for s in steps], rotation=45 if len(steps) > 4 else 0)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("training steps (one run each)")
         ax.set_ylabel(metric)
         if metric.startswith(("transport", "uerr", "energy", "tv")):
             ax.set_yscale("log")
+        if metric in (bands or {}):
+            ax.axhspan(*bands[metric], color="0.85", zorder=0)
     axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the plots, not over them
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -135,8 +135,9 @@ def steps_figure(record: Record, out: Path) -> list[str]:
     if not rows:
         return []
     points = pd.DataFrame(rows).groupby(["series", "steps"], sort=False).mean(numeric_only=True).reset_index()
-    metrics = [m for m in ("transport_1nfe", "precision_1nfe", "uerr", "transport_fm50") if m in points.columns]
-    figures.against_steps(points, metrics, out / "steps.png", "final scores against training steps")
+    metrics = [m for m in ("transport_1nfe", "spread_1nfe", "precision_1nfe", "uerr", "transport_fm50") if m in points.columns]
+    figures.against_steps(points, metrics, out / "steps.png", "final scores against training steps (grey: the bar's "
+                          "spread band)", bands={"spread_1nfe": SPREAD_BAND})
     return ["## Quality against training steps", "", "![quality against training steps](steps.png)", ""]
 
 
