@@ -76,7 +76,12 @@ def test_table_cells_equal_the_runs_statistics(store, tmp_path):
 def test_rerendering_gives_the_same_markdown(store, tmp_path):
     _, uri = store
     first = render("tiny", uri, tmp_path / "a").read_text()
+    (tmp_path / "b" / "tiny").mkdir(parents=True)
+    (tmp_path / "b" / "tiny" / "samples-old.png").write_bytes(b"a figure an earlier rendering drew")
     assert render("tiny", uri, tmp_path / "b").read_text() == first
+    assert sorted(p.name for p in (tmp_path / "a" / "tiny").glob("*.png")) == \
+        sorted(p.name for p in (tmp_path / "b" / "tiny").glob("*.png"))  # the stale figure is gone
+    assert all(f"]({p.name})" in first for p in (tmp_path / "a" / "tiny").glob("*.png"))
 
 
 def test_suite_page_links_each_study(store, tmp_path):
@@ -218,3 +223,21 @@ def test_a_run_that_finished_blown_up_is_shown_as_diverged_and_left_out_of_the_s
     assert row["diverged"] == 1 and row["n"] == (done["ratio"] == worst["ratio"]).sum() - 1
     assert stats.blown_up(math.nan, None) and stats.blown_up(math.inf, 1.0) and not stats.blown_up(5.0, None)
     assert stats.blown_up(10.5, 1.0) and not stats.blown_up(10.0, 1.0) and not stats.blown_up(3.0, 0.0)
+
+
+def test_many_sample_pictures_go_into_figures_of_at_most_six_one_per_first_axis_value():
+    from workbench.report.ablation import split_figures
+
+    few = {f"{w} (seed 0)": Path(f"{w}.png") for w in range(6)}
+    assert split_figures("samples.png", few, None) == [("samples.png", "", few)]
+    labels = [f"{m}, {s} (seed 0)" for m in ("FM", "MF paper") for s in (250, 500, 1000, 2000, 4000)]
+    pictures = {label: Path(f"{i}.png") for i, label in enumerate(labels)}
+    figures = split_figures("samples.png", pictures, {k: f"method = {k.split(',')[0]}" for k in labels})
+    assert [(f, c, len(p)) for f, c, p in figures] == [
+        ("samples-fm.png", "method = FM", 5), ("samples-mf-paper.png", "method = MF paper", 5)]
+    one_axis = {f"{w} (seed 0)": Path(f"{w}.png") for w in range(14)}
+    figures = split_figures("samples_2nfe.png", one_axis, None)
+    assert [(f, c, len(p)) for f, c, p in figures] == [
+        ("samples_2nfe-part-1.png", "part 1", 6), ("samples_2nfe-part-2.png", "part 2", 6),
+        ("samples_2nfe-part-3.png", "part 3", 2)]
+    assert [label for _, _, p in figures for label in p] == list(one_axis)  # every picture once, in order

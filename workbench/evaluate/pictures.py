@@ -79,7 +79,7 @@ def scatter(panels: list[tuple[str, torch.Tensor, torch.Tensor | None]], path: P
     axes[0, 0].set_xlim(-lim, lim)
     axes[0, 0].set_ylim(-lim, lim)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # equal-aspect panels: tight_layout alone clips a 2-line title
     plt.close(fig)
 
 
