@@ -30,6 +30,9 @@ OBJECTIVES = {  # name: overrides at meanflow.ratio 0.25
     "meanflow, beta 0.9": {"meanflow.beta": 0.9},
     "mmf, lambda 0.5": {"meanflow.objective": "mmf", "meanflow.mmf_lambda": 0.5},
     "splitmeanflow": {"meanflow.objective": "splitmeanflow"},
+    # a flat sigmoid (gamma 1e-6) over a window past the last step: alpha = 0.5 at every step timed
+    "alphaflow, alpha 0.5": {"meanflow.objective": "alphaflow", "meanflow.alphaflow.end": 10**9,
+                             "meanflow.alphaflow.gamma": 1e-6},
 }
 
 

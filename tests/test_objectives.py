@@ -1,6 +1,8 @@
 """The objectives after MeanFlow (workbench/meanflow/objectives.py), the tangent coefficient beta and the
 finite-difference d/dt u against independent float64 computations of their equations
 (../shared/reference/successors.md), their limits that are MeanFlow, and short trainings on the closed-form case."""
+import math
+
 import pytest
 import torch
 from test_closed_form import MU, Exact, S, average_velocity, stats
@@ -8,7 +10,7 @@ from test_loss import B, batch, finite_difference_dudt
 
 from workbench.meanflow import central_difference, meanflow_loss, sample_t_r
 from workbench.meanflow.dudt import whole_batch
-from workbench.meanflow.objectives import mmf_lambda, mmf_loss, splitmeanflow_loss
+from workbench.meanflow.objectives import alpha_at, alphaflow_loss, mmf_lambda, mmf_loss, splitmeanflow_loss
 
 from conftest import mf, small_net
 
@@ -184,12 +186,13 @@ def train_closed_form(objective: str, steps: int = 600, **options) -> float:
     net = small_net("mlp", dtype=torch.float32, width=64, depth=2)
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
-    loss_fn = {"meanflow": meanflow_loss, "mmf": mmf_loss, "splitmeanflow": splitmeanflow_loss}[objective]
+    loss_fn = {"meanflow": meanflow_loss, "mmf": mmf_loss, "splitmeanflow": splitmeanflow_loss,
+               "alphaflow": alphaflow_loss}[objective]
     for step in range(steps):
         x = MU.float() + S * torch.randn(256, 2, generator=g)
         t, r = sample_t_r(256, config, g)
         extra = {"split": torch.rand(256, generator=g)} if objective == "splitmeanflow" else {}
-        if objective == "mmf":
+        if objective in ("mmf", "alphaflow"):
             extra["step"] = step
         if config.dudt == "finite_difference":
             extra["dudt"] = central_difference(config.fd_step)
@@ -209,17 +212,19 @@ def train_closed_form(objective: str, steps: int = 600, **options) -> float:
 
 @pytest.mark.parametrize(("objective", "options"), [
     ("mmf", {"mmf_lambda": 0.5, "mmf_warmup": 200}), ("splitmeanflow", {}), ("meanflow", {"beta": 0.8}),
-    ("meanflow", {"dudt": "finite_difference"})])
+    ("meanflow", {"dudt": "finite_difference"}), ("alphaflow", {"alphaflow": {"start": 0, "end": 400}})])
 def test_a_short_training_learns_the_exact_average_velocity(objective, options):
     """From above 0.5 (an untrained net) to within 0.2 of the exact u in 600 steps (measured: MeanFlow 0.095, beta
-    0.8 0.096, SplitMeanFlow 0.12, MMF with lambda warmed up to 0.5 0.15)."""
+    0.8 0.096, SplitMeanFlow 0.12, MMF with lambda warmed up to 0.5 0.15, alpha-Flow with alpha from 1 to 0 over
+    steps 0-400 0.11)."""
     assert train_closed_form(objective, steps=0, **options) > 0.5
     assert train_closed_form(objective, **options) < 0.2
 
 
 @pytest.mark.parametrize("overrides", [{"meanflow.objective": "mmf", "meanflow.mmf_warmup": 4},
                                        {"meanflow.objective": "splitmeanflow"}, {"meanflow.dudt": "finite_difference"},
-                                       {"meanflow.beta": 0.5}])
+                                       {"meanflow.beta": 0.5},
+                                       {"meanflow.objective": "alphaflow", "meanflow.alphaflow.end": 8}])
 def test_the_training_loop_trains_each_objective_and_resumes_it_exactly(tmp_path, overrides):
     """wb train's loop: the objective's loss from the config (its step, its split draws from the batch generator),
     and a run stopped at step 4 and resumed ends with the same weights as one run straight through."""
@@ -235,3 +240,104 @@ def test_the_training_loop_trains_each_objective_and_resumes_it_exactly(tmp_path
     for a, b in zip(whole.ema.parameters(), resumed.ema.parameters()):
         assert torch.equal(a, b)
     assert torch.isfinite(torch.tensor(whole.final_loss))
+
+
+def test_alpha_follows_the_authors_sigmoid_from_one_to_zero_over_its_window():
+    """alpha-Flow's get_ratio('sigmoid', 1 -> 0, window [200, 600], gamma 25, clamp 0.005) by hand: 1 before, 0 from
+    the end, 1 - sigmoid(25 (step - 400) / 400) inside, snapped to 0 / 1 within 0.005."""
+    config = mf(objective="alphaflow", alphaflow={"start": 200, "end": 600}).alphaflow
+    expected = {0: 1.0, 199: 1.0, 200: 1.0, 300: None, 350: 1 - 1 / (1 + math.exp(-25 * -0.125)), 400: 0.5,
+                450: 1 - 1 / (1 + math.exp(-25 * 0.125)), 500: None, 580: 0.0, 600: 0.0}
+    assert 1 - 1 / (1 + math.exp(-25 * -0.25)) > 0.995 and 1 - 1 / (1 + math.exp(-6.25)) < 0.005
+    expected[300], expected[500] = 1.0, 0.0  # 0.998 and 0.0019: snapped
+    assert {step: alpha_at(config, step) for step in expected} == pytest.approx(expected, abs=1e-15)
+    assert alpha_at(mf(objective="alphaflow").alphaflow, 0) == 0.0  # the default window: MeanFlow throughout
+
+
+def alphaflow_at(alpha_step: int, **options):
+    """A config whose alpha at step alpha_step is strictly between 0 and 1 (window [0, 1000])."""
+    return mf(objective="alphaflow", alphaflow={"start": 0, "end": 1000, **options}, adaptive_p=0.5)
+
+
+@pytest.mark.parametrize(("arch", "shape"), NETS)
+def test_alphaflow_loss_matches_an_independent_computation(arch, shape):
+    """Eq. 7 of alpha-Flow as the authors' _compute_mean_velocity_d writes it: (dt v + (t - dt - r) u(z_t - dt v, r,
+    t - dt)) / (t - r), dt = alpha (t - r), on the r < t rows (weight alpha), v on the r = t rows (weight 1)."""
+    net = random_net(arch, shape)
+    x, t, r, noise = batch(shape)
+    config = alphaflow_at(450)
+    alpha = alpha_at(config.alphaflow, 450)
+    assert 0.1 < alpha < 0.9
+    loss, metrics = alphaflow_loss(net, x, t, r, noise, config, step=450)
+    tb = t.view(-1, *[1] * len(shape))
+    z, v = (1 - tb) * x + tb * noise, noise - x
+    target, weight = v.clone(), torch.ones(B, dtype=torch.float64)
+    for i in range(B):
+        if r[i] < t[i]:
+            dt = alpha * (t[i] - r[i])
+            with torch.no_grad():
+                u_next = net((z[i] - dt * v[i])[None], (t[i] - dt)[None], r[i][None], None)[0]
+            target[i] = (dt * v[i] + (t[i] - dt - r[i]) * u_next) / (t[i] - r[i])
+            weight[i] = alpha
+    sq = ((net(z, t, r, None) - target) ** 2).reshape(B, -1).sum(1)
+    expected = (weight * sq / (sq.detach() + 1e-3) ** 0.5).mean()
+    assert torch.allclose(loss, expected, rtol=1e-10) and float(metrics["alpha"]) == pytest.approx(alpha, rel=1e-7)
+
+
+def test_alphaflow_clamp_clips_the_target_of_the_interval_rows_only():
+    net = random_net("mlp", (2,))
+    x, t, r, noise = batch()
+    noise = 5 * noise  # targets beyond the clamp
+    config = alphaflow_at(450, clamp=1.0)
+    loss, _ = alphaflow_loss(net, x, t, r, noise, config, step=450)
+    alpha = alpha_at(config.alphaflow, 450)
+    z, v = (1 - t[:, None]) * x + t[:, None] * noise, noise - x
+    dt = alpha * (t - r)
+    with torch.no_grad():
+        target = alpha * v + (1 - alpha) * net(z - dt[:, None] * v, t - dt, r, None)
+    assert (v[r == t].abs() > 1).any() and (target[r < t].abs() > 1).any()
+    target = torch.where((r == t)[:, None], v, target.clamp(-1, 1))  # the boundary rows keep their unclipped v
+    weight = torch.where(r == t, torch.tensor(1.0, dtype=torch.float64), torch.tensor(alpha, dtype=torch.float64))
+    sq = ((net(z, t, r, None) - target) ** 2).sum(1)
+    assert torch.allclose(loss, (weight * sq / (sq.detach() + 1e-3) ** 0.5).mean(), rtol=1e-10)
+
+
+def test_alphaflow_at_alpha_zero_is_meanflow_bit_for_bit_and_at_one_is_trajectory_flow_matching():
+    net = random_net("mlp", (2,))
+    x, t, r, noise = batch()
+    config = mf(objective="alphaflow", alphaflow={"start": 10, "end": 20}, adaptive_p=1.0)
+    late, metrics = alphaflow_loss(net, x, t, r, noise, config, step=20)
+    paper, _ = meanflow_loss(net, x, t, r, noise, config)
+    assert torch.equal(late, paper) and float(metrics["alpha"]) == 0.0
+    early, metrics = alphaflow_loss(net, x, t, r, noise, config, step=0)
+    z, v = (1 - t[:, None]) * x + t[:, None] * noise, noise - x
+    assert float(metrics["alpha"]) == 1.0
+    assert torch.allclose(early, weighted(net(z, t, r, None), v, 1.0, 1e-3), rtol=1e-12)
+
+
+def test_alphaflow_loss_tends_to_the_meanflow_loss_as_alpha_goes_to_zero():
+    """Proposition 1 of alpha-Flow: u_tgt - u = alpha (u_tgt_MeanFlow - u) + O(alpha^2), so with p = 0 on r < t rows
+    the loss alpha ||u - u_tgt||^2 over alpha^3 tends to MeanFlow's ||u - u_tgt||^2, the gap shrinking like alpha.
+    Steps 656 and 684 of a [0, 1000] window put alpha near 0.02 and 0.01 (above the snap to 0)."""
+    net = random_net("mlp", (2,))
+    x, t, r, noise = batch()
+    keep = r < t
+    x, t, r, noise = x[keep], t[keep], r[keep], noise[keep]
+    paper = float(meanflow_loss(net, x, t, r, noise, mf(adaptive_p=0.0))[0])
+    config = mf(objective="alphaflow", alphaflow={"start": 0, "end": 1000}, adaptive_p=0.0)
+    gaps = []
+    for step in (656, 684):
+        alpha = alpha_at(config.alphaflow, step)
+        loss, _ = alphaflow_loss(net, x, t, r, noise, config, step=step)
+        gaps.append(abs(float(loss) / alpha ** 3 - paper) / paper)
+    assert [round(alpha_at(config.alphaflow, s), 3) for s in (656, 684)] == [0.02, 0.01]
+    assert gaps[0] < 0.1 and gaps[1] < 0.6 * gaps[0], gaps
+
+
+def test_alphaflow_options_need_the_alphaflow_objective():
+    from workbench.config import ConfigError, RunConfig, with_overrides
+
+    with pytest.raises(ConfigError, match=r"alphaflow.\* is set .* objective='meanflow'"):
+        with_overrides(RunConfig(), {"meanflow.alphaflow.end": 100})
+    with pytest.raises(ConfigError, match="alphaflow.start=100 must be <= alphaflow.end=0"):
+        with_overrides(RunConfig(), {"meanflow.objective": "alphaflow", "meanflow.alphaflow.start": 100})

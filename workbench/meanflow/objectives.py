@@ -9,18 +9,26 @@ same inputs and outputs; `meanflow.objective` picks one (OBJECTIVES). Equations 
   splitmeanflow  SplitMeanFlow (arXiv 2507.16884, no official code): interval splitting with s = (1 - l) t + l r,
                  l ~ U(0, 1): u_tgt = sg[l u(z_t, s, t) + (1 - l) u(z_s, r, s)], z_s = z_t - (t - s) u(z_t, s, t),
                  and u_tgt = v on the r = t rows (the boundary condition); no JVP.
+  alphaflow      alpha-Flow (arXiv 2510.20771, Eq. 7 and Sec. 3.3; snap-research/alphaflow src/training/loss.py at
+                 b0fef77, AlphaFlowLoss): with s = t - alpha (t - r) and z_s = z_t - alpha (t - r) v,
+                 u_tgt = alpha v + (1 - alpha) sg(u(z_s, r, s)) on the r < t rows (weight alpha), v on the r = t rows
+                 (weight 1); alpha from 1 to 0 by a sigmoid over a window of steps (alpha_at). alpha = 0 is MeanFlow.
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
 
 from .dudt import TANGENTS, whole_batch
-from .loss import Net, _expand, guided_velocity, meanflow_loss, null_dropped, regression, tangent_velocity
+from .loss import Net, _expand, adaptive_weight, guided_velocity, meanflow_loss, null_dropped, regression, tangent_velocity
 
 if TYPE_CHECKING:
     from workbench.config import MeanFlowConfig
+    from workbench.config.objectives import AlphaFlowConfig
+
+ALPHA_SNAP = 0.005  # alpha below it is 0, above 1 - it is 1 (the authors' clamp_value in every alpha-Flow config)
 
 
 def mmf_lambda(config: MeanFlowConfig, step: int) -> float:
@@ -75,11 +83,60 @@ def splitmeanflow_loss(net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tens
     return regression(u, u_tgt, t, r, config)
 
 
+def alpha_at(config: AlphaFlowConfig, step: int) -> float:
+    """alpha at a training step: 1 before config.start, 0 from config.end, between them
+    1 - sigmoid(gamma (step - middle) / (end - start)) (the authors' get_ratio, 'sigmoid' from 1 to 0), snapped to
+    0 or 1 within ALPHA_SNAP of them."""
+    if step >= config.end:
+        return 0.0
+    if step < config.start:
+        return 1.0
+    progress = (step - (config.start + config.end) / 2) / (config.end - config.start)
+    alpha = 1.0 - 1.0 / (1.0 + math.exp(-config.gamma * progress))
+    return 0.0 if alpha < ALPHA_SNAP else 1.0 if alpha > 1 - ALPHA_SNAP else alpha
+
+
+def alphaflow_loss(net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, e: torch.Tensor, config: MeanFlowConfig,
+                   labels: torch.Tensor | None = None, dropped: torch.Tensor | None = None,
+                   cond: dict[str, torch.Tensor] | None = None, step: int = 0, **meanflow: object
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """alpha-Flow (module docstring) at alpha = alpha_at(config.alphaflow, step). alpha = 0 is meanflow_loss itself
+    (its d/dt u strategies, `meanflow` passed on), as in the authors' code, where alpha = 0 makes every row a JVP
+    row. The weight is the adaptive weight of meanflow.adaptive_p and adaptive_c times alpha on the r < t rows: the
+    authors' alpha / sg(mean of squares + eps) is p = 1 with c = eps times the dimension, over the sum of squares."""
+    alpha = alpha_at(config.alphaflow, step)
+    if alpha == 0.0:
+        loss, metrics = meanflow_loss(net, x, t, r, e, config, labels=labels, dropped=dropped, cond=cond, **meanflow)
+        return loss, metrics | {"alpha": torch.zeros((), device=x.device)}
+    labels = null_dropped(net, labels, dropped)
+    z = (1 - _expand(t, x)) * x + _expand(t, x) * e
+    v = guided_velocity(net, z, t, e - x, labels, dropped, config, cond)
+    interval = r != t
+    with torch.no_grad():
+        if alpha == 1.0:
+            u_tgt = v                                                   # trajectory flow matching: (t - dt - r) = 0
+        else:
+            dt = alpha * (t - r)
+            u_next = net(z - _expand(dt, x) * v, t - dt, r, labels, **(cond or {}))   # u(z_s, r, s)
+            u_tgt = torch.where(_expand(interval, x), alpha * v + (1 - alpha) * u_next, v)
+        if config.alphaflow.clamp > 0:
+            u_tgt = torch.where(_expand(interval, x), u_tgt.clamp(-config.alphaflow.clamp, config.alphaflow.clamp), u_tgt)
+    u = net(z, t, r, labels, **(cond or {}))
+    err = (u - u_tgt).pow(2).flatten(1).sum(dim=1)
+    weight = adaptive_weight(err, config.adaptive_p, config.adaptive_c) * torch.ones_like(err).masked_fill(interval, alpha)
+    loss = (weight * err).mean()
+    return loss, {"loss": loss.detach(), "mse": err.detach().mean(), "weight_mean": weight.mean(),
+                  "frac_r_neq_t": interval.float().mean(), "alpha": torch.full((), alpha, device=x.device)}
+
+
 def objective_conflict(config: MeanFlowConfig, defaults: dict) -> str | None:
     """Why the objective's options cannot act together (the config refuses them), or None."""
     if config.objective == "mmf" and config.dudt == "finite_difference" and config.mmf_lambda > 0:
         return ("objective='mmf' with mmf_lambda > 0 back-propagates through d/dt u, which needs dudt='jvp' (finite "
                 "differences carry no gradient)")
+    if config.objective != "alphaflow" and config.alphaflow != defaults["alphaflow"]:
+        return (f"meanflow.alphaflow.* is set ({config.alphaflow}) but objective={config.objective!r}: set "
+                "objective='alphaflow' or leave the section at its defaults")
     if config.objective == "splitmeanflow":
         unused = {k: getattr(config, k) for k in ("dudt", "beta", "tangent") if getattr(config, k) != defaults[k]}
         if unused:
@@ -88,4 +145,5 @@ def objective_conflict(config: MeanFlowConfig, defaults: dict) -> str | None:
     return None
 
 
-OBJECTIVES = {"meanflow": meanflow_loss, "mmf": mmf_loss, "splitmeanflow": splitmeanflow_loss}
+OBJECTIVES = {"meanflow": meanflow_loss, "mmf": mmf_loss, "splitmeanflow": splitmeanflow_loss,
+              "alphaflow": alphaflow_loss}

@@ -7,23 +7,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ValidationError, field_validator, model_validator
 
+from workbench.config.fields import ConfigError, F, _Frozen
+from workbench.config.objectives import AlphaFlowConfig
 from workbench.data import DATASETS
 from workbench.meanflow import NETWORKS, OBJECTIVES, TANGENTS, TIME_CONDITIONINGS, objective_conflict, parse_time_dist
-
-
-class ConfigError(ValueError):
-    """Bad config input; the message names the key, the value and what is allowed."""
-
-
-def F(default: Any, doc: str, **constraints: Any) -> Any:
-    """A field with its one-line description (shown by `wb train --help`) and constraints."""
-    return Field(default, description=doc, **constraints)
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class DataConfig(_Frozen):
@@ -106,12 +95,14 @@ class MeanFlowConfig(_Frozen):
     cfg_t_hi: float = F(1.0, "upper end of the guidance interval", ge=0, le=1)
     class_drop: float = F(0.1, "fraction of labels replaced by the null class", ge=0, le=1)
     objective: Literal[tuple(OBJECTIVES)] = F("meanflow", "training objective (meanflow/objectives.py): meanflow "
-                                              "(Eq. 10), mmf (Modular MeanFlow), splitmeanflow (interval splitting)")
+                                              "(Eq. 10), mmf (Modular MeanFlow), splitmeanflow (interval splitting), "
+                                              "alphaflow (alpha-Flow, meanflow.alphaflow.*)")
     dudt: Literal["jvp", "finite_difference"] = F("jvp", "d/dt u by a JVP or by central differences (no forward-mode AD)")
     fd_step: float = F(5e-3, "finite-difference step d: (u(z + d v, t + d) - u(z - d v, t - d)) / 2d", gt=0, le=0.05)
     beta: float = F(1.0, "tangent coefficient: z-tangent beta v + (1 - beta) u(z, t, t); 1 = the paper", ge=0, le=1)
     mmf_lambda: float = F(1.0, "mmf: gradient share of the d/dt u term (0 = MeanFlow's stop-gradient)", ge=0, le=1)
     mmf_warmup: int = F(0, "mmf: steps over which lambda grows linearly from 0 to mmf_lambda", ge=0)
+    alphaflow: AlphaFlowConfig = AlphaFlowConfig()
 
     @field_validator("t_dist", "r_dist")
     @classmethod

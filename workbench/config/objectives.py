@@ -1,0 +1,24 @@
+"""Option sections of the objectives that followed MeanFlow (workbench/meanflow/objectives.py), each under
+meanflow.<objective>: set only with meanflow.objective naming it (the config refuses options with no effect)."""
+from __future__ import annotations
+
+from pydantic import model_validator
+
+from workbench.config.fields import F, _Frozen
+
+
+class AlphaFlowConfig(_Frozen):
+    """alpha-Flow (arXiv 2510.20771; snap-research/alphaflow, configs in infra/experiments/experiments-alphaflow.yaml):
+    alpha goes from 1 (trajectory flow matching) to 0 (the MeanFlow target) by a sigmoid over a window of steps.
+    Its flow-matching fraction is 1 - meanflow.ratio (the rows with r = t)."""
+    start: int = F(0, "first step of the alpha curriculum (alpha = 1 before it)", ge=0)
+    end: int = F(0, "step from which alpha = 0, the MeanFlow target (start = end = 0: alpha = 0 throughout); the "
+                    "authors' ImageNet runs: 0 to the last step (B/2), 600k to 1M of 1.2M (XL/2)", ge=0)
+    gamma: float = F(25.0, "steepness of the sigmoid over the window (the authors' 25)", gt=0)
+    clamp: float = F(0.0, "clip u_tgt to [-clamp, clamp] on the alpha > 0 rows (the authors' XL/2: 4); 0 = off", ge=0)
+
+    @model_validator(mode="after")
+    def _window(self) -> AlphaFlowConfig:
+        if self.start > self.end:
+            raise ValueError(f"alphaflow.start={self.start} must be <= alphaflow.end={self.end}")
+        return self
