@@ -33,6 +33,7 @@ OBJECTIVES = {  # name: overrides at meanflow.ratio 0.25
     # a flat sigmoid (gamma 1e-6) over a window past the last step: alpha = 0.5 at every step timed
     "alphaflow, alpha 0.5": {"meanflow.objective": "alphaflow", "meanflow.alphaflow.end": 10**9,
                              "meanflow.alphaflow.gamma": 1e-6},
+    "imf (boundary tangent)": {"meanflow.objective": "imf"},
 }
 
 

@@ -10,7 +10,7 @@ from test_loss import B, batch, finite_difference_dudt
 
 from workbench.meanflow import central_difference, meanflow_loss, sample_t_r
 from workbench.meanflow.dudt import whole_batch
-from workbench.meanflow.objectives import alpha_at, alphaflow_loss, mmf_lambda, mmf_loss, splitmeanflow_loss
+from workbench.meanflow.objectives import alpha_at, alphaflow_loss, imf_loss, mmf_lambda, mmf_loss, splitmeanflow_loss
 
 from conftest import mf, small_net
 
@@ -187,7 +187,7 @@ def train_closed_form(objective: str, steps: int = 600, **options) -> float:
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     loss_fn = {"meanflow": meanflow_loss, "mmf": mmf_loss, "splitmeanflow": splitmeanflow_loss,
-               "alphaflow": alphaflow_loss}[objective]
+               "alphaflow": alphaflow_loss, "imf": imf_loss}[objective]
     for step in range(steps):
         x = MU.float() + S * torch.randn(256, 2, generator=g)
         t, r = sample_t_r(256, config, g)
@@ -212,11 +212,12 @@ def train_closed_form(objective: str, steps: int = 600, **options) -> float:
 
 @pytest.mark.parametrize(("objective", "options"), [
     ("mmf", {"mmf_lambda": 0.5, "mmf_warmup": 200}), ("splitmeanflow", {}), ("meanflow", {"beta": 0.8}),
-    ("meanflow", {"dudt": "finite_difference"}), ("alphaflow", {"alphaflow": {"start": 0, "end": 400}})])
+    ("meanflow", {"dudt": "finite_difference"}), ("alphaflow", {"alphaflow": {"start": 0, "end": 400}}),
+    ("imf", {}), ("imf", {"imf": {"v_loss": 1.0}})])
 def test_a_short_training_learns_the_exact_average_velocity(objective, options):
     """From above 0.5 (an untrained net) to within 0.2 of the exact u in 600 steps (measured: MeanFlow 0.095, beta
     0.8 0.096, SplitMeanFlow 0.12, MMF with lambda warmed up to 0.5 0.15, alpha-Flow with alpha from 1 to 0 over
-    steps 0-400 0.11)."""
+    steps 0-400 0.11, iMF with the boundary tangent 0.097, with the auxiliary v loss 0.099)."""
     assert train_closed_form(objective, steps=0, **options) > 0.5
     assert train_closed_form(objective, **options) < 0.2
 
@@ -224,7 +225,8 @@ def test_a_short_training_learns_the_exact_average_velocity(objective, options):
 @pytest.mark.parametrize("overrides", [{"meanflow.objective": "mmf", "meanflow.mmf_warmup": 4},
                                        {"meanflow.objective": "splitmeanflow"}, {"meanflow.dudt": "finite_difference"},
                                        {"meanflow.beta": 0.5},
-                                       {"meanflow.objective": "alphaflow", "meanflow.alphaflow.end": 8}])
+                                       {"meanflow.objective": "alphaflow", "meanflow.alphaflow.end": 8},
+                                       {"meanflow.objective": "imf", "meanflow.imf.v_loss": 1.0}])
 def test_the_training_loop_trains_each_objective_and_resumes_it_exactly(tmp_path, overrides):
     """wb train's loop: the objective's loss from the config (its step, its split draws from the batch generator),
     and a run stopped at step 4 and resumed ends with the same weights as one run straight through."""
@@ -341,3 +343,71 @@ def test_alphaflow_options_need_the_alphaflow_objective():
         with_overrides(RunConfig(), {"meanflow.alphaflow.end": 100})
     with pytest.raises(ConfigError, match="alphaflow.start=100 must be <= alphaflow.end=0"):
         with_overrides(RunConfig(), {"meanflow.objective": "alphaflow", "meanflow.alphaflow.start": 100})
+
+
+@pytest.mark.parametrize(("arch", "shape"), NETS)
+def test_imf_loss_matches_an_independent_computation(arch, shape):
+    """iMF's loss_u (imf.py, iMeanFlow.forward): V = u + (t - r) sg(d/dt u) against sg(v), d/dt u a central
+    difference along (v_c, 0, 1) with v_c = u(z, t, t), adaptively weighted; plus v_loss w(||u(z, t, t) - v||^2)."""
+    net = random_net(arch, shape)
+    x, t, r, noise = batch(shape)
+    config = mf(objective="imf", adaptive_p=1.0, adaptive_c=0.01, imf={"v_loss": 0.5})
+    loss, metrics = imf_loss(net, x, t, r, noise, config)
+    tb = t.view(-1, *[1] * len(shape))
+    z, v = (1 - tb) * x + tb * noise, noise - x
+    with torch.no_grad():
+        v_c = net(z, t, t, None)
+    dudt = finite_difference_dudt(net, z, r, t, (v_c, 0.0, 1.0), eps=1e-6).detach()
+    compound = net(z, t, r, None) + (t - r).view_as(tb) * dudt
+    expected = weighted(compound, v, 1.0, 0.01) + 0.5 * weighted(net(z, t, t, None), v, 1.0, 0.01)
+    assert torch.allclose(loss, expected, rtol=1e-7), (loss, expected)
+    assert float(metrics["loss_v"]) > 0
+
+
+def test_imf_with_the_e_minus_x_tangent_is_the_meanflow_loss_and_gradient():
+    """V - v = u - (v - (t - r) d/dt u): with MeanFlow's tangent the compound-velocity loss is MeanFlow's u-loss."""
+    net = random_net("mlp", (2,))
+    x, t, r, noise = batch()
+    config = mf(objective="imf", imf={"tangent": "v"}, adaptive_p=0.5)
+    loss, _ = imf_loss(net, x, t, r, noise, config)
+    paper, _ = meanflow_loss(net, x, t, r, noise, mf(adaptive_p=0.5))
+    assert torch.allclose(loss, paper, rtol=1e-12)
+    for a, b in zip(torch.autograd.grad(loss, list(net.parameters())), torch.autograd.grad(paper, list(net.parameters()))):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-14)
+    boundary, _ = imf_loss(net, x, t, r, noise, mf(objective="imf", adaptive_p=0.5))
+    assert abs(float((boundary - paper).detach())) > 1e-3 * float(paper.detach())  # the boundary tangent changes it
+
+
+def test_imf_guidance_uses_the_networks_own_conditional_and_null_velocities():
+    """v~ = v + (1 - 1/omega)(u(z, t, t | c) - u(z, t, t | null)) on kept labels inside [cfg_t_lo, cfg_t_hi], v
+    elsewhere; v_c (tangent and guidance) sees the label before dropout, u the label after."""
+    net = small_net("mlp", num_classes=3)
+    for param in net.parameters():
+        torch.nn.init.normal_(param, std=0.1)
+    x, t, r, noise = batch()
+    labels = torch.arange(B) % 3
+    dropped = torch.arange(B) % 5 == 0
+    config = mf(objective="imf", cfg_omega=2.0, cfg_t_hi=0.8, adaptive_p=0.0)
+    loss, _ = imf_loss(net, x, t, r, noise, config, labels=labels, dropped=dropped)
+    z, v = (1 - t[:, None]) * x + t[:, None] * noise, noise - x
+    null = torch.full_like(labels, 3)
+    kept = torch.where(dropped, null, labels)
+    with torch.no_grad():
+        v_c, v_u = net(z, t, t, labels), net(z, t, t, null)
+    guided = (t <= 0.8) & ~dropped
+    target = torch.where(guided[:, None], v + 0.5 * (v_c - v_u), v)
+    dudt = finite_difference_dudt(net, z, r, t, (v_c, 0.0, 1.0), labels=kept, eps=1e-6).detach()
+    compound = net(z, t, r, kept) + (t - r)[:, None] * dudt
+    assert guided.any() and (~guided).any()
+    assert torch.allclose(loss, ((compound - target) ** 2).sum(1).mean(), rtol=1e-7)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"meanflow.imf.v_loss": 1.0}, r"meanflow.imf.\* is set .* objective='meanflow'"),
+    ({"meanflow.objective": "imf", "meanflow.cfg_kappa": 0.5}, "cfg_kappa and beta must stay at 0 and 1"),
+    ({"meanflow.objective": "imf", "meanflow.imf.tangent": "head"}, "meanflow.imf.tangent='head'")])
+def test_imf_options_that_cannot_act_are_refused(overrides, message):
+    from workbench.config import ConfigError, RunConfig, with_overrides
+
+    with pytest.raises(ConfigError, match=message):
+        with_overrides(RunConfig(), overrides)

@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal, get_origin
 from pydantic import AfterValidator, BaseModel, ValidationError, field_validator, model_validator
 
 from workbench.config.fields import ConfigError, F, _Frozen
-from workbench.config.objectives import AlphaFlowConfig
+from workbench.config.objectives import OBJECTIVE_SECTIONS as OBJECTIVE_SECTIONS
+from workbench.config.objectives import AlphaFlowConfig, IMFConfig
 from workbench.data import DATASETS
 from workbench.meanflow import NETWORKS, OBJECTIVES, TANGENTS, TIME_CONDITIONINGS, objective_conflict, parse_time_dist
 
@@ -96,13 +97,15 @@ class MeanFlowConfig(_Frozen):
     class_drop: float = F(0.1, "fraction of labels replaced by the null class", ge=0, le=1)
     objective: Literal[tuple(OBJECTIVES)] = F("meanflow", "training objective (meanflow/objectives.py): meanflow "
                                               "(Eq. 10), mmf (Modular MeanFlow), splitmeanflow (interval splitting), "
-                                              "alphaflow (alpha-Flow, meanflow.alphaflow.*)")
+                                              "alphaflow (alpha-Flow, meanflow.alphaflow.*), imf (improved "
+                                              "MeanFlow, meanflow.imf.*)")
     dudt: Literal["jvp", "finite_difference"] = F("jvp", "d/dt u by a JVP or by central differences (no forward-mode AD)")
     fd_step: float = F(5e-3, "finite-difference step d: (u(z + d v, t + d) - u(z - d v, t - d)) / 2d", gt=0, le=0.05)
     beta: float = F(1.0, "tangent coefficient: z-tangent beta v + (1 - beta) u(z, t, t); 1 = the paper", ge=0, le=1)
     mmf_lambda: float = F(1.0, "mmf: gradient share of the d/dt u term (0 = MeanFlow's stop-gradient)", ge=0, le=1)
     mmf_warmup: int = F(0, "mmf: steps over which lambda grows linearly from 0 to mmf_lambda", ge=0)
     alphaflow: AlphaFlowConfig = AlphaFlowConfig()
+    imf: IMFConfig = IMFConfig()
 
     @field_validator("t_dist", "r_dist")
     @classmethod

@@ -2,6 +2,8 @@
 meanflow.<objective>: set only with meanflow.objective naming it (the config refuses options with no effect)."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import model_validator
 
 from workbench.config.fields import F, _Frozen
@@ -22,3 +24,16 @@ class AlphaFlowConfig(_Frozen):
         if self.start > self.end:
             raise ValueError(f"alphaflow.start={self.start} must be <= alphaflow.end={self.end}")
         return self
+
+
+class IMFConfig(_Frozen):
+    """Improved MeanFlow (arXiv 2512.02012; Lyy-iiis/imeanflow imf.py): the loss on the compound velocity with the
+    network's own velocity as the JVP's z-tangent. Not yet here: the auxiliary v-head and omega / interval
+    conditioning (the network inputs they need)."""
+    tangent: Literal["boundary", "v"] = F("boundary", "the JVP's z-tangent: boundary = u(z, t, t | c), the network's "
+                                                      "own conditional velocity (no gradient); v = e - x (MeanFlow's)")
+    v_loss: float = F(0.0, "weight of the auxiliary loss w(||u(z, t, t | c) - sg(v~)||^2) on every row (the "
+                           "boundary standing in for iMF's v-head); 0 = off", ge=0)
+
+
+OBJECTIVE_SECTIONS = {"alphaflow": AlphaFlowConfig, "imf": IMFConfig}  # meanflow.<name>: its options

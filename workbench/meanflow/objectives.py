@@ -13,6 +13,10 @@ same inputs and outputs; `meanflow.objective` picks one (OBJECTIVES). Equations 
                  b0fef77, AlphaFlowLoss): with s = t - alpha (t - r) and z_s = z_t - alpha (t - r) v,
                  u_tgt = alpha v + (1 - alpha) sg(u(z_s, r, s)) on the r < t rows (weight alpha), v on the r = t rows
                  (weight 1); alpha from 1 to 0 by a sigmoid over a window of steps (alpha_at). alpha = 0 is MeanFlow.
+  imf            Improved MeanFlow (arXiv 2512.02012, Sec. 4; Lyy-iiis/imeanflow imf.py at a1cc3a9, iMeanFlow.forward):
+                 the compound velocity V = u + (t - r) sg(d/dt u) regressed on sg(v~), d/dt u along the tangent
+                 (v_c, 0, 1) with v_c = u(z_t, t, t | c) the network's own conditional velocity; guidance
+                 v~ = v + (1 - 1/omega)(v_c - v_u). With v_c = e - x it is the MeanFlow loss.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .dudt import TANGENTS, whole_batch
+from .dudt import TANGENTS, DuDt, auto, whole_batch
 from .loss import Net, _expand, adaptive_weight, guided_velocity, meanflow_loss, null_dropped, regression, tangent_velocity
 
 if TYPE_CHECKING:
@@ -129,6 +133,42 @@ def alphaflow_loss(net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, 
                   "frac_r_neq_t": interval.float().mean(), "alpha": torch.full((), alpha, device=x.device)}
 
 
+def imf_loss(net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, e: torch.Tensor, config: MeanFlowConfig,
+             labels: torch.Tensor | None = None, dropped: torch.Tensor | None = None, dudt: DuDt = auto,
+             cond: dict[str, torch.Tensor] | None = None, rows: torch.Tensor | None = None, **_: object
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Improved MeanFlow (module docstring) with the boundary u(z, t, t) standing in for the v-head: the authors'
+    loss_u = w(||V - sg(v_g)||^2), and config.imf.v_loss times their loss_v = w(||v - sg(v_g)||^2) with v the
+    boundary. Guidance at cfg_omega (their v_g, with v_c and v_u from the boundary, no gradient) where t lies in
+    [cfg_t_lo, cfg_t_hi] and the label was kept; dropped labels get v~ = v (their cond_drop). As in their code, v_c
+    sees the label before dropout (guidance_fn runs before cond_drop) and u the label after it."""
+    z = (1 - _expand(t, x)) * x + _expand(t, x) * e
+    v = e - x
+    omega = config.cfg_omega
+    with torch.no_grad():
+        boundary = net(z, t, t, labels, **(cond or {})) if config.imf.tangent == "boundary" or (
+            labels is not None and omega != 1.0) else None
+    labels = null_dropped(net, labels, dropped)
+    with torch.no_grad():
+        tangent = boundary if config.imf.tangent == "boundary" else v
+        v_g = v
+        if labels is not None and omega != 1.0:
+            v_u = net(z, t, t, torch.full_like(labels, net.num_classes), **(cond or {}))
+            guided = (t >= config.cfg_t_lo) & (t <= config.cfg_t_hi)
+            if dropped is not None:
+                guided = guided & ~dropped
+            v_g = torch.where(_expand(guided, v), v + (1 - 1 / omega) * (boundary - v_u), v)
+    u, du_dt = dudt(net, z, t, r, tangent, labels, TANGENTS[config.tangent], cond, rows)
+    compound = u + _expand(t - r, x) * du_dt.detach()
+    loss, metrics = regression(compound, v_g, t, r, config)
+    if config.imf.v_loss > 0:
+        err = (net(z, t, t, labels, **(cond or {})) - v_g).pow(2).flatten(1).sum(dim=1)
+        loss_v = (adaptive_weight(err, config.adaptive_p, config.adaptive_c) * err).mean()
+        loss = loss + config.imf.v_loss * loss_v
+        metrics = metrics | {"loss": loss.detach(), "loss_v": loss_v.detach()}
+    return loss, metrics
+
+
 def objective_conflict(config: MeanFlowConfig, defaults: dict) -> str | None:
     """Why the objective's options cannot act together (the config refuses them), or None."""
     if config.objective == "mmf" and config.dudt == "finite_difference" and config.mmf_lambda > 0:
@@ -137,6 +177,12 @@ def objective_conflict(config: MeanFlowConfig, defaults: dict) -> str | None:
     if config.objective != "alphaflow" and config.alphaflow != defaults["alphaflow"]:
         return (f"meanflow.alphaflow.* is set ({config.alphaflow}) but objective={config.objective!r}: set "
                 "objective='alphaflow' or leave the section at its defaults")
+    if config.objective != "imf" and config.imf != defaults["imf"]:
+        return (f"meanflow.imf.* is set ({config.imf}) but objective={config.objective!r}: set objective='imf' or "
+                "leave the section at its defaults")
+    if config.objective == "imf" and (config.cfg_kappa != 0.0 or config.beta != 1.0):
+        return ("objective='imf' takes its guidance from cfg_omega alone (v~ = v + (1 - 1/omega)(v_c - v_u)) and its "
+                "tangent from meanflow.imf.tangent, so cfg_kappa and beta must stay at 0 and 1")
     if config.objective == "splitmeanflow":
         unused = {k: getattr(config, k) for k in ("dudt", "beta", "tangent") if getattr(config, k) != defaults[k]}
         if unused:
@@ -146,4 +192,4 @@ def objective_conflict(config: MeanFlowConfig, defaults: dict) -> str | None:
 
 
 OBJECTIVES = {"meanflow": meanflow_loss, "mmf": mmf_loss, "splitmeanflow": splitmeanflow_loss,
-              "alphaflow": alphaflow_loss}
+              "alphaflow": alphaflow_loss, "imf": imf_loss}

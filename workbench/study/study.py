@@ -35,7 +35,7 @@ from typing import Any
 import tomli_w
 from pydantic import Field, field_validator, model_validator
 
-from workbench.config import AlphaFlowConfig, ConfigError, RunConfig, flatten, with_overrides
+from workbench.config import OBJECTIVE_SECTIONS, ConfigError, RunConfig, flatten, with_overrides
 from workbench.evaluate.names import TWO_SIDED, family, higher_is_better, metric_names
 from workbench.study.schema import FileModel, StudyError, validated
 from workbench.study.space import SearchModel, check_space
@@ -171,7 +171,7 @@ HASHED_WHEN_SET = {"data.hflip", "data.augment_p", "train.ema_decays", "train.em
                    "net.songunet.channels", "net.songunet.channel_mult", "net.songunet.blocks",
                    "net.songunet.attn_resolutions", "net.songunet.dropout", "meanflow.objective", "meanflow.dudt",
                    "meanflow.fd_step", "meanflow.beta", "meanflow.mmf_lambda", "meanflow.mmf_warmup",
-                   *(f"meanflow.alphaflow.{key}" for key in AlphaFlowConfig.model_fields)}
+                   *(f"meanflow.{n}.{k}" for n, section in OBJECTIVE_SECTIONS.items() for k in section.model_fields)}
 
 
 def config_hash(config: RunConfig) -> str:
