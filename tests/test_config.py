@@ -25,7 +25,7 @@ def test_overrides_are_typed():
     ("data.name=imagenet", "data.name='imagenet': Input should be 'checkerboard'"),
     ("meanflow=1", "'meanflow' is a section"),
     ("ratio", "override 'ratio' is not KEY=VALUE"),
-    ("meanflow.objective=imf2", "meanflow.objective='imf2': Input should be 'meanflow', 'mmf', 'splitmeanflow' or 'alphaflow'"),
+    ("meanflow.objective=imf2", "meanflow.objective='imf2': Input should be 'meanflow', 'mmf', 'splitmeanflow', 'alphaflow' or 'imf'"),
     ("meanflow.dudt=fd", "meanflow.dudt='fd': Input should be 'jvp' or 'finite_difference'"),
     ("meanflow.fd_step=0", "meanflow.fd_step='0': Input should be greater than 0"),
     ("meanflow.beta=1.5", "meanflow.beta='1.5': Input should be less than or equal to 1"),
