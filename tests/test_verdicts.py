@@ -128,3 +128,14 @@ def test_a_recorded_study_without_finished_cells_gets_no_verdict_on_the_suite_pa
     assert "| [bad](../bad/README.md) | CPU (100%, uniform(0,1), p = 0.5) | ratio | no finished cells |" in text
     assert "- bad (CPU (100%, uniform(0,1), p = 0.5)): no finished cells yet." in text
     assert "Of 1 tables: 1 agree with the paper's best setting, 0 disagree, 0 are unresolved" in text
+
+
+def test_the_verdict_states_the_best_settings_lead_in_seed_sds():
+    """a: mean 0.001, sd 0.0001; b: mean 0.011, sd 0.001: lead (0.011 - 0.001) / sqrt((1e-8 + 1e-6) / 2) = 14.07."""
+    from workbench.report.verdicts import lead, verdict
+
+    transport = {"a": [0.001, 0.0011, 0.0009], "b": [0.01, 0.012, 0.011], "c": [0.1, 0.12, 0.09]}
+    table = axis_table(record({"transport_1nfe": transport}), 0)
+    runner_up, sds = lead(table)
+    assert runner_up == "b" and sds == pytest.approx(0.01 / math.sqrt((1e-8 + 1e-6) / 2))
+    assert "It leads the runner-up (b) by 14 seed SDs (the gap of their means over their pooled seed SD)" in verdict(table)

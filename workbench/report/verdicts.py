@@ -34,6 +34,16 @@ def outcome(table: pd.DataFrame) -> dict:
             "agreement": agreement(ours, papers, separated, papers in worse)}
 
 
+def lead(table: pd.DataFrame) -> tuple[str, float] | None:
+    """The runner-up to our best setting and the best's lead over it in seed SDs: the gap of their means over
+    sqrt((sd_best^2 + sd_runner_up^2) / 2), their pooled seed SD (NaN where either has fewer than 2 seeds)."""
+    ranked = table.dropna(subset=["mean"]).sort_values("mean", kind="stable")
+    if len(ranked) < 2:
+        return None
+    best, runner_up = ranked.iloc[0], ranked.iloc[1]
+    return runner_up["value"], (runner_up["mean"] - best["mean"]) / math.sqrt((best["std"] ** 2 + runner_up["std"] ** 2) / 2)
+
+
 def verdict(table: pd.DataFrame) -> str:
     """The plain sentence under a table: which settings our runs separate, and do we agree with the paper's
     best setting and its order?"""
@@ -50,6 +60,9 @@ def verdict(table: pd.DataFrame) -> str:
         parts.append(f"Our best setting ({ours}) against the paper's ({papers}): **{result['agreement']}**; {order}")
     else:
         parts.append(f"Our best setting: {ours} (no paper values for this axis).")
+    if (gap := lead(table)) is not None:
+        parts.append(f"It leads the runner-up ({gap[0]}) by {fmt(gap[1], 2)} seed SDs (the gap of their means over "
+                     "their pooled seed SD).")
     family_text = f"paired t-test over seeds, Holm-corrected over the {int(table['p_holm'].notna().sum())} comparisons here"
     if result["tied"]:
         parts.append(f"Tied with the best ({family_text}, p >= {ALPHA}): {', '.join(result['tied'])}; these runs do "
