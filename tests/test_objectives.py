@@ -192,7 +192,7 @@ def train_closed_form(objective: str, steps: int = 600, **options) -> float:
         x = MU.float() + S * torch.randn(256, 2, generator=g)
         t, r = sample_t_r(256, config, g)
         extra = {"split": torch.rand(256, generator=g)} if objective == "splitmeanflow" else {}
-        if objective in ("mmf", "alphaflow"):
+        if objective in ("mmf", "alphaflow") or config.curriculum.steps:
             extra["step"] = step
         if config.dudt == "finite_difference":
             extra["dudt"] = central_difference(config.fd_step)
@@ -213,11 +213,12 @@ def train_closed_form(objective: str, steps: int = 600, **options) -> float:
 @pytest.mark.parametrize(("objective", "options"), [
     ("mmf", {"mmf_lambda": 0.5, "mmf_warmup": 200}), ("splitmeanflow", {}), ("meanflow", {"beta": 0.8}),
     ("meanflow", {"dudt": "finite_difference"}), ("alphaflow", {"alphaflow": {"start": 0, "end": 400}}),
-    ("imf", {}), ("imf", {"imf": {"v_loss": 1.0}})])
+    ("imf", {}), ("imf", {"imf": {"v_loss": 1.0}}), ("meanflow", {"curriculum": {"steps": 400}})])
 def test_a_short_training_learns_the_exact_average_velocity(objective, options):
     """From above 0.5 (an untrained net) to within 0.2 of the exact u in 600 steps (measured: MeanFlow 0.095, beta
     0.8 0.096, SplitMeanFlow 0.12, MMF with lambda warmed up to 0.5 0.15, alpha-Flow with alpha from 1 to 0 over
-    steps 0-400 0.11, iMF with the boundary tangent 0.097, with the auxiliary v loss 0.099)."""
+    steps 0-400 0.11, iMF with the boundary tangent 0.097, with the auxiliary v loss 0.099, MeanFlow with
+    the interval curriculum over 400 steps 0.089)."""
     assert train_closed_form(objective, steps=0, **options) > 0.5
     assert train_closed_form(objective, **options) < 0.2
 
@@ -226,7 +227,8 @@ def test_a_short_training_learns_the_exact_average_velocity(objective, options):
                                        {"meanflow.objective": "splitmeanflow"}, {"meanflow.dudt": "finite_difference"},
                                        {"meanflow.beta": 0.5},
                                        {"meanflow.objective": "alphaflow", "meanflow.alphaflow.end": 8},
-                                       {"meanflow.objective": "imf", "meanflow.imf.v_loss": 1.0}])
+                                       {"meanflow.objective": "imf", "meanflow.imf.v_loss": 1.0},
+                                       {"meanflow.curriculum.steps": 6}])
 def test_the_training_loop_trains_each_objective_and_resumes_it_exactly(tmp_path, overrides):
     """wb train's loop: the objective's loss from the config (its step, its split draws from the batch generator),
     and a run stopped at step 4 and resumed ends with the same weights as one run straight through."""
@@ -411,3 +413,39 @@ def test_imf_options_that_cannot_act_are_refused(overrides, message):
 
     with pytest.raises(ConfigError, match=message):
         with_overrides(RunConfig(), overrides)
+
+
+def test_the_interval_curriculum_weights_short_intervals_first_then_all_alike():
+    """1 - s + lambda s (1 - dt), s = 1 - (step / steps)^k, lambda = 1 / mean(1 - dt), by hand on dt = 0, 0.5, 1, 0.5
+    (mean(1 - dt) = 0.5): at step 0 (s = 1) the weights are 2, 1, 0, 1; half-way with k = 1 (s = 0.5) 1.5, 1, 0.5, 1;
+    with k = 2 (s = 0.75) 1.75, 1, 0.25, 1; from `steps` on none (uniform)."""
+    from workbench.meanflow.loss import interval_weight
+
+    dt = torch.tensor([0.0, 0.5, 1.0, 0.5], dtype=torch.float64)
+    config = mf(curriculum={"steps": 100})
+    assert interval_weight(config, dt, 0).tolist() == [2.0, 1.0, 0.0, 1.0]
+    assert interval_weight(config, dt, 50).tolist() == [1.5, 1.0, 0.5, 1.0]
+    assert interval_weight(mf(curriculum={"steps": 100, "power": 2.0}), dt, 50).tolist() == [1.75, 1.0, 0.25, 1.0]
+    assert interval_weight(config, dt, 100) is None and interval_weight(mf(), dt, 0) is None
+
+
+def test_the_curriculum_loss_is_the_meanflow_loss_reweighted_and_off_after_its_steps():
+    net = random_net("mlp", (2,))
+    x, t, r, noise = batch()
+    config = mf(curriculum={"steps": 10}, adaptive_p=0.5)
+    early, _ = meanflow_loss(net, x, t, r, noise, config, step=0)
+    short = 1 - (t - r)
+    z, v = (1 - t[:, None]) * x + t[:, None] * noise, noise - x
+    dudt = finite_difference_dudt(net, z, r, t, (v, 0.0, 1.0), eps=1e-6)
+    sq = ((net(z, t, r, None) - (v - (t - r)[:, None] * dudt).detach()) ** 2).sum(1)
+    expected = (short / short.mean() * sq / (sq.detach() + 1e-3) ** 0.5).mean()
+    assert torch.allclose(early, expected, rtol=1e-7)
+    late, _ = meanflow_loss(net, x, t, r, noise, config, step=10)
+    assert torch.equal(late, meanflow_loss(net, x, t, r, noise, mf(adaptive_p=0.5))[0])
+
+
+def test_the_curriculum_is_an_option_of_the_meanflow_objective_only():
+    from workbench.config import ConfigError, RunConfig, with_overrides
+
+    with pytest.raises(ConfigError, match=r"meanflow.curriculum.\* is set .* objective='splitmeanflow'"):
+        with_overrides(RunConfig(), {"meanflow.objective": "splitmeanflow", "meanflow.curriculum.steps": 100})

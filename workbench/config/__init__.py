@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, ValidationError, field_validator
 
 from workbench.config.fields import ConfigError, F, _Frozen
 from workbench.config.objectives import OBJECTIVE_SECTIONS as OBJECTIVE_SECTIONS
-from workbench.config.objectives import AlphaFlowConfig, IMFConfig
+from workbench.config.objectives import AlphaFlowConfig, CurriculumConfig, IMFConfig
 from workbench.data import DATASETS
 from workbench.meanflow import NETWORKS, OBJECTIVES, TANGENTS, TIME_CONDITIONINGS, objective_conflict, parse_time_dist
 
@@ -106,6 +106,7 @@ class MeanFlowConfig(_Frozen):
     mmf_warmup: int = F(0, "mmf: steps over which lambda grows linearly from 0 to mmf_lambda", ge=0)
     alphaflow: AlphaFlowConfig = AlphaFlowConfig()
     imf: IMFConfig = IMFConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
 
     @field_validator("t_dist", "r_dist")
     @classmethod

@@ -36,4 +36,13 @@ class IMFConfig(_Frozen):
                            "boundary standing in for iMF's v-head); 0 = off", ge=0)
 
 
-OBJECTIVE_SECTIONS = {"alphaflow": AlphaFlowConfig, "imf": IMFConfig}  # meanflow.<name>: its options
+class CurriculumConfig(_Frozen):
+    """The short-to-long interval weighting of "Understanding, Accelerating, and Improving MeanFlow Training" (arXiv
+    2511.19065; no public code: from the paper's formula): the MeanFlow loss of a sample with interval dt = t - r
+    weighted 1 - s + lambda s (1 - dt), s = 1 - (step / steps)^power, lambda = 1 / E[1 - dt] (over the batch)."""
+    steps: int = F(0, "steps over which the weighting moves from short intervals (s = 1) to uniform (s = 0); 0 = off",
+                   ge=0)
+    power: float = F(1.0, "k in s = 1 - (step / steps)^k (the paper's 1)", gt=0)
+
+
+OBJECTIVE_SECTIONS = {"alphaflow": AlphaFlowConfig, "imf": IMFConfig, "curriculum": CurriculumConfig}  # meanflow.<name>

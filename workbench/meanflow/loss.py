@@ -25,7 +25,7 @@ Net = Callable[..., torch.Tensor]
 def meanflow_loss(
     net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, e: torch.Tensor, config: MeanFlowConfig,
     labels: torch.Tensor | None = None, dropped: torch.Tensor | None = None, dudt: DuDt = auto,
-    cond: dict[str, torch.Tensor] | None = None, rows: torch.Tensor | None = None,
+    cond: dict[str, torch.Tensor] | None = None, rows: torch.Tensor | None = None, step: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """MeanFlow loss for data x (B, ...), times t >= r (B,), noise e like x; returns (loss, detached metrics).
 
@@ -33,14 +33,26 @@ def meanflow_loss(
     net.num_classes and the unguided target. dudt: how (u, d/dt u) are computed (meanflow/dudt.py).
     cond: more per-sample network inputs, passed as keywords (the augmentation labels of the
     official CIFAR-10 recipe: {"augment_labels": (B, 6)}). rows: CPU indices of the r != t samples, when the
-    caller knows them (no device sync to find them; meanflow/dudt.py split_rows)."""
+    caller knows them (no device sync to find them; meanflow/dudt.py split_rows). step: the training step, for the
+    interval curriculum (config.curriculum; interval_weight)."""
     labels = null_dropped(net, labels, dropped)
     z = (1 - _expand(t, x)) * x + _expand(t, x) * e                                  # Eq. 1
     v = guided_velocity(net, z, t, e - x, labels, dropped, config, cond)              # v, or v~ (Eq. 13)
     tangent = tangent_velocity(net, z, t, v, labels, config.beta, cond)              # v (beta = 1, the paper)
     u, du_dt = dudt(net, z, t, r, tangent, labels, TANGENTS[config.tangent], cond, rows)  # u and JVP (Eq. 8)
     u_tgt = (v - _expand(t - r, x) * du_dt).detach()                                  # Eq. 10, stop-gradient
-    return regression(u, u_tgt, t, r, config)
+    return regression(u, u_tgt, t, r, config, interval_weight(config, t - r, step))
+
+
+def interval_weight(config: MeanFlowConfig, dt: torch.Tensor, step: int) -> torch.Tensor | None:
+    """The short-to-long curriculum (arXiv 2511.19065): 1 - s + lambda s (1 - dt), s = 1 - (step / steps)^power,
+    lambda = 1 / mean(1 - dt) over the batch, so the weights average 1; None when it is off or over."""
+    steps = config.curriculum.steps
+    if steps == 0 or step >= steps:
+        return None
+    s = 1.0 - (step / steps) ** config.curriculum.power
+    short = 1.0 - dt.detach()
+    return 1.0 - s + s * short / short.mean()
 
 
 def null_dropped(net: Net, labels: torch.Tensor | None, dropped: torch.Tensor | None) -> torch.Tensor | None:
@@ -50,11 +62,14 @@ def null_dropped(net: Net, labels: torch.Tensor | None, dropped: torch.Tensor | 
     return labels
 
 
-def regression(u: torch.Tensor, u_tgt: torch.Tensor, t: torch.Tensor, r: torch.Tensor, config: MeanFlowConfig
-               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The adaptively weighted squared error of u against its target (Sec. 4.3): (loss, detached metrics)."""
+def regression(u: torch.Tensor, u_tgt: torch.Tensor, t: torch.Tensor, r: torch.Tensor, config: MeanFlowConfig,
+               extra: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The adaptively weighted squared error of u against its target (Sec. 4.3), times `extra` (B,) per-sample
+    weights where given: (loss, detached metrics)."""
     err = (u - u_tgt).pow(2).flatten(1).sum(dim=1)                                    # ||Delta||^2 per sample
     weight = adaptive_weight(err, config.adaptive_p, config.adaptive_c)               # Sec. 4.3
+    if extra is not None:
+        weight = weight * extra
     loss = (weight * err).mean()
     metrics = {"loss": loss.detach(), "mse": err.detach().mean(), "weight_mean": weight.mean(),
                "frac_r_neq_t": (r != t).float().mean()}

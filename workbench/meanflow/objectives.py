@@ -183,6 +183,9 @@ def objective_conflict(config: MeanFlowConfig, defaults: dict) -> str | None:
     if config.objective == "imf" and (config.cfg_kappa != 0.0 or config.beta != 1.0):
         return ("objective='imf' takes its guidance from cfg_omega alone (v~ = v + (1 - 1/omega)(v_c - v_u)) and its "
                 "tangent from meanflow.imf.tangent, so cfg_kappa and beta must stay at 0 and 1")
+    if config.objective != "meanflow" and config.curriculum != defaults["curriculum"]:
+        return (f"meanflow.curriculum.* is set ({config.curriculum}), an option of the MeanFlow objective, but "
+                f"objective={config.objective!r}")
     if config.objective == "splitmeanflow":
         unused = {k: getattr(config, k) for k in ("dudt", "beta", "tangent") if getattr(config, k) != defaults[k]}
         if unused:

@@ -70,8 +70,8 @@ def loss_function(net: nn.Module, config: RunConfig) -> Callable[..., tuple[torc
     else:
         dudt = JVP_MODES["whole" if config.train.compile and mf.ratio > 0 else "auto"]  # ratio 0: no JVP
     objective = OBJECTIVES[mf.objective]
-    extra = {"meanflow": {}, "mmf": {"step": 0}, "splitmeanflow": {"split": None}, "alphaflow": {"step": 0},
-             "imf": {}}[mf.objective]
+    extra = {"meanflow": {"step": 0} if mf.curriculum.steps else {}, "mmf": {"step": 0}, "splitmeanflow": {"split": None},
+             "alphaflow": {"step": 0}, "imf": {}}[mf.objective]
 
     def loss(x, t, r, noise, labels, dropped, cond, rows=None, step=0, split=None):
         given = {key: value for key, value in {"step": step, "split": split}.items() if key in extra}
