@@ -138,3 +138,6 @@ def test_keys_added_later_leave_the_hash_of_a_cell_that_does_not_set_them():
     cell = load_study("quick").cells()[0]
     assert cell.key == "459e40cf64fd"
     assert config_hash(with_overrides(cell.config, {"train.ema_decays": "0.5"})) != cell.key
+    for later in ({"meanflow.objective": "alphaflow", "meanflow.alphaflow.end": 100}, {"meanflow.curriculum.steps": 100},
+                  {"meanflow.objective": "imf", "meanflow.imf.tangent": "v"}):
+        assert config_hash(with_overrides(cell.config, later)) != cell.key
