@@ -139,3 +139,14 @@ def test_the_verdict_states_the_best_settings_lead_in_seed_sds():
     runner_up, sds = lead(table)
     assert runner_up == "b" and sds == pytest.approx(0.01 / math.sqrt((1e-8 + 1e-6) / 2))
     assert "It leads the runner-up (b) by 14 seed SDs (the gap of their means over their pooled seed SD)" in verdict(table)
+
+
+def test_without_paper_values_a_metric_that_changes_our_best_flips_the_verdict(monkeypatch):
+    """No paper column: the verdict is our best setting, so another metric with another best flips it."""
+    monkeypatch.setitem(STUDY["axes"][0], "paper", None)
+    transport = {"a": [0.001, 0.0011, 0.0009], "b": [0.01, 0.012, 0.011], "c": [0.1, 0.12, 0.09]}
+    uerr = {"a": [0.3, 0.31, 0.29], "b": [0.01, 0.012, 0.011], "c": [0.1, 0.12, 0.09]}
+    rows = other_metrics(record({"transport_1nfe": transport, "uerr": uerr, "energy_1nfe": transport}), 0)
+    assert [(r["ours"], r["agreement"], r["flips"]) for r in rows] == [
+        ("a", "–", False), ("b", "–", True), ("a", "–", False)]
+    assert flips_summary(rows) == "`uerr`: best b"

@@ -62,7 +62,7 @@ def markdown_table(table: pd.DataFrame, metric: str, base: str | None = None) ->
         if paper and row.paper == best_paper:
             paper = f"**{paper}**"
         p = fmt(row.p_holm, 2) or ("n too small" if row.n and row.worse_on and row.mean != best_ours else "")
-        value = f"{row.value} (base)" if row.value == base else row.value
+        value = f"{row.value} (base)" if row.value == base and "base" not in row.value.lower() else row.value
         cells = [value, ours] + ([_spread(row.mean_2nfe, row.std_2nfe)] if has_2nfe else []) + \
             ([_spread(row.mean_fm, row.std_fm)] if has_fm else []) + \
             [paper, fmt(row.rank, 2), fmt(row.paper_rank, 2), p, row.worse_on]

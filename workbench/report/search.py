@@ -22,6 +22,7 @@ from workbench.config import RunConfig, flatten, with_overrides
 from workbench.evaluate.names import family
 from workbench.report import markdown
 from workbench.report.record import ReportError, axis_table, fmt, load_record, logged_references
+from workbench.report.verdicts import verdict
 from workbench.stores import layout, queries, urls
 from workbench.stores.trials import best_trial, counted, search_name
 from workbench.study.derived import confirmation_path
@@ -267,12 +268,13 @@ def confirmation_section(study: Study, tracking_uri: str, written: str | None) -
     lines = ["## Confirmation on fresh seeds", "",
              f"`{name}`: seeds {list(record.study.seeds)}, ranked by `{record.study.metric}` "
              f"(report: [../{name}/README.md](../{name}/README.md)).", "",
-             *markdown.header(["setting", f"`{record.study.metric}` mean ± std (n)", "per seed", "p vs best",
+             *markdown.header(["setting", f"`{record.study.metric}` mean ± std (n)", "per seed", "p vs best (Holm)",
                                "worse than best on"])]
     done = record.finished()
     for row in table.itertuples(index=False):
         per_seed = ", ".join(fmt(v, 3) for v in done.loc[done["setting"] == row.value, "metric"])
         lines.append(markdown.row([row.value, f"{fmt(row.mean)} ± {fmt(row.std, 2)} ({row.n})", per_seed,
-                                   fmt(row.p_vs_best, 2), row.worse_on]))
-    lines += ["", "p: two-sided paired t-test over seeds on log(metric) against the better setting.", ""]
+                                   fmt(row.p_holm, 2), row.worse_on]))
+    lines += ["", "p: two-sided paired t-test over seeds on log(metric) against the best setting, Holm-corrected over "
+              "the comparisons of this table.", "", verdict(table), ""]
     return lines

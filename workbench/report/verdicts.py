@@ -102,10 +102,11 @@ def other_metrics(record: Record, axis_index: int, within: dict[str, str] | None
             continue
         result = outcome(table)
         tau, _, p = kendall_tau(table)
-        rows.append({"metric": metric, "ours": result["ours"], "agreement": result["agreement"], "tau": tau, "p": p,
-                     "tied": result["tied"]})
-    for row in rows:
-        row["flips"] = row["agreement"] != rows[0]["agreement"]
+        rows.append({"metric": metric, "ours": result["ours"], "tau": tau, "p": p, "tied": result["tied"],
+                     "agreement": result["agreement"] if result["papers"] is not None else "–"})
+    for row in rows:  # without paper values the verdict is our best setting
+        row["flips"] = (row["agreement"] != rows[0]["agreement"] if row["agreement"] != "–"
+                        else row["ours"] != rows[0]["ours"])
     return rows
 
 
@@ -118,7 +119,7 @@ def other_metrics_lines(rows: list[dict]) -> list[str]:
         [[f"`{r['metric']}`" + (" (the study's)" if i == 0 else ""), r["ours"], ", ".join(r["tied"]) or "–",
           r["agreement"], f"{fmt(r['tau'], 2)} ({fmt(r['p'], 2)})" if fmt(r["tau"]) else "–",
           "–" if i == 0 else "**flips**" if r["flips"] else "holds"] for i, r in enumerate(rows)])
-    flipped = [f"`{r['metric']}` ({r['agreement']})" for r in rows[1:] if r["flips"]]
+    flipped = [f"`{r['metric']}` ({_said(r)})" for r in rows[1:] if r["flips"]]
     others = ", ".join(f"`{r['metric']}`" for r in rows[1:])
     said = (f"Ranked by another logged metric the verdict flips under {', '.join(flipped)}." if flipped else
             f"Every other logged metric ({others}) gives the same verdict.")
@@ -129,5 +130,10 @@ def other_metrics_lines(rows: list[dict]) -> list[str]:
 
 def flips_summary(rows: list[dict]) -> str:
     """One cell of the suite table: the metrics under which the verdict flips, or 'none'."""
-    flipped = [f"`{r['metric']}`: {r['agreement']}" for r in rows[1:] if r["flips"]]
+    flipped = [f"`{r['metric']}`: {_said(r)}" for r in rows[1:] if r["flips"]]
     return "; ".join(flipped) if flipped else ("none" if len(rows) > 1 else "–")
+
+
+def _said(row: dict) -> str:
+    """What a metric's verdict is: the agreement with the paper's best, or (no paper values) our best setting."""
+    return row["agreement"] if row["agreement"] != "–" else f"best {row['ours']}"
