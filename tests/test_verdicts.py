@@ -139,6 +139,8 @@ def test_the_verdict_states_the_best_settings_lead_in_seed_sds():
     runner_up, sds = lead(table)
     assert runner_up == "b" and sds == pytest.approx(0.01 / math.sqrt((1e-8 + 1e-6) / 2))
     assert "It leads the runner-up (b) by 14 seed SDs (the gap of their means over their pooled seed SD)" in verdict(table)
+    one_seed = table.assign(std=math.nan)  # one seed: no SD, no sentence
+    assert lead(one_seed)[0] == "b" and "seed SDs" not in verdict(one_seed)
 
 
 def test_without_paper_values_a_metric_that_changes_our_best_flips_the_verdict(monkeypatch):

@@ -60,7 +60,7 @@ def verdict(table: pd.DataFrame) -> str:
         parts.append(f"Our best setting ({ours}) against the paper's ({papers}): **{result['agreement']}**; {order}")
     else:
         parts.append(f"Our best setting: {ours} (no paper values for this axis).")
-    if (gap := lead(table)) is not None:
+    if (gap := lead(table)) is not None and math.isfinite(gap[1]):  # one seed: no seed SD to measure it in
         parts.append(f"It leads the runner-up ({gap[0]}) by {fmt(gap[1], 2)} seed SDs (the gap of their means over "
                      "their pooled seed SD).")
     family_text = f"paired t-test over seeds, Holm-corrected over the {int(table['p_holm'].notna().sum())} comparisons here"
