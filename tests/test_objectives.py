@@ -17,9 +17,10 @@ from conftest import mf, small_net
 NETS = [("mlp", (2,)), ("unet", (1, 8, 8)), ("dit", (1, 8, 8)), ("songunet", (3, 8, 8))]
 
 
-def random_net(arch, shape):
+def random_net(arch, shape, **options):
     net = small_net(arch, shape=shape, **({"channels": 16, "channel_mult": (1, 2), "blocks": 1,
-                                           "attn_resolutions": (4,), "dropout": 0.0} if arch == "songunet" else {}))
+                                           "attn_resolutions": (4,), "dropout": 0.0} if arch == "songunet" else {}),
+                    **options)
     for param in net.parameters():  # adaLN-Zero and zero-initialised outputs start at u = 0: randomise
         torch.nn.init.normal_(param, std=0.1)
     return net
@@ -228,7 +229,9 @@ def test_a_short_training_learns_the_exact_average_velocity(objective, options):
                                        {"meanflow.beta": 0.5},
                                        {"meanflow.objective": "alphaflow", "meanflow.alphaflow.end": 8},
                                        {"meanflow.objective": "imf", "meanflow.imf.v_loss": 1.0},
-                                       {"meanflow.curriculum.steps": 6}])
+                                       {"meanflow.curriculum.steps": 6},
+                                       {"meanflow.objective": "imf", "meanflow.imf.tangent": "head", "net.v_head": True,
+                                        "meanflow.imf.v_loss": 1.0}])
 def test_the_training_loop_trains_each_objective_and_resumes_it_exactly(tmp_path, overrides):
     """wb train's loop: the objective's loss from the config (its step, its split draws from the batch generator),
     and a run stopped at step 4 and resumed ends with the same weights as one run straight through."""
@@ -407,7 +410,9 @@ def test_imf_guidance_uses_the_networks_own_conditional_and_null_velocities():
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"meanflow.imf.v_loss": 1.0}, r"meanflow.imf.\* is set .* objective='meanflow'"),
     ({"meanflow.objective": "imf", "meanflow.cfg_kappa": 0.5}, "cfg_kappa and beta must stay at 0 and 1"),
-    ({"meanflow.objective": "imf", "meanflow.imf.tangent": "head"}, "meanflow.imf.tangent='head'")])
+    ({"meanflow.objective": "imf", "meanflow.imf.tangent": "vhead"}, "meanflow.imf.tangent='vhead'"),
+    ({"meanflow.objective": "imf", "meanflow.imf.tangent": "head"}, "net.v_head=False .* which needs it"),
+    ({"net.v_head": True}, "net.v_head=True with meanflow.objective='meanflow'")])
 def test_imf_options_that_cannot_act_are_refused(overrides, message):
     from workbench.config import ConfigError, RunConfig, with_overrides
 
@@ -449,3 +454,38 @@ def test_the_curriculum_is_an_option_of_the_meanflow_objective_only():
 
     with pytest.raises(ConfigError, match=r"meanflow.curriculum.\* is set .* objective='splitmeanflow'"):
         with_overrides(RunConfig(), {"meanflow.objective": "splitmeanflow", "meanflow.curriculum.steps": 100})
+
+
+@pytest.mark.parametrize(("arch", "shape"), NETS)
+def test_the_v_head_is_a_second_output_of_the_same_trunk(arch, shape):
+    """net(..., head="v") runs the trunk with the v-head's own output layers; the u-head is unchanged by having one."""
+    torch.manual_seed(0)
+    plain = random_net(arch, shape)
+    torch.manual_seed(0)
+    net = random_net(arch, shape, v_head=True)
+    x, t, r, _ = batch(shape)
+    assert torch.equal(net(x, t, r, None), plain(x, t, r, None))  # the extra head takes no draw before the u-head's
+    for param in net.v_out.parameters():
+        torch.nn.init.normal_(param, std=0.1)
+    v = net(x, t, r, None, head="v")
+    assert v.shape == x.shape and not torch.allclose(v, net(x, t, r, None))
+    with pytest.raises(ValueError, match="needs a network built with a v-head"):
+        plain(x, t, r, None, head="v")
+
+
+@pytest.mark.parametrize(("arch", "shape"), NETS[:3])
+def test_imf_with_the_v_head_matches_an_independent_computation(arch, shape):
+    """imf.tangent='head': v_c = the v-head at (z, t, t), the auxiliary loss on the v-head at (z, t, r) (imf.py:
+    u_fn returns (u, v) from one call with h = t - r)."""
+    net = random_net(arch, shape, v_head=True)
+    x, t, r, noise = batch(shape)
+    config = mf(objective="imf", imf={"tangent": "head", "v_loss": 1.0}, adaptive_p=1.0, adaptive_c=0.01)
+    loss, _ = imf_loss(net, x, t, r, noise, config)
+    tb = t.view(-1, *[1] * len(shape))
+    z, v = (1 - tb) * x + tb * noise, noise - x
+    with torch.no_grad():
+        v_c = net(z, t, t, None, head="v")
+    dudt = finite_difference_dudt(net, z, r, t, (v_c, 0.0, 1.0), eps=1e-6).detach()
+    compound = net(z, t, r, None) + (t - r).view_as(tb) * dudt
+    expected = weighted(compound, v, 1.0, 0.01) + weighted(net(z, t, r, None, head="v"), v, 1.0, 0.01)
+    assert torch.allclose(loss, expected, rtol=1e-7)

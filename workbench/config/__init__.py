@@ -5,11 +5,11 @@ raises ConfigError naming the key, the value and what is allowed.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_origin
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, ValidationError, field_validator, model_validator
 
-from workbench.config.fields import ConfigError, F, _Frozen
+from workbench.config.fields import ConfigError, F, _Frozen, describe_fields
 from workbench.config.objectives import OBJECTIVE_SECTIONS as OBJECTIVE_SECTIONS
 from workbench.config.objectives import AlphaFlowConfig, CurriculumConfig, IMFConfig
 from workbench.data import DATASETS
@@ -74,6 +74,7 @@ class DiTConfig(_Frozen):
 class NetConfig(_Frozen):
     arch: Literal[tuple(NETWORKS)] = F("mlp", "network family")
     time_cond: Literal[tuple(TIME_CONDITIONINGS)] = F("(t,t-r)", "which of t, r, t - r are embedded (Table 1c)")
+    v_head: bool = F(False, "a second output head for the instantaneous velocity (iMF: meanflow.imf.tangent=head)")
     mlp: MLPConfig = MLPConfig()
     unet: UNetConfig = UNetConfig()
     songunet: SongUNetConfig = SongUNetConfig()
@@ -222,6 +223,14 @@ class RunConfig(_Frozen):
     sample: SampleConfig = SampleConfig()
     eval: EvalConfig = EvalConfig()
 
+    @model_validator(mode="after")
+    def _v_head(self) -> RunConfig:
+        if (self.meanflow.objective == "imf" and self.meanflow.imf.tangent == "head") != self.net.v_head:
+            raise ValueError(f"net.v_head={self.net.v_head} with meanflow.objective={self.meanflow.objective!r}, "
+                             f"imf.tangent={self.meanflow.imf.tangent!r}: the v-head serves imf.tangent='head' alone, "
+                             "which needs it")
+        return self
+
 
 def validate(tree: dict[str, Any]) -> RunConfig:
     """Nested dict -> RunConfig, or ConfigError naming the first bad key."""
@@ -231,7 +240,7 @@ def validate(tree: dict[str, Any]) -> RunConfig:
         first = err.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
         shown = "" if isinstance(first.get("input"), dict) else f"={first.get('input')!r}"
-        raise ConfigError(f"{key}{shown}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise ConfigError(f"{key}{shown}: " * bool(key) + first["msg"].removeprefix("Value error, ")) from None
 
 
 def with_overrides(config: RunConfig, overrides: list[str] | dict[str, Any]) -> RunConfig:
@@ -267,24 +276,9 @@ def _parse(value: Any, current: Any) -> Any:
     return value
 
 
-_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-
-
 def describe() -> list[tuple[str, Any, str]]:
     """(dotted key, default, description with allowed values) for every config field."""
-    def walk(model: type[BaseModel], prefix: str) -> list[tuple[str, Any, str]]:
-        rows = []
-        for name, field in model.model_fields.items():
-            if isinstance(field.default, BaseModel):
-                rows += walk(type(field.default), f"{prefix}{name}.")
-                continue
-            choices = getattr(field.annotation, "__args__", ())
-            allowed = f" [{' | '.join(map(str, choices))}]" if get_origin(field.annotation) is Literal else ""
-            bounds = ", ".join(f"{symbol} {getattr(m, op)}" for m in field.metadata
-                               for op, symbol in _BOUNDS.items() if hasattr(m, op))
-            rows.append((f"{prefix}{name}", field.default, f"{field.description}{allowed}{f' ({bounds})' if bounds else ''}"))
-        return rows
-    return walk(RunConfig, "")
+    return describe_fields(RunConfig)
 
 
 def flatten(config: RunConfig) -> dict[str, Any]:

@@ -28,12 +28,12 @@ class AlphaFlowConfig(_Frozen):
 
 class IMFConfig(_Frozen):
     """Improved MeanFlow (arXiv 2512.02012; Lyy-iiis/imeanflow imf.py): the loss on the compound velocity with the
-    network's own velocity as the JVP's z-tangent. Not yet here: the auxiliary v-head and omega / interval
-    conditioning (the network inputs they need)."""
-    tangent: Literal["boundary", "v"] = F("boundary", "the JVP's z-tangent: boundary = u(z, t, t | c), the network's "
-                                                      "own conditional velocity (no gradient); v = e - x (MeanFlow's)")
-    v_loss: float = F(0.0, "weight of the auxiliary loss w(||u(z, t, t | c) - sg(v~)||^2) on every row (the "
-                           "boundary standing in for iMF's v-head); 0 = off", ge=0)
+    network's own velocity as the JVP's z-tangent. Not yet here: omega / interval conditioning."""
+    tangent: Literal["boundary", "head", "v"] = F(
+        "boundary", "the JVP's z-tangent, the network's own conditional velocity (no gradient): boundary = u(z, t, t | c), "
+                    "head = its v-head at (z, t, t | c) (net.v_head=true), or v = e - x (MeanFlow's)")
+    v_loss: float = F(0.0, "weight of the auxiliary loss w(||v - sg(v~)||^2), v the v-head at (z, t, r | c) (the "
+                           "boundary u(z, t, t | c) without one); 0 = off; the authors' 1", ge=0)
 
 
 class CurriculumConfig(_Frozen):

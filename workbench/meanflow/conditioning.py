@@ -75,3 +75,15 @@ class Conditioning(nn.Module):
                 labels = torch.full(t.shape, self.num_classes, dtype=torch.long, device=t.device)
             c = c + self.label_embedding(labels)
         return c
+
+
+def output_head(u_head: nn.Module | None, v_head: nn.Module | None, head: str) -> nn.Module:
+    """The output layers for `head`: "u" (the average velocity, every network's) or "v" (iMF's auxiliary
+    instantaneous-velocity head, where the network was built with v_head=True)."""
+    if head == "u":
+        return u_head
+    if head != "v":
+        raise ValueError(f"head={head!r}: the networks have heads 'u' and 'v'")
+    if v_head is None:
+        raise ValueError("head='v' needs a network built with a v-head (net.v_head=true)")
+    return v_head

@@ -10,10 +10,12 @@ plain matmul-softmax form.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
-from .conditioning import Conditioning
+from .conditioning import Conditioning, output_head
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -76,6 +78,7 @@ class DiT(nn.Module):
         depth: int,
         heads: int,
         patch_size: int,
+        v_head: bool = False,
     ):
         super().__init__()
         c_img, height, width = data_shape
@@ -91,6 +94,9 @@ class DiT(nn.Module):
         self.final_adaLN = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
         self.final = nn.Linear(hidden, patch_size * patch_size * c_img)
         self._official_init()
+        # iMF's auxiliary v-head (head="v"): the final modulation and projection again (the authors' head also
+        # repeats the last 8 blocks)
+        self.v_out = nn.ModuleList([copy.deepcopy(self.final_adaLN), copy.deepcopy(self.final)]) if v_head else None
 
     def _official_init(self) -> None:
         """The official initialisation (models_dit.py: DiTLinear, TimestepEmbedder, LabelEmbedder, PatchEmbed)."""
@@ -111,13 +117,15 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, labels: torch.Tensor | None = None,
+                head: str = "u") -> torch.Tensor:
         c = self.cond(t, r, labels)
         x = self.patchify(z).flatten(2).transpose(1, 2) + self.pos
         for block in self.blocks:
             x = block(x, c)
-        shift, scale = self.final_adaLN(c).chunk(2, dim=1)
-        x = self.final(_modulate(self.final_norm(x), shift, scale))
+        adaLN, final = (self.final_adaLN, self.final) if head == "u" else output_head(None, self.v_out, head)
+        shift, scale = adaLN(c).chunk(2, dim=1)
+        x = final(_modulate(self.final_norm(x), shift, scale))
         return self._unpatchify(x)
 
     def _unpatchify(self, x: torch.Tensor) -> torch.Tensor:

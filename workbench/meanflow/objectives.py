@@ -137,23 +137,25 @@ def imf_loss(net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, e: tor
              labels: torch.Tensor | None = None, dropped: torch.Tensor | None = None, dudt: DuDt = auto,
              cond: dict[str, torch.Tensor] | None = None, rows: torch.Tensor | None = None, **_: object
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Improved MeanFlow (module docstring) with the boundary u(z, t, t) standing in for the v-head: the authors'
-    loss_u = w(||V - sg(v_g)||^2), and config.imf.v_loss times their loss_v = w(||v - sg(v_g)||^2) with v the
-    boundary. Guidance at cfg_omega (their v_g, with v_c and v_u from the boundary, no gradient) where t lies in
+    """Improved MeanFlow (module docstring): the authors' loss_u = w(||V - sg(v_g)||^2) and config.imf.v_loss times
+    their loss_v = w(||v - sg(v_g)||^2), v the network's v-head at (z, t, r) (imf.tangent='head'; the boundary
+    u(z, t, t) otherwise). v_c: the v-head or the boundary at (z, t, t), no gradient. Guidance at cfg_omega (their
+    v_g, with v_c and v_u from the same source) where t lies in
     [cfg_t_lo, cfg_t_hi] and the label was kept; dropped labels get v~ = v (their cond_drop). As in their code, v_c
     sees the label before dropout (guidance_fn runs before cond_drop) and u the label after it."""
     z = (1 - _expand(t, x)) * x + _expand(t, x) * e
     v = e - x
     omega = config.cfg_omega
+    head = {"head": "v"} if config.imf.tangent == "head" else {}       # the v-head, or the boundary of the u-head
     with torch.no_grad():
-        boundary = net(z, t, t, labels, **(cond or {})) if config.imf.tangent == "boundary" or (
+        boundary = net(z, t, t, labels, **(cond or {}), **head) if config.imf.tangent != "v" or (
             labels is not None and omega != 1.0) else None
     labels = null_dropped(net, labels, dropped)
     with torch.no_grad():
-        tangent = boundary if config.imf.tangent == "boundary" else v
+        tangent = boundary if config.imf.tangent != "v" else v
         v_g = v
         if labels is not None and omega != 1.0:
-            v_u = net(z, t, t, torch.full_like(labels, net.num_classes), **(cond or {}))
+            v_u = net(z, t, t, torch.full_like(labels, net.num_classes), **(cond or {}), **head)
             guided = (t >= config.cfg_t_lo) & (t <= config.cfg_t_hi)
             if dropped is not None:
                 guided = guided & ~dropped
@@ -162,7 +164,8 @@ def imf_loss(net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, e: tor
     compound = u + _expand(t - r, x) * du_dt.detach()
     loss, metrics = regression(compound, v_g, t, r, config)
     if config.imf.v_loss > 0:
-        err = (net(z, t, t, labels, **(cond or {})) - v_g).pow(2).flatten(1).sum(dim=1)
+        v_net = net(z, t, r, labels, **(cond or {}), head="v") if head else net(z, t, t, labels, **(cond or {}))
+        err = (v_net - v_g).pow(2).flatten(1).sum(dim=1)
         loss_v = (adaptive_weight(err, config.adaptive_p, config.adaptive_c) * err).mean()
         loss = loss + config.imf.v_loss * loss_v
         metrics = metrics | {"loss": loss.detach(), "loss_v": loss_v.detach()}

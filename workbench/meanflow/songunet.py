@@ -16,13 +16,14 @@ through them; attention is matmul-softmax (fused SDPA has no forward-mode AD).
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conditioning import TIME_CONDITIONINGS
+from .conditioning import TIME_CONDITIONINGS, output_head
 from .norms import GroupNorm
 
 SKIP_SCALE = math.sqrt(0.5)
@@ -134,6 +135,7 @@ class SongUNet(nn.Module):
         attn_resolutions: tuple[int, ...],
         dropout: float,
         augment_dim: int = 0,
+        v_head: bool = False,
     ):
         super().__init__()
         c_img, height, width = data_shape
@@ -180,9 +182,11 @@ class SongUNet(nn.Module):
                 self.concat.append(True)
         self.out_norm = _group_norm(c)
         self.out_conv = _init(nn.Conv2d(c, c_img, 3, padding=1), gain=1e-5)
+        # iMF's auxiliary v-head (head="v"): the output norm and convolution again
+        self.v_out = nn.Sequential(copy.deepcopy(self.out_norm), copy.deepcopy(self.out_conv)) if v_head else None
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, labels: torch.Tensor | None = None,
-                augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+                augment_labels: torch.Tensor | None = None, head: str = "u") -> torch.Tensor:
         # Mapping: one embedding MLP over the concatenated features of the selected time scalars.
         emb = torch.cat([self.features(s) for s in self.select(t, r)], dim=1)
         if self.map_augment is not None and augment_labels is not None:
@@ -201,4 +205,7 @@ class SongUNet(nn.Module):
         # Decoder.
         for block, concat in zip(self.dec, self.concat):
             x = block(torch.cat([x, skips.pop()], dim=1) if concat else x, emb)
-        return self.out_conv(F.silu(self.out_norm(x)))
+        if head == "u":
+            return self.out_conv(F.silu(self.out_norm(x)))
+        norm, conv = output_head(None, self.v_out, head)
+        return conv(F.silu(norm(x)))

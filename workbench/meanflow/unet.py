@@ -1,10 +1,12 @@
 """A small U-Net for images (DDPM-style residual blocks, no attention)."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
-from .conditioning import Conditioning
+from .conditioning import Conditioning, output_head
 from .norms import GroupNorm
 
 
@@ -34,7 +36,7 @@ class UNet(nn.Module):
     """u(z, t, r, labels) for z of shape (B, C, H, W); H and W divisible by 2^(len(channel_mult) - 1)."""
 
     def __init__(self, data_shape: tuple[int, ...], num_classes: int, time_cond: str, *, channels: int,
-                 channel_mult: tuple[int, ...], blocks: int, dropout: float):
+                 channel_mult: tuple[int, ...], blocks: int, dropout: float, v_head: bool = False):
         super().__init__()
         c_img, height, width = data_shape
         factor = 2 ** (len(channel_mult) - 1)
@@ -59,8 +61,10 @@ class UNet(nn.Module):
             upsample = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w, w, 3, padding=1))
             self.upsample.append(upsample if i > 0 else nn.Identity())
         self.out = nn.Sequential(_norm(c), nn.SiLU(), nn.Conv2d(c, c_img, 3, padding=1))
+        self.v_out = copy.deepcopy(self.out) if v_head else None  # iMF's auxiliary v-head (head="v")
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, labels: torch.Tensor | None = None,
+                head: str = "u") -> torch.Tensor:
         c = self.cond(t, r, labels)
         h, skips = self.stem(z), []
         for blocks, downsample in zip(self.down, self.downsample):
@@ -74,4 +78,4 @@ class UNet(nn.Module):
             for block in blocks:
                 h = block(torch.cat([h, skips.pop()], dim=1), c)
             h = upsample(h)
-        return self.out(h)
+        return output_head(self.out, self.v_out, head)(h)

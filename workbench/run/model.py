@@ -36,7 +36,7 @@ def build_net(config: RunConfig, data: Dataset) -> nn.Module:
     arch = config.net.arch
     if arch != "mlp" and data.kind == "points":
         raise ConfigError(f"net.arch={arch!r} needs images or latents; data.name={config.data.name!r} is 2D points (use mlp)")
-    options = getattr(config.net, arch).model_dump()
+    options = getattr(config.net, arch).model_dump() | ({"v_head": True} if config.net.v_head else {})
     if config.data.augment_p > 0:
         if arch != "songunet":
             raise ConfigError(f"data.augment_p={config.data.augment_p}: the augmentation labels condition only "

@@ -169,7 +169,7 @@ NOT_HASHED = {"train.nproc"}  # how many processes share a batch changes the flo
 HASHED_WHEN_SET = {"data.hflip", "data.augment_p", "train.ema_decays", "train.ema_every", "train.compile", "train.tf32",
                    "eval.raw", "eval.inception_mode", "eval.quantize", "eval.fid_reference", "eval.vae_path",
                    "net.songunet.channels", "net.songunet.channel_mult", "net.songunet.blocks",
-                   "net.songunet.attn_resolutions", "net.songunet.dropout", "meanflow.objective", "meanflow.dudt",
+                   "net.songunet.attn_resolutions", "net.songunet.dropout", "net.v_head", "meanflow.objective", "meanflow.dudt",
                    "meanflow.fd_step", "meanflow.beta", "meanflow.mmf_lambda", "meanflow.mmf_warmup",
                    *(f"meanflow.{n}.{k}" for n, section in OBJECTIVE_SECTIONS.items() for k in section.model_fields)}
 
