@@ -10,6 +10,6 @@ The packages are the pipeline, each importing only those below it (tests/test_la
     study/      the TOML files researchers write -> validated studies, search spaces, calibration plans
     evaluate/   scores and pictures of a trained model: the metric-name grammar, toy scores, FID
     run/        one training run, what `wb train` does (no MLflow, no Optuna)
-    config.py, data.py
+    config/     the typed run config (pydantic); data.py: the data sets
     meanflow/   the science, pure torch: objectives, d/dt u, time samplers, samplers, networks, exact flows
 """
