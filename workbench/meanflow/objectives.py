@@ -51,11 +51,8 @@ def mmf_loss(net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, e: tor
     on); otherwise d/dt u comes from one torch.func.jvp over the batch, whose output carries the gradient."""
     lam = mmf_lambda(config, step)
     if lam == 0.0:
-        loss, metrics = meanflow_loss(net, x, t, r, e, config, labels=labels, dropped=dropped, cond=cond, **meanflow)
-        return loss, metrics | {"mmf_lambda": torch.zeros((), device=x.device)}
-    labels = null_dropped(net, labels, dropped)
-    z = (1 - _expand(t, x)) * x + _expand(t, x) * e
-    v = guided_velocity(net, z, t, e - x, labels, dropped, config, cond)
+        return _meanflow_logging("mmf_lambda", net, x, t, r, e, config, labels, dropped, cond, meanflow)
+    labels, z, v = _noised(net, x, t, e, config, labels, dropped, cond)
     tangent = tangent_velocity(net, z, t, v, labels, config.beta, cond)
     u, du_dt = whole_batch(net, z, t, r, tangent, labels, TANGENTS[config.tangent], cond)  # du_dt with gradient
     modulated = lam * du_dt + (1.0 - lam) * du_dt.detach()                              # SG_lambda
@@ -72,9 +69,7 @@ def splitmeanflow_loss(net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tens
     draws l ~ U(0, 1), made with the batch (workbench/run/train.py draw_batch) so that a resumed run repeats them."""
     if split is None:
         raise ValueError("splitmeanflow_loss needs the per-sample split draws (split, shape (B,))")
-    labels = null_dropped(net, labels, dropped)
-    z = (1 - _expand(t, x)) * x + _expand(t, x) * e
-    v = guided_velocity(net, z, t, e - x, labels, dropped, config, cond)
+    labels, z, v = _noised(net, x, t, e, config, labels, dropped, cond)
     lam = split.to(t.dtype)
     s = (1 - lam) * t + lam * r
     with torch.no_grad():
@@ -110,11 +105,8 @@ def alphaflow_loss(net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, 
     authors' alpha / sg(mean of squares + eps) is p = 1 with c = eps times the dimension, over the sum of squares."""
     alpha = alpha_at(config.alphaflow, step)
     if alpha == 0.0:
-        loss, metrics = meanflow_loss(net, x, t, r, e, config, labels=labels, dropped=dropped, cond=cond, **meanflow)
-        return loss, metrics | {"alpha": torch.zeros((), device=x.device)}
-    labels = null_dropped(net, labels, dropped)
-    z = (1 - _expand(t, x)) * x + _expand(t, x) * e
-    v = guided_velocity(net, z, t, e - x, labels, dropped, config, cond)
+        return _meanflow_logging("alpha", net, x, t, r, e, config, labels, dropped, cond, meanflow)
+    labels, z, v = _noised(net, x, t, e, config, labels, dropped, cond)
     interval = r != t
     with torch.no_grad():
         if alpha == 1.0:
@@ -170,6 +162,20 @@ def imf_loss(net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, e: tor
         loss = loss + config.imf.v_loss * loss_v
         metrics = metrics | {"loss": loss.detach(), "loss_v": loss_v.detach()}
     return loss, metrics
+
+
+def _meanflow_logging(name: str, net: Net, x, t, r, e, config: MeanFlowConfig, labels, dropped, cond, meanflow: dict
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """meanflow_loss itself (its d/dt u strategies, `meanflow` passed on), logging the schedule `name` at 0."""
+    loss, metrics = meanflow_loss(net, x, t, r, e, config, labels=labels, dropped=dropped, cond=cond, **meanflow)
+    return loss, metrics | {name: torch.zeros((), device=x.device)}
+
+
+def _noised(net: Net, x, t, e, config: MeanFlowConfig, labels, dropped, cond):
+    """(labels with the dropped ones null, z_t, the target velocity v or its guided v~ (Eq. 13))."""
+    labels = null_dropped(net, labels, dropped)
+    z = (1 - _expand(t, x)) * x + _expand(t, x) * e
+    return labels, z, guided_velocity(net, z, t, e - x, labels, dropped, config, cond)
 
 
 def objective_conflict(config: MeanFlowConfig, defaults: dict) -> str | None:
