@@ -489,3 +489,12 @@ def test_imf_with_the_v_head_matches_an_independent_computation(arch, shape):
     compound = net(z, t, r, None) + (t - r).view_as(tb) * dudt
     expected = weighted(compound, v, 1.0, 0.01) + weighted(net(z, t, r, None, head="v"), v, 1.0, 0.01)
     assert torch.allclose(loss, expected, rtol=1e-7)
+
+
+def test_splitmeanflow_without_boundary_rows_is_refused():
+    """At ratio 1 no row has r = t, so no target is v: the objective has no anchor to the data."""
+    from workbench.config import ConfigError, RunConfig, with_overrides
+
+    with pytest.raises(ConfigError, match="ratio=1.0 has no r = t rows"):
+        with_overrides(RunConfig(), {"meanflow.objective": "splitmeanflow", "meanflow.ratio": 1.0})
+    with_overrides(RunConfig(), {"meanflow.objective": "splitmeanflow", "meanflow.ratio": 0.5})

@@ -195,6 +195,9 @@ def objective_conflict(config: MeanFlowConfig, defaults: dict) -> str | None:
     if config.objective != "meanflow" and config.curriculum != defaults["curriculum"]:
         return (f"meanflow.curriculum.* is set ({config.curriculum}), an option of the MeanFlow objective, but "
                 f"objective={config.objective!r}")
+    if config.objective == "splitmeanflow" and config.ratio == 1.0:
+        return ("objective='splitmeanflow' with ratio=1.0 has no r = t rows, the only ones whose target is v: every "
+                "self-consistent field (u = 0 among them) would be a minimum; set meanflow.ratio below 1")
     if config.objective == "splitmeanflow":
         unused = {k: getattr(config, k) for k in ("dudt", "beta", "tangent") if getattr(config, k) != defaults[k]}
         if unused:
