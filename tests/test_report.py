@@ -241,3 +241,9 @@ def test_many_sample_pictures_go_into_figures_of_at_most_six_one_per_first_axis_
         ("samples_2nfe-part-1.png", "part 1", 6), ("samples_2nfe-part-2.png", "part 2", 6),
         ("samples_2nfe-part-3.png", "part 3", 2)]
     assert [label for _, _, p in figures for label in p] == list(one_axis)  # every picture once, in order
+
+
+def test_a_pipe_inside_a_table_cell_is_escaped():
+    from workbench.report import markdown
+
+    assert markdown.row(["u(z, t, t | c)", 0.5]) == "| u(z, t, t \\| c) | 0.5 |"

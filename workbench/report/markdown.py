@@ -5,8 +5,8 @@ from collections.abc import Iterable
 
 
 def row(cells: Iterable[object]) -> str:
-    """One table line: '| a | b |'."""
-    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+    """One table line: '| a | b |'; a '|' inside a cell (a label such as 'u(z, t, t | c)') is escaped."""
+    return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
 
 
 def header(titles: Iterable[object]) -> list[str]:
