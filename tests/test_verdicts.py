@@ -23,10 +23,11 @@ def record(metrics: dict[str, dict[str, list[float]]]) -> Record:
 
     study = parse_study(STUDY, Path("studies/toy.toml"))
     rows = []
+    axis = study.axes[0].name
     for cell in study.cells():
-        label = dict(cell.settings)["ratio"]
+        label = dict(cell.settings)[axis]
         scores = {name: values[label][cell.seed] for name, values in metrics.items()}
-        rows.append({"ratio": label, "seed": cell.seed, "key": cell.key, "status": "finished", "run_id": "r",
+        rows.append({axis: label, "seed": cell.seed, "key": cell.key, "status": "finished", "run_id": "r",
                      "metric": scores["transport_1nfe"], "metric_2nfe": math.nan, "metric_fm": math.nan, "fm_name": "",
                      "wall": 1.0, "end": 1, "commit": "c", "metrics": scores})
     return Record(study, pd.DataFrame(rows), client=None)
@@ -152,3 +153,17 @@ def test_without_paper_values_a_metric_that_changes_our_best_flips_the_verdict(m
     assert [(r["ours"], r["agreement"], r["flips"]) for r in rows] == [
         ("a", "–", False), ("b", "–", True), ("a", "–", False)]
     assert flips_summary(rows) == "`uerr`: best b"
+
+
+def test_an_axis_named_like_a_python_keyword_renders(monkeypatch, tmp_path):
+    """pandas' itertuples renames a column called 'lambda' (a keyword): the pages read cells as records."""
+    from workbench.report import ablation
+
+    monkeypatch.setitem(STUDY["axes"][0], "name", "lambda")
+    transport = {"a": [0.001, 0.0011, 0.0009], "b": [0.01, 0.012, 0.011], "c": [0.1, 0.12, 0.09]}
+    rec = record({"transport_1nfe": transport})
+    monkeypatch.setattr(ablation.queries, "metric_history", lambda client, run, metric: [(10, 0.5)])
+    monkeypatch.setattr(ablation.queries, "download", lambda client, run, name, folder: tmp_path / "p.png")
+    assert set(ablation.histories(rec, "transport_1nfe")["setting"]) == {"a", "b", "c"}
+    figures = ablation.sample_pictures(rec, tmp_path)
+    assert [list(group) for _, _, group in figures] == [["a (seed 0)", "b (seed 0)", "c (seed 0)"]]

@@ -104,9 +104,9 @@ def histories(record: Record, metric: str) -> pd.DataFrame:
     rows = []
     done = record.finished()
     settings = [axis.name for axis in record.study.axes]
-    for cell in done.itertuples(index=False):
-        for step, value in queries.metric_history(record.client, cell.run_id, metric):
-            rows.append({"setting": ", ".join(getattr(cell, s) for s in settings), "seed": cell.seed,
+    for cell in done.to_dict("records"):  # records, not itertuples: an axis may be named 'lambda'
+        for step, value in queries.metric_history(record.client, cell["run_id"], metric):
+            rows.append({"setting": ", ".join(cell[s] for s in settings), "seed": cell["seed"],
                          "step": step, "value": value})
     return pd.DataFrame(rows, columns=["setting", "seed", "step", "value"])
 
@@ -120,14 +120,14 @@ def sample_pictures(record: Record, folder: Path, name: str = "samples.png") -> 
     pictures, groups = {}, {}
     done = record.finished().sort_values("seed", kind="stable")
     settings = [axis.name for axis in record.study.axes]
-    for cell in done.itertuples(index=False):
-        label = ", ".join(getattr(cell, s) for s in settings)
+    for cell in done.to_dict("records"):
+        label = ", ".join(cell[s] for s in settings)
         if label in {key.rsplit(" (seed", 1)[0] for key in pictures}:
             continue
-        picture = queries.download(record.client, cell.run_id, name, folder / cell.key)
+        picture = queries.download(record.client, cell["run_id"], name, folder / cell["key"])
         if picture is not None:
-            pictures[f"{label} (seed {cell.seed})"] = picture
-            groups[f"{label} (seed {cell.seed})"] = f"{settings[0]} = {getattr(cell, settings[0])}" if settings else ""
+            pictures[f"{label} (seed {cell['seed']})"] = picture
+            groups[f"{label} (seed {cell['seed']})"] = f"{settings[0]} = {cell[settings[0]]}" if settings else ""
     return split_figures(name, pictures, groups if len(settings) > 1 else None)
 
 

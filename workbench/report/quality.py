@@ -128,10 +128,10 @@ def steps_figure(record: Record, out: Path) -> list[str]:
     step_axes = [axis.name for axis in record.study.axes if "train.steps" in axis.keys]
     others = [axis.name for axis in record.study.axes if axis.name not in step_axes]
     rows = []
-    for cell in done.itertuples(index=False):
-        config = configs[cell.key]
-        series = ", ".join([*(str(getattr(cell, name)) for name in others), f"width {config.net.mlp.width}"])
-        rows.append({"series": series, "steps": config.train.steps, **cell.metrics})
+    for cell in done.to_dict("records"):  # records, not itertuples: an axis may be named 'lambda'
+        config = configs[cell["key"]]
+        series = ", ".join([*(str(cell[name]) for name in others), f"width {config.net.mlp.width}"])
+        rows.append({"series": series, "steps": config.train.steps, **cell["metrics"]})
     if not rows:
         return []
     points = pd.DataFrame(rows).groupby(["series", "steps"], sort=False).mean(numeric_only=True).reset_index()
