@@ -118,11 +118,8 @@ def alphaflow_loss(net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, 
         if config.alphaflow.clamp > 0:
             u_tgt = torch.where(_expand(interval, x), u_tgt.clamp(-config.alphaflow.clamp, config.alphaflow.clamp), u_tgt)
     u = net(z, t, r, labels, **(cond or {}))
-    err = (u - u_tgt).pow(2).flatten(1).sum(dim=1)
-    weight = adaptive_weight(err, config.adaptive_p, config.adaptive_c) * torch.ones_like(err).masked_fill(interval, alpha)
-    loss = (weight * err).mean()
-    return loss, {"loss": loss.detach(), "mse": err.detach().mean(), "weight_mean": weight.mean(),
-                  "frac_r_neq_t": interval.float().mean(), "alpha": torch.full((), alpha, device=x.device)}
+    loss, metrics = regression(u, u_tgt, t, r, config, torch.ones_like(t).masked_fill(interval, alpha))
+    return loss, metrics | {"alpha": torch.full((), alpha, device=x.device)}
 
 
 def imf_loss(net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, e: torch.Tensor, config: MeanFlowConfig,
