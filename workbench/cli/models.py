@@ -87,14 +87,19 @@ def sample(
                                                "them [default: the run's eval.vae_path].")] = None,
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store of RUN when it is a "
                                                         "run id.")] = None,
+    omega: Annotated[float | None, typer.Option("--omega", help="Guidance scale fed to a network trained with "
+                                                "meanflow.imf.guidance = omega or interval [default: its eval.omega].")] = None,
+    interval: Annotated[str | None, typer.Option("--interval", metavar="LO,HI", help="Guidance interval fed with "
+                                                 "it (meanflow.imf.guidance = interval) [default: its eval.interval].")] = None,
 ) -> None:
     """Write a trained model's samples for an external evaluator: sample i from noise (seed, i) and label i mod
     classes, as wb's own evaluation draws them (labelled models sample their classes in turn)."""
     import tempfile
 
+    from workbench.config import with_overrides
     from workbench.evaluate.classifier import FeatureError
     from workbench.evaluate.export import export_samples, logged_model, run_model, sample_shape
-    from workbench.run.model import resolve_device
+    from workbench.run.model import resolve_device, sampling_net
     from workbench.stores.queries import model_files
 
     try:
@@ -105,7 +110,9 @@ def sample(
         else:
             with tempfile.TemporaryDirectory() as scratch:
                 config, net = logged_model(*model_files(tracking_uri, run, ema, Path(scratch)), f"MLflow run {run!r}")
-        net = net.to(resolve_device(device)).eval()
+        chosen = {"eval.omega": omega, "eval.interval": interval}
+        config = with_overrides(config, {key: value for key, value in chosen.items() if value is not None})
+        net = sampling_net(net.to(resolve_device(device)).eval(), config)
         shape, decode = sample_shape(config, vae)
         summary = export_samples(net, shape, num, out, steps, seed, batch, decode, quantize=config.eval.quantize,
                                  progress=lambda done, total: typer.echo(f"\r{done}/{total}", nl=False, err=True))

@@ -205,6 +205,11 @@ class EvalConfig(_Frozen):
     vae_path: str = F("", "latents scored as images (eval.features = inception): a local diffusers AutoencoderKL "
                       "folder that decodes them (SD-VAE ft-MSE for the official ImageNet recipe)")
     cache_dir: str = F("data/cache", "where classifier weights and reference features are cached")
+    omega: float = F(1.0, "guidance scale fed to a network trained with meanflow.imf.guidance = omega or interval, "
+                     "in evaluation and sample pictures (1 = unguided); other runs' guidance is trained in "
+                     "(meanflow.cfg_omega)", ge=1)
+    interval: tuple[float, float] = F((0.0, 1.0), "guidance interval [t_min, t_max] fed with eval.omega "
+                                      "(meanflow.imf.guidance = interval)")
 
     @field_validator("nfe", "fm_steps")
     @classmethod
@@ -212,6 +217,13 @@ class EvalConfig(_Frozen):
         if any(k < 1 for k in steps):
             raise ValueError(f"step counts must be >= 1, got {steps}")
         return steps
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, interval: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= interval[0] <= interval[1] <= 1:
+            raise ValueError(f"needs 0 <= t_min <= t_max <= 1, got {interval}")
+        return interval
 
 
 class RunConfig(_Frozen):
@@ -223,12 +235,39 @@ class RunConfig(_Frozen):
     sample: SampleConfig = SampleConfig()
     eval: EvalConfig = EvalConfig()
 
+    @property
+    def guidance_inputs(self) -> bool:
+        """Whether the network takes iMF's guidance inputs (omega, t_min, t_max), drawn in training and chosen at
+        sampling time (eval.omega, eval.interval)."""
+        return self.meanflow.objective == "imf" and self.meanflow.imf.guidance != "fixed"
+
+    def sampled_guidance(self) -> tuple[float, tuple[float, float]]:
+        """(scale, interval) of the guided field the samples follow: eval.omega on eval.interval for a network
+        with guidance inputs, else what was trained in, w' = cfg_omega / (1 - cfg_kappa) on [cfg_t_lo, cfg_t_hi]."""
+        if self.guidance_inputs:
+            return self.eval.omega, self.eval.interval
+        mf = self.meanflow
+        return mf.cfg_omega / (1 - mf.cfg_kappa), (mf.cfg_t_lo, mf.cfg_t_hi)
+
     @model_validator(mode="after")
-    def _v_head(self) -> RunConfig:
-        if (self.meanflow.objective == "imf" and self.meanflow.imf.tangent == "head") != self.net.v_head:
-            raise ValueError(f"net.v_head={self.net.v_head} with meanflow.objective={self.meanflow.objective!r}, "
-                             f"imf.tangent={self.meanflow.imf.tangent!r}: the v-head serves imf.tangent='head' alone, "
+    def _imf(self) -> RunConfig:
+        mf = self.meanflow
+        if (mf.objective == "imf" and mf.imf.tangent == "head") != self.net.v_head:
+            raise ValueError(f"net.v_head={self.net.v_head} with meanflow.objective={mf.objective!r}, "
+                             f"imf.tangent={mf.imf.tangent!r}: the v-head serves imf.tangent='head' alone, "
                              "which needs it")
+        if self.guidance_inputs and not self.data.labels:
+            raise ValueError(f"meanflow.imf.guidance={mf.imf.guidance!r} guides towards class labels: set data.labels=true "
+                             "(on a labelled data set)")
+        fields = type(self.eval).model_fields
+        chosen = {k: getattr(self.eval, k) for k in ("omega", "interval") if getattr(self.eval, k) != fields[k].default}
+        if chosen and not self.guidance_inputs:
+            raise ValueError(f"eval.{next(iter(chosen))}={next(iter(chosen.values()))}: the guidance chosen at sampling "
+                             "time needs a network with guidance inputs (meanflow.objective='imf', meanflow.imf.guidance "
+                             "= omega or interval); this run's guidance is trained in (meanflow.cfg_omega)")
+        if mf.imf.guidance == "omega" and "interval" in chosen:
+            raise ValueError(f"eval.interval={self.eval.interval}: meanflow.imf.guidance='omega' trains guidance on "
+                             "[0, 1] only; train with meanflow.imf.guidance='interval' to choose the interval")
         return self
 
 

@@ -28,12 +28,21 @@ class AlphaFlowConfig(_Frozen):
 
 class IMFConfig(_Frozen):
     """Improved MeanFlow (arXiv 2512.02012; Lyy-iiis/imeanflow imf.py): the loss on the compound velocity with the
-    network's own velocity as the JVP's z-tangent. Not yet here: omega / interval conditioning."""
+    network's own velocity as the JVP's z-tangent, and guidance either trained in at one scale (cfg_omega, the
+    MeanFlow way) or fed to the network as inputs drawn per example and chosen at sampling time (eval.omega,
+    eval.interval)."""
     tangent: Literal["boundary", "head", "v"] = F(
         "boundary", "the JVP's z-tangent, the network's own conditional velocity (no gradient): boundary = u(z, t, t | c), "
                     "head = its v-head at (z, t, t | c) (net.v_head=true), or v = e - x (MeanFlow's)")
     v_loss: float = F(0.0, "weight of the auxiliary loss w(||v - sg(v~)||^2), v the v-head at (z, t, r | c) (the "
                            "boundary u(z, t, t | c) without one); 0 = off; the authors' 1", ge=0)
+    guidance: Literal["fixed", "omega", "interval"] = F(
+        "fixed", "fixed = guidance trained in at meanflow.cfg_omega on [cfg_t_lo, cfg_t_hi]; omega = the scale drawn per "
+                 "example, omega = exp(U ln omega_max), and fed to the network, chosen at sampling time (eval.omega); "
+                 "interval = the guidance interval too, t_min ~ U[0, 0.5], t_max ~ U[0.5, 1] ([0, 1] on the r = t rows), "
+                 "chosen at sampling time (eval.interval): the authors' training")
+    omega_max: float = F(8.0, "largest drawn guidance scale (the authors' 1 + s_max = 8); density of omega ~ 1/omega",
+                         gt=1)
 
 
 class CurriculumConfig(_Frozen):

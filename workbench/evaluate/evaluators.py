@@ -23,6 +23,7 @@ from workbench.evaluate.draw import sample_chunks
 from workbench.evaluate.fid import ImageScorer, RunningStats, frechet, image_scorer
 from workbench.evaluate.names import samplers
 from workbench.evaluate.toy import SAMPLER_KEYS, toy_metrics
+from workbench.run.model import sampling_net
 
 
 def image_metrics(net: nn.Module, scorer: ImageScorer, shape: tuple[int, ...], nfe: tuple[int, ...],
@@ -72,12 +73,11 @@ def evaluator_for(config: RunConfig) -> Evaluator:
     """The metrics for this run's data: distribution distances for 2D points, FID/KID for images."""
     ev, name = config.eval, config.data.name
     if name in TOY_SETS:
-        mf = config.meanflow
-        guidance, interval = mf.cfg_omega / (1 - mf.cfg_kappa), (mf.cfg_t_lo, mf.cfg_t_hi)
+        guidance, interval = config.sampled_guidance()
         exact = " and the exact flow map (transport, spread, uerr, support scores)" if name in EXACT_REFERENCES else ""
-        sampler = tuple((key, getattr(mf, key)) for key in SAMPLER_KEYS)
-        return Evaluator(lambda net, n: toy_metrics(net, name, ev.nfe, ev.fm_steps, n, ev.seed, guidance, interval,
-                                                    sampler),
+        sampler = tuple((key, getattr(config.meanflow, key)) for key in SAMPLER_KEYS)
+        return Evaluator(lambda net, n: toy_metrics(sampling_net(net, config), name, ev.nfe, ev.fm_steps, n, ev.seed,
+                                                    guidance, interval, sampler),
                          {"features": f"points (energy distance, sliced W2 vs held-out split{exact})", "seed": ev.seed,
                           **({"exact_guidance": guidance} if exact else {})})
     data = load_data(name, "test", path=config.data.path, data_dir=config.data.data_dir)
@@ -88,12 +88,14 @@ def evaluator_for(config: RunConfig) -> Evaluator:
             raise ConfigError(f"eval.features={ev.features!r}: latents are scored as latents (latent) or, decoded "
                               "by eval.vae_path, with Inception (inception)")
         reference = flat_statistics(posterior_samples(data, ev.seed))
-        return Evaluator(lambda net, n: latent_metrics(net, reference, data.shape, ev.nfe, ev.fm_steps, n, ev.seed),
+        return Evaluator(lambda net, n: latent_metrics(sampling_net(net, config), reference, data.shape, ev.nfe,
+                                                       ev.fm_steps, n, ev.seed),
                          {"features": "latent (Frechet distance of flattened latents vs the training latents)",
                           "seed": ev.seed})
     kind = ev.features if ev.features != "auto" else ("classifier" if data.labels is not None else "inception")
     scorer = image_scorer(config.data, kind, Path(ev.cache_dir), ev.seed, ev.inception_mode, reference=ev.fid_reference)
-    return Evaluator(lambda net, n: image_metrics(net, scorer, data.shape, ev.nfe, ev.fm_steps, n, ev.seed, ev.quantize),
+    return Evaluator(lambda net, n: image_metrics(sampling_net(net, config), scorer, data.shape, ev.nfe, ev.fm_steps, n,
+                                                  ev.seed, ev.quantize),
                      {"features": scorer.name, "seed": ev.seed, **scorer.info})
 
 
@@ -120,8 +122,8 @@ def decoded_image_evaluator(config: RunConfig, data) -> Evaluator:
     vae = load_vae(ev.vae_path)
     scorer = image_scorer(config.data, "inception", Path(ev.cache_dir), ev.seed, ev.inception_mode,
                           reference=ev.fid_reference)
-    return Evaluator(lambda net, n: image_metrics(net, scorer, data.shape, ev.nfe, ev.fm_steps, n, ev.seed, ev.quantize,
-                                                  decode=lambda z: decode(vae, z, data.scale)),
+    return Evaluator(lambda net, n: image_metrics(sampling_net(net, config), scorer, data.shape, ev.nfe, ev.fm_steps, n,
+                                                  ev.seed, ev.quantize, decode=lambda z: decode(vae, z, data.scale)),
                      {"features": f"{scorer.name} of images decoded by {ev.vae_path}", "reference": ev.fid_reference,
                       "seed": ev.seed})
 

@@ -15,6 +15,7 @@ from torch import nn
 from workbench.config import RunConfig
 from workbench.data import EXACT_REFERENCES, Dataset, exact_flow, index_noise
 from workbench.meanflow import sample
+from workbench.run.model import sampling_net
 
 
 def save_run_pictures(ema: nn.Module, data: Dataset, config: RunConfig, run_dir: Path,
@@ -34,13 +35,14 @@ def save_samples(ema: nn.Module, data: Dataset, config: RunConfig, paths: dict[i
     2D points are drawn beside the data, the exact one-step map of the same noise (toy sets with an
     exact reference) and, where the null class is trained (class dropout), the unconditional samples."""
     device = next(ema.parameters()).device
+    ema = sampling_net(ema, config)  # fed eval.omega and eval.interval where the network takes guidance inputs
+    omega, interval = config.sampled_guidance()
     n = config.sample.num_points if data.kind == "points" else config.sample.num_images
     noise = index_noise(config.sample.seed, range(n), data.shape).to(device)
     labels = (torch.arange(n) % data.num_classes).to(device) if data.num_classes else None
     exact = None
     if data.kind == "points" and config.data.name in EXACT_REFERENCES:
-        mf = config.meanflow
-        flow = exact_flow(config.data.name, mf.cfg_omega / (1 - mf.cfg_kappa), (mf.cfg_t_lo, mf.cfg_t_hi))
+        flow = exact_flow(config.data.name, omega, interval)
         exact = flow.flow(noise.double().cpu(), 1.0, 0.0, None if labels is None else labels.cpu()).float()
     for steps, path in paths.items():
         x = sample(ema, noise, steps, labels).float().cpu()
@@ -49,7 +51,7 @@ def save_samples(ema: nn.Module, data: Dataset, config: RunConfig, paths: dict[i
             shown = None if labels is None else labels.cpu()
             panels = [("data", data.x[:n].cpu(), None if data.labels is None else data.labels[:n].cpu())]
             if exact is not None:
-                guided = mf.cfg_omega / (1 - mf.cfg_kappa) != 1 and labels is not None  # w' (kappa 0.5, w 1: 2)
+                guided = omega != 1 and labels is not None  # w' (kappa 0.5, w 1: 2)
                 panels.append(("exact 1-step map" + (" (guided)" if guided else ""), exact, shown))
             panels.append((title, x, shown))
             if labels is not None and config.meanflow.class_drop > 0:

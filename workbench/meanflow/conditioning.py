@@ -50,14 +50,30 @@ class ScalarEmbedder(nn.Module):
         return self.mlp(sinusoidal(s, self.freqs))
 
 
+def guidance_scalars(guidance: torch.Tensor | None, t: torch.Tensor, built: bool) -> tuple[torch.Tensor, ...]:
+    """iMF's guidance inputs (B, 3) rows (omega, t_min, t_max) -> the three scalars a network embeds:
+    1 - 1/omega (the authors' omega_embedder input, 0 without guidance), t_min, t_max. None: no guidance
+    (omega 1 on [0, 1]). `built`: whether the network has the embedders (built with guidance_cond=True)."""
+    if not built:
+        if guidance is not None:
+            raise ValueError("guidance inputs given to a network built without them (meanflow.imf.guidance='fixed')")
+        return ()
+    if guidance is None:
+        zeros = torch.zeros_like(t)
+        return zeros, zeros, torch.ones_like(t)
+    return 1 - 1 / guidance[:, 0], guidance[:, 1], guidance[:, 2]
+
+
 class Conditioning(nn.Module):
-    """(t, r, labels) -> (B, dim): sum of per-scalar time embeddings and the label embedding.
+    """(t, r, labels, guidance) -> (B, dim): sum of per-scalar time embeddings, the label embedding and, for a
+    network built with guidance_cond=True (iMF's omega / interval conditioning), one embedding per guidance scalar.
 
     Labels are integers in [0, num_classes]; num_classes itself is the null class (classifier-free
-    guidance), and labels=None means null for every sample.
+    guidance), and labels=None means null for every sample. guidance: (B, 3) rows (omega, t_min, t_max), None
+    for none (omega 1 on [0, 1]).
     """
 
-    def __init__(self, dim: int, time_cond: str, num_classes: int, freq_dim: int = 128):
+    def __init__(self, dim: int, time_cond: str, num_classes: int, freq_dim: int = 128, guidance_cond: bool = False):
         super().__init__()
         if time_cond not in TIME_CONDITIONINGS:
             raise ValueError(f"time_cond {time_cond!r} not in {sorted(TIME_CONDITIONINGS)}")
@@ -66,14 +82,19 @@ class Conditioning(nn.Module):
         self.embedders = nn.ModuleList(ScalarEmbedder(dim, freq_dim) for _ in range(n_scalars))
         self.num_classes = num_classes
         self.label_embedding = nn.Embedding(num_classes + 1, dim) if num_classes else None
+        # omega (as 1 - 1/omega), t_min, t_max: the authors' omega, cfg_t_start and cfg_t_end embedders
+        self.guidance_embedders = nn.ModuleList(ScalarEmbedder(dim, freq_dim) for _ in range(3)) if guidance_cond else None
 
-    def forward(self, t: torch.Tensor, r: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, t: torch.Tensor, r: torch.Tensor, labels: torch.Tensor | None = None,
+                guidance: torch.Tensor | None = None) -> torch.Tensor:
         # reduce, not sum(): sum() starts from 0, an extra whole-batch add (and a slow one for a dual tensor)
         c = functools.reduce(operator.add, (embed(s) for embed, s in zip(self.embedders, self.select(t, r))))
         if self.label_embedding is not None:
             if labels is None:
                 labels = torch.full(t.shape, self.num_classes, dtype=torch.long, device=t.device)
             c = c + self.label_embedding(labels)
+        for embed, s in zip(self.guidance_embedders or (), guidance_scalars(guidance, t, self.guidance_embedders is not None)):
+            c = c + embed(s.to(t.dtype))
         return c
 
 

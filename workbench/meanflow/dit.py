@@ -79,13 +79,14 @@ class DiT(nn.Module):
         heads: int,
         patch_size: int,
         v_head: bool = False,
+        guidance_cond: bool = False,
     ):
         super().__init__()
         c_img, height, width = data_shape
         if height % patch_size or width % patch_size or hidden % heads:
             raise ValueError(f"DiT: {height}x{width} not divisible by patch {patch_size}, or hidden {hidden} by heads {heads}")
         self.num_classes, self.patch, self.data_shape = num_classes, patch_size, data_shape
-        self.cond = Conditioning(hidden, time_cond, num_classes, freq_dim=256)
+        self.cond = Conditioning(hidden, time_cond, num_classes, freq_dim=256, guidance_cond=guidance_cond)
         self.patchify = nn.Conv2d(c_img, hidden, patch_size, stride=patch_size)
         self.register_buffer("pos", sincos_positions(hidden, height // patch_size, width // patch_size)[None],
                              persistent=False)
@@ -104,7 +105,7 @@ class DiT(nn.Module):
             for layer in (block.attn.qkv, block.attn.proj, block.mlp[0], block.mlp[2]):
                 nn.init.xavier_uniform_(layer.weight)
                 nn.init.zeros_(layer.bias)
-        for embedder in self.cond.embedders:
+        for embedder in (*self.cond.embedders, *(self.cond.guidance_embedders or ())):
             for layer in (embedder.mlp[0], embedder.mlp[2]):
                 nn.init.normal_(layer.weight, std=0.02)
                 nn.init.zeros_(layer.bias)
@@ -118,8 +119,8 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, labels: torch.Tensor | None = None,
-                head: str = "u") -> torch.Tensor:
-        c = self.cond(t, r, labels)
+                head: str = "u", guidance: torch.Tensor | None = None) -> torch.Tensor:
+        c = self.cond(t, r, labels, guidance)
         x = self.patchify(z).flatten(2).transpose(1, 2) + self.pos
         for block in self.blocks:
             x = block(x, c)

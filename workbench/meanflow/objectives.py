@@ -124,41 +124,63 @@ def alphaflow_loss(net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, 
 
 def imf_loss(net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, e: torch.Tensor, config: MeanFlowConfig,
              labels: torch.Tensor | None = None, dropped: torch.Tensor | None = None, dudt: DuDt = auto,
-             cond: dict[str, torch.Tensor] | None = None, rows: torch.Tensor | None = None, **_: object
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             cond: dict[str, torch.Tensor] | None = None, rows: torch.Tensor | None = None,
+             guidance: torch.Tensor | None = None, **_: object) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Improved MeanFlow (module docstring): the authors' loss_u = w(||V - sg(v_g)||^2) and config.imf.v_loss times
     their loss_v = w(||v - sg(v_g)||^2), v the network's v-head at (z, t, r) (imf.tangent='head'; the boundary
-    u(z, t, t) otherwise). v_c: the v-head or the boundary at (z, t, t), no gradient. Guidance at cfg_omega (their
-    v_g, with v_c and v_u from the same source) where t lies in
-    [cfg_t_lo, cfg_t_hi] and the label was kept; dropped labels get v~ = v (their cond_drop). As in their code, v_c
-    sees the label before dropout (guidance_fn runs before cond_drop) and u the label after it."""
+    u(z, t, t) otherwise). v_c: the v-head or the boundary at (z, t, t), no gradient.
+
+    Guidance (their guidance_fn): per row a scale omega on an interval [t_min, t_max], and w = omega where t lies in
+    it, else 1; v_g = v + (1 - 1/w)(v_c - v_u), v_c at the label, v_u at the null class. With imf.guidance='fixed'
+    omega is cfg_omega on [cfg_t_lo, cfg_t_hi] for every row and the network sees none of it. Otherwise `guidance`
+    holds the rows (omega, t_min, t_max) drawn with the batch (workbench/run/train.py draw_guidance): u and the
+    v-head see them, v_c is taken at (w, 0, 1) and v_u at (1, 0, 1) (their v_cond_fn and v_fn). Dropped labels get
+    v_g = v (their cond_drop). As in their code, v_c sees the label before dropout (guidance_fn runs before
+    cond_drop) and u the label after it."""
     z = (1 - _expand(t, x)) * x + _expand(t, x) * e
     v = e - x
-    omega = config.cfg_omega
+    cond = cond or {}
     head = {"head": "v"} if config.imf.tangent == "head" else {}       # the v-head, or the boundary of the u-head
+    if config.imf.guidance == "fixed":
+        omega, t_lo, t_hi, fed = torch.full_like(t, config.cfg_omega), config.cfg_t_lo, config.cfg_t_hi, {}
+    elif guidance is None:
+        raise ValueError(f"imf_loss with imf.guidance={config.imf.guidance!r} needs the per-sample guidance draws "
+                         "(guidance, shape (B, 3): omega, t_min, t_max)")
+    else:
+        (omega, t_lo, t_hi), fed = guidance.to(t.dtype).unbind(1), {"guidance": guidance}
+    guided = labels is not None and (config.imf.guidance != "fixed" or config.cfg_omega != 1.0)
+    w = torch.where((t >= t_lo) & (t <= t_hi), omega, torch.ones_like(omega))
     with torch.no_grad():
-        boundary = net(z, t, t, labels, **(cond or {}), **head) if config.imf.tangent != "v" or (
-            labels is not None and omega != 1.0) else None
+        v_c = net(z, t, t, labels, **cond, **head, **_choice(fed, w)) if config.imf.tangent != "v" or guided else None
     labels = null_dropped(net, labels, dropped)
     with torch.no_grad():
-        tangent = boundary if config.imf.tangent != "v" else v
+        tangent = v_c if config.imf.tangent != "v" else v
         v_g = v
-        if labels is not None and omega != 1.0:
-            v_u = net(z, t, t, torch.full_like(labels, net.num_classes), **(cond or {}), **head)
-            guided = (t >= config.cfg_t_lo) & (t <= config.cfg_t_hi)
+        if guided:
+            v_u = net(z, t, t, torch.full_like(labels, net.num_classes), **cond, **head, **_choice(fed, torch.ones_like(w)))
+            rows_guided = w != 1.0
             if dropped is not None:
-                guided = guided & ~dropped
-            v_g = torch.where(_expand(guided, v), v + (1 - 1 / omega) * (boundary - v_u), v)
-    u, du_dt = dudt(net, z, t, r, tangent, labels, TANGENTS[config.tangent], cond, rows)
+                rows_guided = rows_guided & ~dropped
+            gain = _expand(1 - 1 / w, v) if fed else 1 - 1 / config.cfg_omega     # fixed: as a Python number
+            v_g = torch.where(_expand(rows_guided, v), v + gain * (v_c - v_u), v)
+    u, du_dt = dudt(net, z, t, r, tangent, labels, TANGENTS[config.tangent], cond | fed, rows)
     compound = u + _expand(t - r, x) * du_dt.detach()
     loss, metrics = regression(compound, v_g, t, r, config)
     if config.imf.v_loss > 0:
-        v_net = net(z, t, r, labels, **(cond or {}), head="v") if head else net(z, t, t, labels, **(cond or {}))
+        v_net = net(z, t, r, labels, **cond, **fed, head="v") if head else net(z, t, t, labels, **cond, **fed)
         err = (v_net - v_g).pow(2).flatten(1).sum(dim=1)
         loss_v = (adaptive_weight(err, config.adaptive_p, config.adaptive_c) * err).mean()
         loss = loss + config.imf.v_loss * loss_v
         metrics = metrics | {"loss": loss.detach(), "loss_v": loss_v.detach()}
     return loss, metrics
+
+
+def _choice(fed: dict[str, torch.Tensor], w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The guidance inputs of an instantaneous velocity at scale w (rows (w, 0, 1): no interval), where the
+    network takes guidance inputs (`fed` not empty)."""
+    if not fed:
+        return {}
+    return {"guidance": torch.stack([w, torch.zeros_like(w), torch.ones_like(w)], dim=1).to(fed["guidance"].dtype)}
 
 
 def _meanflow_logging(name: str, net: Net, x, t, r, e, config: MeanFlowConfig, labels, dropped, cond, meanflow: dict
@@ -186,6 +208,14 @@ def objective_conflict(config: MeanFlowConfig, defaults: dict) -> str | None:
     if config.objective != "imf" and config.imf != defaults["imf"]:
         return (f"meanflow.imf.* is set ({config.imf}) but objective={config.objective!r}: set objective='imf' or "
                 "leave the section at its defaults")
+    if config.objective == "imf" and config.imf.guidance != "fixed" and (
+            config.cfg_omega != 1.0 or (config.cfg_t_lo, config.cfg_t_hi) != (0.0, 1.0)):
+        return (f"meanflow.imf.guidance={config.imf.guidance!r} draws omega (and the interval) per example and takes the "
+                "sampling guidance from eval.omega (and eval.interval): leave meanflow.cfg_omega at 1 and cfg_t_lo, "
+                "cfg_t_hi at 0, 1")
+    if config.objective == "imf" and config.imf.guidance == "fixed" and config.imf.omega_max != defaults["imf"].omega_max:
+        return (f"meanflow.imf.omega_max={config.imf.omega_max} bounds the drawn guidance scales, but "
+                "meanflow.imf.guidance='fixed' draws none: set meanflow.imf.guidance to omega or interval")
     if config.objective == "imf" and (config.cfg_kappa != 0.0 or config.beta != 1.0):
         return ("objective='imf' takes its guidance from cfg_omega alone (v~ = v + (1 - 1/omega)(v_c - v_u)) and its "
                 "tangent from meanflow.imf.tangent, so cfg_kappa and beta must stay at 0 and 1")

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conditioning import TIME_CONDITIONINGS, output_head
+from .conditioning import TIME_CONDITIONINGS, guidance_scalars, output_head
 from .norms import GroupNorm
 
 SKIP_SCALE = math.sqrt(0.5)
@@ -136,6 +136,7 @@ class SongUNet(nn.Module):
         dropout: float,
         augment_dim: int = 0,
         v_head: bool = False,
+        guidance_cond: bool = False,
     ):
         super().__init__()
         c_img, height, width = data_shape
@@ -149,6 +150,9 @@ class SongUNet(nn.Module):
         self.map_augment = nn.Linear(augment_dim, n_scalars * noise, bias=False) if augment_dim else None
         # class labels: not in the official (unconditional) network; an embedding, as in the other networks
         self.map_label = nn.Embedding(num_classes + 1, n_scalars * noise) if num_classes else None
+        # iMF's guidance inputs (1 - 1/omega, t_min, t_max): their features mapped into the time features, as the
+        # augmentation labels are
+        self.map_guidance = _init(nn.Linear(3 * noise, n_scalars * noise, bias=False)) if guidance_cond else None
         self.map_layer0 = nn.Linear(n_scalars * noise, emb)
         self.map_layer1 = nn.Linear(emb, emb)
         for layer in (self.map_augment, self.map_layer0, self.map_layer1):
@@ -186,7 +190,8 @@ class SongUNet(nn.Module):
         self.v_out = nn.Sequential(copy.deepcopy(self.out_norm), copy.deepcopy(self.out_conv)) if v_head else None
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, labels: torch.Tensor | None = None,
-                augment_labels: torch.Tensor | None = None, head: str = "u") -> torch.Tensor:
+                augment_labels: torch.Tensor | None = None, head: str = "u", guidance: torch.Tensor | None = None
+                ) -> torch.Tensor:
         # Mapping: one embedding MLP over the concatenated features of the selected time scalars.
         emb = torch.cat([self.features(s) for s in self.select(t, r)], dim=1)
         if self.map_augment is not None and augment_labels is not None:
@@ -195,6 +200,9 @@ class SongUNet(nn.Module):
             if labels is None:
                 labels = torch.full(t.shape, self.num_classes, dtype=torch.long, device=t.device)
             emb = emb + self.map_label(labels)
+        scalars = guidance_scalars(guidance, t, self.map_guidance is not None)
+        if scalars:
+            emb = emb + self.map_guidance(torch.cat([self.features(s.to(t.dtype)) for s in scalars], dim=1))
         emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
         # Encoder, keeping every output for the decoder's skips.
         x = self.stem(z)

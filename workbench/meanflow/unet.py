@@ -36,7 +36,8 @@ class UNet(nn.Module):
     """u(z, t, r, labels) for z of shape (B, C, H, W); H and W divisible by 2^(len(channel_mult) - 1)."""
 
     def __init__(self, data_shape: tuple[int, ...], num_classes: int, time_cond: str, *, channels: int,
-                 channel_mult: tuple[int, ...], blocks: int, dropout: float, v_head: bool = False):
+                 channel_mult: tuple[int, ...], blocks: int, dropout: float, v_head: bool = False,
+                 guidance_cond: bool = False):
         super().__init__()
         c_img, height, width = data_shape
         factor = 2 ** (len(channel_mult) - 1)
@@ -44,7 +45,7 @@ class UNet(nn.Module):
             raise ValueError(f"U-Net with channel_mult={channel_mult} needs H, W divisible by {factor}, got {height}x{width}")
         self.num_classes = num_classes
         cond_dim = 4 * channels
-        self.cond = Conditioning(cond_dim, time_cond, num_classes)
+        self.cond = Conditioning(cond_dim, time_cond, num_classes, guidance_cond=guidance_cond)
         widths = [channels * m for m in channel_mult]
         self.stem = nn.Conv2d(c_img, widths[0], 3, padding=1)
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
@@ -64,8 +65,8 @@ class UNet(nn.Module):
         self.v_out = copy.deepcopy(self.out) if v_head else None  # iMF's auxiliary v-head (head="v")
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, labels: torch.Tensor | None = None,
-                head: str = "u") -> torch.Tensor:
-        c = self.cond(t, r, labels)
+                head: str = "u", guidance: torch.Tensor | None = None) -> torch.Tensor:
+        c = self.cond(t, r, labels, guidance)
         h, skips = self.stem(z), []
         for blocks, downsample in zip(self.down, self.downsample):
             for block in blocks:

@@ -106,7 +106,7 @@ def quality_section(record: Record, config) -> list[str]:
         values = [ref.get(family(c), math.nan) if c.endswith("_1nfe") or c == "uerr" else math.nan for c in columns]
         lines.append(markdown.row([f"_reference: {name}_", *[fmt(v, 3) for v in values]]))
     lines += ["", "References (same sample count and noise): data = training points (the sampling floor); exact map = "
-              "the exact one-step map of the evaluation noise" + (" (unguided)" if config.meanflow.cfg_omega != 1 else "")
+              "the exact one-step map of the evaluation noise" + (" (unguided)" if config.sampled_guidance()[0] != 1 else "")
               + "; uniform box = uniform on the data's bounding box; prior (u = 0) = the noise itself, what a "
               "one-step model that outputs zero gives" + ("; class means = every sample on its class's mean (the "
               "right modes with no spread)" if "class means" in references else "") + ".", ""]

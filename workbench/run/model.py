@@ -37,6 +37,11 @@ def build_net(config: RunConfig, data: Dataset) -> nn.Module:
     if arch != "mlp" and data.kind == "points":
         raise ConfigError(f"net.arch={arch!r} needs images or latents; data.name={config.data.name!r} is 2D points (use mlp)")
     options = getattr(config.net, arch).model_dump() | ({"v_head": True} if config.net.v_head else {})
+    if config.guidance_inputs:
+        if not data.num_classes:
+            raise ConfigError(f"meanflow.imf.guidance={config.meanflow.imf.guidance!r} guides towards class labels; "
+                              f"data.name={config.data.name!r} has none")
+        options["guidance_cond"] = True
     if config.data.augment_p > 0:
         if arch != "songunet":
             raise ConfigError(f"data.augment_p={config.data.augment_p}: the augmentation labels condition only "
@@ -48,6 +53,29 @@ def build_net(config: RunConfig, data: Dataset) -> nn.Module:
         return NETWORKS[arch](data.shape, data.num_classes, config.net.time_cond, **options)
     except ValueError as err:
         raise ConfigError(f"net.{arch}: {err}") from None
+
+
+def sampling_net(net: nn.Module, config: RunConfig) -> nn.Module:
+    """The network as sampling calls it: with guidance inputs (meanflow.imf.guidance = omega or interval), fed
+    eval.omega and eval.interval on every call; else the network itself."""
+    if not config.guidance_inputs:
+        return net
+    omega, (t_min, t_max) = config.sampled_guidance()
+    return GuidanceChoice(net, omega, t_min, t_max)
+
+
+class GuidanceChoice(nn.Module):
+    """A network with guidance inputs at one choice of them: every call gets the rows (omega, t_min, t_max)."""
+
+    def __init__(self, net: nn.Module, omega: float, t_min: float, t_max: float):
+        super().__init__()
+        self.net, self.choice = net, (omega, t_min, t_max)
+        self.num_classes = getattr(net, "num_classes", 0)
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, labels: torch.Tensor | None = None,
+                **kwargs) -> torch.Tensor:
+        rows = torch.tensor(self.choice, dtype=t.dtype, device=t.device).expand(len(t), 3)
+        return self.net(z, t, r, labels, guidance=rows, **kwargs)
 
 
 def learning_rate(step: int, config: RunConfig) -> float:

@@ -61,7 +61,7 @@ class TrainResult:
 
 
 def loss_function(net: nn.Module, config: RunConfig) -> Callable[..., tuple[torch.Tensor, dict]]:
-    """(x, t, r, noise, labels, dropped, cond, rows, step, split) -> (loss, metrics) of meanflow.objective: eager
+    """(x, t, r, noise, labels, dropped, cond, rows, step, split, guidance) -> (loss, metrics) of meanflow.objective: eager
     with the default d/dt u strategy (or central differences, meanflow.dudt), or with train.compile the whole-batch
     torch.func.jvp through torch.compile (compiled on the first call)."""
     mf = config.meanflow
@@ -71,10 +71,11 @@ def loss_function(net: nn.Module, config: RunConfig) -> Callable[..., tuple[torc
         dudt = JVP_MODES["whole" if config.train.compile and mf.ratio > 0 else "auto"]  # ratio 0: no JVP
     objective = OBJECTIVES[mf.objective]
     extra = {"meanflow": {"step": 0} if mf.curriculum.steps else {}, "mmf": {"step": 0}, "splitmeanflow": {"split": None},
-             "alphaflow": {"step": 0}, "imf": {}}[mf.objective]
+             "alphaflow": {"step": 0}, "imf": {"guidance": None}}[mf.objective]
 
-    def loss(x, t, r, noise, labels, dropped, cond, rows=None, step=0, split=None):
-        given = {key: value for key, value in {"step": step, "split": split}.items() if key in extra}
+    def loss(x, t, r, noise, labels, dropped, cond, rows=None, step=0, split=None, guidance=None):
+        given = {key: value for key, value in {"step": step, "split": split, "guidance": guidance}.items()
+                 if key in extra}
         return objective(net, x, t, r, noise, mf, labels=labels, dropped=dropped, dudt=dudt, cond=cond, rows=rows, **given)
     return torch.compile(loss) if config.train.compile else loss
 
@@ -97,10 +98,26 @@ def draw_batch(data: Dataset, config: RunConfig, generator: torch.Generator) -> 
     x = data.x[index].float()
     if data.std is not None:  # a fresh latent from each image's posterior (the official ImageNet recipe)
         x = x + data.std[index].float() * torch.randn((batch_size, *data.shape), generator=generator).to(x.device)
-    # SplitMeanFlow's split points, drawn last and only for it, so that other runs draw what they always did.
+    # SplitMeanFlow's split points and iMF's guidance inputs, drawn last and only for them, so that other runs draw
+    # what they always did.
     split = torch.rand(batch_size, generator=generator) if config.meanflow.objective == "splitmeanflow" else None
+    guidance = draw_guidance(t, r, config, generator) if config.guidance_inputs else None
     return {"x": x, "t": t, "r": r, "noise": noise, "labels": labels, "dropped": dropped,
-            "hflip": hflip, "augment": augment, "split": split}
+            "hflip": hflip, "augment": augment, "split": split, "guidance": guidance}
+
+
+def draw_guidance(t: torch.Tensor, r: torch.Tensor, config: RunConfig, generator: torch.Generator) -> torch.Tensor:
+    """iMF's guidance inputs, (B, 3) rows (omega, t_min, t_max) (Lyy-iiis/imeanflow imf.py at a1cc3a9,
+    sample_cfg_scale with cfg_beta 1 and sample_cfg_interval): omega = exp(U ln omega_max), density ~ 1/omega on
+    [1, omega_max]; with meanflow.imf.guidance = interval t_min ~ U[0, 0.5] and t_max ~ U[0.5, 1], [0, 1] on the
+    r = t rows; with omega, [0, 1] on every row."""
+    imf, n = config.meanflow.imf, len(t)
+    omega = torch.exp(torch.rand(n, generator=generator) * math.log(imf.omega_max))
+    t_min, t_max = torch.zeros(n), torch.ones(n)
+    if imf.guidance == "interval":
+        t_min = torch.where(r == t, 0.0, 0.5 * torch.rand(n, generator=generator))
+        t_max = torch.where(r == t, 1.0, 0.5 + 0.5 * torch.rand(n, generator=generator))
+    return torch.stack([omega, t_min, t_max], dim=1)
 
 
 def train(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tracker | None = None,
@@ -181,7 +198,7 @@ def training(config: RunConfig, run_dir: Path, resume: bool = False, tracker: Tr
         # Loss (bf16 autocast outside the JVP when asked for).
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.precision == "bf16"):
             loss, metrics = loss_fn(x, batch["t"], batch["r"], batch["noise"], batch["labels"], batch["dropped"], cond, rows,
-                                    step, batch["split"])
+                                    step, batch["split"], batch["guidance"])
         # Update weights (gradients, loss and the stop flag averaged over data-parallel ranks).
         for param_group in optimizer.param_groups:
             param_group["lr"] = learning_rate(step, config)
