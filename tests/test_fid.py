@@ -18,8 +18,30 @@ from conftest import numpy_weights
 
 
 @pytest.fixture(scope="module")
-def scorer(tmp_path_factory):
-    return fid.image_scorer("digits", "classifier", tmp_path_factory.mktemp("cache"))
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def scorer(cache):
+    return fid.image_scorer("digits", "classifier", cache)
+
+
+def test_reference_image_sets_bracket_the_scores_of_a_model(scorer, cache):
+    """The reference rows of an image report: held-out images below class means (the right modes, no spread) below
+    the prior (the noise); each at its sample count; class means scored as the scorer scores those images."""
+    from workbench.config import ConfigError, RunConfig, with_overrides
+    from workbench.evaluate.evaluators import image_references
+
+    config = with_overrides(RunConfig(), {"data.name": "digits", "eval.cache_dir": str(cache), "eval.num_samples": 500})
+    refs = image_references(config)
+    assert refs["held-out images"]["n"] == 297 and refs["class means"]["n"] == refs["prior (u = 0)"]["n"] == 500
+    assert refs["held-out images"]["fid"] < refs["class means"]["fid"] < refs["prior (u = 0)"]["fid"]
+    train = load_data("digits", "train")
+    means = torch.stack([train.x[train.labels == c].mean(0) for c in range(10)])[torch.arange(500) % 10]
+    assert refs["class means"]["fid"] == pytest.approx(scorer.score(means, seed=0)["fid"], rel=1e-6)
+    with pytest.raises(ConfigError, match="classifier features only"):
+        image_references(with_overrides(config, {"eval.features": "inception"}))
 
 
 def test_classifier_is_accurate_and_deterministic(scorer, tmp_path):

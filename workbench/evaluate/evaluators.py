@@ -17,6 +17,7 @@ from workbench.config import ConfigError, RunConfig
 from workbench.data import (
     EXACT_REFERENCES,
     TOY_SETS,
+    index_noise,
     load_data,
 )
 from workbench.evaluate.draw import sample_chunks
@@ -92,11 +93,47 @@ def evaluator_for(config: RunConfig) -> Evaluator:
                                                        ev.fm_steps, n, ev.seed),
                          {"features": "latent (Frechet distance of flattened latents vs the training latents)",
                           "seed": ev.seed})
-    kind = ev.features if ev.features != "auto" else ("classifier" if data.labels is not None else "inception")
-    scorer = image_scorer(config.data, kind, Path(ev.cache_dir), ev.seed, ev.inception_mode, reference=ev.fid_reference)
+    scorer = image_scorer(config.data, feature_kind(config, data), Path(ev.cache_dir), ev.seed, ev.inception_mode,
+                          reference=ev.fid_reference)
     return Evaluator(lambda net, n: image_metrics(sampling_net(net, config), scorer, data.shape, ev.nfe, ev.fm_steps, n,
                                                   ev.seed, ev.quantize),
                      {"features": scorer.name, "seed": ev.seed, **scorer.info})
+
+
+def feature_kind(config: RunConfig, test) -> str:
+    """The image features a run is scored in: eval.features, or for auto a classifier trained on the labels where the
+    data has them, else Inception."""
+    if config.eval.features != "auto":
+        return config.eval.features
+    return "classifier" if test.labels is not None else "inception"
+
+
+def image_references(config: RunConfig, chunk: int = 1000) -> dict[str, dict[str, float]]:
+    """The FID (and KID) of reference image sets in the run's features against its reference statistics, to read
+    a model's scores against (image data scored by the classifier or Inception; what evaluator_for computes):
+    'held-out images' (the test split, at most eval.num_samples of them: the sampling floor, measured on fewer
+    samples where the split is smaller, which biases FID upwards), 'class means' (sample i the mean training image of
+    class i mod classes: the right modes with no spread; labelled data) and 'prior (u = 0)' (the evaluation noise
+    itself, clipped: what a one-step model that outputs zero gives). {name: {'fid': ..., 'kid': ..., 'n': ...}}."""
+    ev = config.eval
+    train = load_data(config.data.name, "train", path=config.data.path, data_dir=config.data.data_dir,
+                      labels=config.data.labels)
+    test = load_data(config.data.name, "test", path=config.data.path, data_dir=config.data.data_dir)
+    if train.kind != "images":
+        raise ConfigError(f"data.name={config.data.name!r} is {train.kind}: image references score images")
+    if feature_kind(config, test) != "classifier":
+        raise ConfigError("reference image sets are scored here in classifier features only (Inception features of "
+                          "reference sets on a CPU would take longer than the report); score them with wb eval")
+    scorer = image_scorer(config.data, "classifier", Path(ev.cache_dir), ev.seed, ev.inception_mode, reference=ev.fid_reference)
+    n = ev.num_samples
+    held_out = test.x[:n].float()
+    sets = {"held-out images": held_out,
+            "prior (u = 0)": index_noise(ev.seed, range(n), train.shape).clamp(-1, 1)}
+    if train.num_classes:
+        means = torch.stack([train.x[train.labels == c].float().mean(0) for c in range(train.num_classes)])
+        sets["class means"] = means[torch.arange(n) % train.num_classes]
+    return {name: scorer.score_stream(images.split(chunk), ev.seed, ev.quantize) | {"n": len(images)}
+            for name, images in sets.items()}
 
 
 def posterior_samples(data, seed: int, chunk: int = 4096) -> Iterator[torch.Tensor]:

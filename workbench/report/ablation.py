@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench.data import EXACT_REFERENCES
+from workbench.data import EXACT_REFERENCES, TOY_SETS
+from workbench.evaluate.names import family
 from workbench.report import figures, markdown
-from workbench.report.quality import quality_section, steps_figure
+from workbench.report.quality import image_quality_section, quality_section, steps_figure
 from workbench.report.record import Record, axis_table, combinations, fmt, load_record
 from workbench.report.stats import BLOWN_UP, MIN_PAIRS
 from workbench.report.verdicts import other_metrics, other_metrics_lines, verdict
@@ -214,6 +215,8 @@ def render(name: str, tracking_uri: str, out_root: Path = Path("reports")) -> Pa
     lines += ema_section(record, config, study.metric)
     if config.data.name in EXACT_REFERENCES:
         lines += quality_section(record, config)
+    elif family(study.metric) in ("fid", "kid") and config.data.name not in TOY_SETS:
+        lines += image_quality_section(record, config)
     if any("train.steps" in axis.keys for axis in study.axes):
         lines += steps_figure(record, out)
     curves = [(study.metric, "evaluation", "eval.png"), ("mse", "training MSE (unweighted)", "loss.png")]

@@ -152,3 +152,44 @@ def best_quality(record: Record, axis_name: str, best: str | None) -> dict:
     scores = pd.DataFrame(list(done["metrics"])).mean()
     return {"best_precision": scores.get("precision_1nfe", math.nan),
             "best_transport": scores.get("transport_1nfe", math.nan), "bar": meets_bar(data_name, scores)}
+
+
+IMAGE_SCORES = ("fid_1nfe", "kid_1nfe", "fid_2nfe", "kid_2nfe", "fid_fm50", "kid_fm50")
+
+
+def image_quality_section(record: Record, config) -> list[str]:
+    """Markdown: FID and KID per setting (mean over seeds) above the same scores of reference image sets
+    (workbench/evaluate/evaluators.py image_references: held-out images, class means, the prior), computed here
+    from the study's settings (deterministic); nothing where the features cannot be built here."""
+    from workbench.evaluate.classifier import FeatureError
+    from workbench.evaluate.evaluators import image_references
+
+    done = record.finished()
+    if not len(done):
+        return []
+    try:
+        references = image_references(config)
+    except (FeatureError, FileNotFoundError, ValueError) as err:
+        return ["## Scores against reference image sets", "", f"Not computed here: {err}", ""]
+    settings = [axis.name for axis in record.study.axes]
+    label = done[settings].astype(str).agg(", ".join, axis=1)
+    scores = pd.DataFrame(list(done["metrics"]), index=done.index)
+    columns = [c for c in IMAGE_SCORES if c in scores.columns]
+    means = scores[columns].groupby(label, sort=False).mean()
+    best = stats.best(done.groupby(label, sort=False)["metric"].mean())
+    lines = ["## Scores against reference image sets", "",
+             f"FID and KID (clean-fid's kernel distance, unscaled) of {config.eval.num_samples} samples in the "
+             f"study's features ({config.eval.features}), lower is better, beside reference sets scored the same way. "
+             "FID is biased upwards at fewer samples, KID is not: the held-out row is measured on the "
+             f"{references['held-out images']['n']} images of the test split.", "",
+             *markdown.header(["setting (mean over seeds)", *[f"`{c}`" for c in columns]])]
+    for setting, row in means.iterrows():
+        name = f"**{setting}** (our best)" if setting == best else setting
+        lines.append(markdown.row([name, *[fmt(row[c], 3) for c in columns]]))
+    for name, ref in references.items():
+        values = [ref.get(family(c), math.nan) if c.endswith("_1nfe") else math.nan for c in columns]
+        lines.append(markdown.row([f"_reference: {name}_ (n = {ref['n']})", *[fmt(v, 3) for v in values]]))
+    lines += ["", "References: held-out images = the test split (the sampling floor); class means = sample i the mean "
+              "training image of class i mod classes (the right modes with no spread); prior (u = 0) = the evaluation "
+              "noise itself, clipped to the pixel range: what a one-step model that outputs zero gives.", ""]
+    return lines
