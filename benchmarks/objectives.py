@@ -34,6 +34,7 @@ OBJECTIVES = {  # name: overrides at meanflow.ratio 0.25
     "alphaflow, alpha 0.5": {"meanflow.objective": "alphaflow", "meanflow.alphaflow.end": 10**9,
                              "meanflow.alphaflow.gamma": 1e-6},
     "imf (boundary tangent)": {"meanflow.objective": "imf"},
+    "imf, interval-conditioned": {"meanflow.objective": "imf", "meanflow.imf.guidance": "interval"},
 }
 
 
@@ -51,7 +52,7 @@ def step_times(variants: dict[str, RunConfig], steps: int) -> dict[str, float]:
             batch = draw_batch(data, config, generator)
             start = time.perf_counter()
             loss, _ = loss_fn(batch["x"], batch["t"], batch["r"], batch["noise"], batch["labels"], batch["dropped"],
-                              None, None, step, batch["split"])
+                              None, None, step, batch["split"], batch["guidance"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

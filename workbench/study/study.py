@@ -168,8 +168,7 @@ NOT_HASHED = {"train.nproc"}  # how many processes share a batch changes the flo
 # recorded before they existed keeps its identity (a rerun of its study finds it finished).
 HASHED_WHEN_SET = {"data.hflip", "data.augment_p", "train.ema_decays", "train.ema_every", "train.compile", "train.tf32",
                    "eval.raw", "eval.inception_mode", "eval.omega", "eval.interval", "eval.quantize", "eval.fid_reference",
-                   "eval.vae_path",
-                   "net.songunet.channels", "net.songunet.channel_mult", "net.songunet.blocks",
+                   "eval.vae_path", "net.songunet.channels", "net.songunet.channel_mult", "net.songunet.blocks",
                    "net.songunet.attn_resolutions", "net.songunet.dropout", "net.v_head", "meanflow.objective", "meanflow.dudt",
                    "meanflow.fd_step", "meanflow.beta", "meanflow.mmf_lambda", "meanflow.mmf_warmup",
                    *(f"meanflow.{n}.{k}" for n, section in OBJECTIVE_SECTIONS.items() for k in section.model_fields)}
