@@ -178,8 +178,9 @@ def image_quality_section(record: Record, config) -> list[str]:
     means = scores[columns].groupby(label, sort=False).mean()
     best = stats.best(done.groupby(label, sort=False)["metric"].mean())
     lines = ["## Scores against reference image sets", "",
-             f"FID and KID (clean-fid's kernel distance, unscaled) of {config.eval.num_samples} samples in the "
-             f"study's features ({config.eval.features}), lower is better, beside reference sets scored the same way. "
+             f"FID and KID (clean-fid's kernel distance, unscaled) of {config.eval.num_samples} samples in the features "
+             f"of the classifier trained on the {config.data.name} labels (workbench/evaluate/classifier.py), lower is "
+             "better, beside reference sets scored the same way. "
              "FID is biased upwards at fewer samples, KID is not: the held-out row is measured on the "
              f"{references['held-out images']['n']} images of the test split.", "",
              *markdown.header(["setting (mean over seeds)", *[f"`{c}`" for c in columns]])]
