@@ -151,13 +151,19 @@ def imf_loss(net: Net, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, e: tor
     guided = labels is not None and (config.imf.guidance != "fixed" or config.cfg_omega != 1.0)
     w = torch.where((t >= t_lo) & (t <= t_hi), omega, torch.ones_like(omega))
     with torch.no_grad():
-        v_c = net(z, t, t, labels, **cond, **head, **_choice(fed, w)) if config.imf.tangent != "v" or guided else None
+        if guided:  # v_c and v_u from one call over the batch twice (their v_fn)
+            null = torch.full_like(labels, net.num_classes)
+            both = net(*(torch.cat([a, a]) for a in (z, t, t)), torch.cat([labels, null]),
+                       **{key: torch.cat([a, a]) for key, a in cond.items()}, **head,
+                       **_choice(fed, torch.cat([w, torch.ones_like(w)])))
+            v_c, v_u = both.chunk(2)
+        elif config.imf.tangent != "v":
+            v_c = net(z, t, t, labels, **cond, **head, **_choice(fed, w))
     labels = null_dropped(net, labels, dropped)
     with torch.no_grad():
         tangent = v_c if config.imf.tangent != "v" else v
         v_g = v
         if guided:
-            v_u = net(z, t, t, torch.full_like(labels, net.num_classes), **cond, **head, **_choice(fed, torch.ones_like(w)))
             rows_guided = w != 1.0
             if dropped is not None:
                 rows_guided = rows_guided & ~dropped
