@@ -92,22 +92,6 @@ def test_the_guided_loss_matches_an_independent_computation(arch, shape):
     assert torch.allclose(loss, expected, rtol=1e-7), (loss, expected)
 
 
-def test_the_training_loop_draws_them_and_resumes_exactly(tmp_path):
-    """wb train with guidance inputs: the draws come last from the batch generator, so a run stopped at step 4
-    and resumed ends with the weights of one run straight through; the evaluation targets eval.omega."""
-    from workbench.run.train import train
-
-    base = {**GUIDED, "net.mlp.width": 16, "net.mlp.depth": 1, "train.batch_size": 32, "train.device": "cpu",
-            "train.log_every": 2, "sample.num_points": 50, "eval.omega": 2.0, "eval.interval": (0.1, 0.9)}
-    whole = train(with_overrides(RunConfig(), {**base, "train.steps": 8}), tmp_path / "whole", progress=False)
-    train(with_overrides(RunConfig(), {**base, "train.steps": 4}), tmp_path / "half", progress=False)
-    resumed = train(with_overrides(RunConfig(), {**base, "train.steps": 8}), tmp_path / "half", resume=True,
-                    progress=False)
-    for a, b in zip(whole.ema.parameters(), resumed.ema.parameters()):
-        assert torch.equal(a, b)
-    assert torch.isfinite(torch.tensor(whole.final_loss))
-
-
 def test_sampling_feeds_the_chosen_guidance_and_scores_against_its_exact_target():
     """The evaluator samples the network fed (eval.omega, *eval.interval) and targets the exact flow of the field
     guided at eval.omega on eval.interval; a run with guidance trained in targets cfg_omega / (1 - kappa)."""

@@ -231,10 +231,13 @@ def test_a_short_training_learns_the_exact_average_velocity(objective, options):
                                        {"meanflow.objective": "imf", "meanflow.imf.v_loss": 1.0},
                                        {"meanflow.curriculum.steps": 6},
                                        {"meanflow.objective": "imf", "meanflow.imf.tangent": "head", "net.v_head": True,
-                                        "meanflow.imf.v_loss": 1.0}])
+                                        "meanflow.imf.v_loss": 1.0},
+                                       {"meanflow.objective": "imf", "meanflow.imf.guidance": "interval",
+                                        "eval.omega": 2.0, "eval.interval": (0.1, 0.9)}])
 def test_the_training_loop_trains_each_objective_and_resumes_it_exactly(tmp_path, overrides):
-    """wb train's loop: the objective's loss from the config (its step, its split draws from the batch generator),
-    and a run stopped at step 4 and resumed ends with the same weights as one run straight through."""
+    """wb train's loop: the objective's loss from the config (its step, its split draws and iMF's guidance inputs
+    from the batch generator), and a run stopped at step 4 and resumed ends with the same weights as one run
+    straight through."""
     from workbench.config import RunConfig, with_overrides
     from workbench.run.train import train
 
