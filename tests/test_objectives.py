@@ -476,11 +476,51 @@ def test_the_v_head_is_a_second_output_of_the_same_trunk(arch, shape):
         plain(x, t, r, None, head="v")
 
 
-@pytest.mark.parametrize(("arch", "shape"), NETS[:3])
-def test_imf_with_the_v_head_matches_an_independent_computation(arch, shape):
+def test_the_dit_v_head_can_repeat_the_last_blocks_with_its_own_weights():
+    """net.dit.v_head_blocks = k: head="v" runs the first depth - k blocks, then k blocks of its own (the authors' iMF
+    DiTs: the last 8); with the same weights the u-head is the network's without them; k blocks' parameters more;
+    each block set moves only the heads that run it."""
+    plain = random_net("dit", (1, 8, 8), v_head=True)
+    net = random_net("dit", (1, 8, 8), v_head=True, v_head_blocks=2)
+    missing, unexpected = net.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and {name.split(".")[0] for name in missing} == {"v_blocks"}
+    x, t, r, _ = batch((1, 8, 8))
+    assert torch.equal(net(x, t, r, None), plain(x, t, r, None))
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(net) - count(plain) == 2 * count(net.blocks[0])
+    u, v = net(x, t, r, None), net(x, t, r, None, head="v")
+    with torch.no_grad():
+        for param in net.v_blocks.parameters():
+            param.add_(0.1)
+    assert torch.equal(net(x, t, r, None), u) and not torch.allclose(net(x, t, r, None, head="v"), v)
+    v = net(x, t, r, None, head="v")
+    with torch.no_grad():
+        for param in net.blocks[-1].parameters():
+            param.add_(0.1)
+    assert torch.equal(net(x, t, r, None, head="v"), v) and not torch.allclose(net(x, t, r, None), u)
+    with torch.no_grad():
+        for param in net.blocks[0].parameters():
+            param.add_(0.1)
+    assert not torch.allclose(net(x, t, r, None, head="v"), v)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"net.arch": "dit", "net.dit.v_head_blocks": 2}, "only with net.v_head=true"),
+    ({"net.arch": "dit", "net.v_head": True, "meanflow.objective": "imf", "meanflow.imf.tangent": "head",
+      "net.dit.v_head_blocks": 5}, "net.dit.v_head_blocks=5: the v-head repeats at most the 4 blocks")])
+def test_v_head_blocks_that_cannot_act_are_refused(overrides, message):
+    from workbench.config import ConfigError, RunConfig, with_overrides
+
+    with pytest.raises(ConfigError, match=message):
+        with_overrides(RunConfig(), overrides)
+
+
+@pytest.mark.parametrize(("arch", "shape", "options"), [*((a, s, {}) for a, s in NETS[:3]),
+                                                          ("dit", (1, 8, 8), {"v_head_blocks": 2})])
+def test_imf_with_the_v_head_matches_an_independent_computation(arch, shape, options):
     """imf.tangent='head': v_c = the v-head at (z, t, t), the auxiliary loss on the v-head at (z, t, r) (imf.py:
     u_fn returns (u, v) from one call with h = t - r)."""
-    net = random_net(arch, shape, v_head=True)
+    net = random_net(arch, shape, v_head=True, **options)
     x, t, r, noise = batch(shape)
     config = mf(objective="imf", imf={"tangent": "head", "v_loss": 1.0}, adaptive_p=1.0, adaptive_c=0.01)
     loss, _ = imf_loss(net, x, t, r, noise, config)

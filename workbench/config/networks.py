@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, field_validator
+from pydantic import AfterValidator, field_validator, model_validator
 
 from workbench.config.fields import F, _Frozen
 from workbench.meanflow import NETWORKS, TIME_CONDITIONINGS
@@ -49,6 +49,8 @@ class DiTConfig(_Frozen):
     depth: int = F(4, "transformer blocks", ge=1)
     heads: int = F(4, "attention heads (hidden divisible by heads)", ge=1)
     patch_size: int = F(2, "pixels per patch side", ge=1)
+    v_head_blocks: int = F(0, "with net.v_head: the last blocks the v-head repeats with its own weights (the authors' "
+                              "iMF DiTs: 8); 0 = its own output layers only", ge=0)
 
 
 class NetConfig(_Frozen):
@@ -59,3 +61,10 @@ class NetConfig(_Frozen):
     unet: UNetConfig = UNetConfig()
     songunet: SongUNetConfig = SongUNetConfig()
     dit: DiTConfig = DiTConfig()
+
+    @model_validator(mode="after")
+    def _v_head_blocks(self) -> NetConfig:
+        if self.dit.v_head_blocks > (self.dit.depth if self.v_head else 0):
+            raise ValueError(f"net.dit.v_head_blocks={self.dit.v_head_blocks}: the v-head repeats at most the "
+                             f"{self.dit.depth} blocks of net.dit.depth, and only with net.v_head=true")
+        return self

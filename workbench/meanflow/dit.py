@@ -65,6 +65,14 @@ class DiTBlock(nn.Module):
         return x + gate2[:, None] * self.mlp(_modulate(self.norm2(x), shift2, scale2))
 
 
+def _init_block(block: DiTBlock) -> DiTBlock:
+    """The official initialisation of a block's attention and MLP (models_dit.py DiTLinear: xavier, zero bias)."""
+    for layer in (block.attn.qkv, block.attn.proj, block.mlp[0], block.mlp[2]):
+        nn.init.xavier_uniform_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    return block
+
+
 class DiT(nn.Module):
     """u(z, t, r, labels) for z of shape (B, C, H, W), H and W divisible by patch_size."""
 
@@ -79,12 +87,16 @@ class DiT(nn.Module):
         heads: int,
         patch_size: int,
         v_head: bool = False,
+        v_head_blocks: int = 0,
         guidance_cond: bool = False,
     ):
         super().__init__()
         c_img, height, width = data_shape
         if height % patch_size or width % patch_size or hidden % heads:
             raise ValueError(f"DiT: {height}x{width} not divisible by patch {patch_size}, or hidden {hidden} by heads {heads}")
+        if v_head_blocks > (depth if v_head else 0):
+            raise ValueError(f"v_head_blocks={v_head_blocks}: the v-head repeats at most the depth's {depth} blocks, and "
+                             "only with v_head=True")
         self.num_classes, self.patch, self.data_shape = num_classes, patch_size, data_shape
         self.cond = Conditioning(hidden, time_cond, num_classes, freq_dim=256, guidance_cond=guidance_cond)
         self.patchify = nn.Conv2d(c_img, hidden, patch_size, stride=patch_size)
@@ -95,16 +107,15 @@ class DiT(nn.Module):
         self.final_adaLN = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
         self.final = nn.Linear(hidden, patch_size * patch_size * c_img)
         self._official_init()
-        # iMF's auxiliary v-head (head="v"): the final modulation and projection again (the authors' head also
-        # repeats the last 8 blocks)
+        # iMF's auxiliary v-head (head="v"): the final modulation and projection again and, with v_head_blocks, the
+        # last blocks with their own weights (the authors' iMF DiTs repeat the last 8), initialised as the others
         self.v_out = nn.ModuleList([copy.deepcopy(self.final_adaLN), copy.deepcopy(self.final)]) if v_head else None
+        self.v_blocks = nn.ModuleList(_init_block(DiTBlock(hidden, heads)) for _ in range(v_head_blocks))
 
     def _official_init(self) -> None:
         """The official initialisation (models_dit.py: DiTLinear, TimestepEmbedder, LabelEmbedder, PatchEmbed)."""
         for block in self.blocks:
-            for layer in (block.attn.qkv, block.attn.proj, block.mlp[0], block.mlp[2]):
-                nn.init.xavier_uniform_(layer.weight)
-                nn.init.zeros_(layer.bias)
+            _init_block(block)
         for embedder in (*self.cond.embedders, *(self.cond.guidance_embedders or ())):
             for layer in (embedder.mlp[0], embedder.mlp[2]):
                 nn.init.normal_(layer.weight, std=0.02)
@@ -122,7 +133,8 @@ class DiT(nn.Module):
                 head: str = "u", guidance: torch.Tensor | None = None) -> torch.Tensor:
         c = self.cond(t, r, labels, guidance)
         x = self.patchify(z).flatten(2).transpose(1, 2) + self.pos
-        for block in self.blocks:
+        own = len(self.v_blocks) if head == "v" else 0   # the v-head's own last blocks in place of the shared ones
+        for block in [*self.blocks[:len(self.blocks) - own], *self.v_blocks[:own]]:
             x = block(x, c)
         adaLN, final = (self.final_adaLN, self.final) if head == "u" else output_head(None, self.v_out, head)
         shift, scale = adaLN(c).chunk(2, dim=1)

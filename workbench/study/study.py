@@ -164,13 +164,13 @@ class Study:
 
 
 NOT_HASHED = {"train.nproc"}  # how many processes share a batch changes the float rounding, not the experiment
-# Keys added after studies were first recorded: in the hash only when set away from their default, so a cell
-# recorded before they existed keeps its identity (a rerun of its study finds it finished).
+# Keys added after studies were first recorded: hashed only when set, so an older cell keeps its identity (and a rerun finds it).
 HASHED_WHEN_SET = {"data.hflip", "data.augment_p", "train.ema_decays", "train.ema_every", "train.compile", "train.tf32",
                    "eval.raw", "eval.inception_mode", "eval.omega", "eval.interval", "eval.quantize", "eval.fid_reference",
                    "eval.vae_path", "net.songunet.channels", "net.songunet.channel_mult", "net.songunet.blocks",
-                   "net.songunet.attn_resolutions", "net.songunet.dropout", "net.v_head", "meanflow.objective", "meanflow.dudt",
-                   "meanflow.fd_step", "meanflow.beta", "meanflow.mmf_lambda", "meanflow.mmf_warmup",
+                   "net.songunet.attn_resolutions", "net.songunet.dropout", "net.v_head", "net.dit.v_head_blocks",
+                   "meanflow.objective", "meanflow.dudt", "meanflow.fd_step", "meanflow.beta", "meanflow.mmf_lambda",
+                   "meanflow.mmf_warmup",
                    *(f"meanflow.{n}.{k}" for n, section in OBJECTIVE_SECTIONS.items() for k in section.model_fields)}
 
 
