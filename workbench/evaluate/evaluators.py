@@ -109,8 +109,8 @@ def feature_kind(config: RunConfig, test) -> str:
 
 
 def image_references(config: RunConfig, chunk: int = 1000) -> dict[str, dict[str, float]]:
-    """The FID (and KID) of reference image sets in the run's features against its reference statistics, to read
-    a model's scores against (image data scored by the classifier or Inception; what evaluator_for computes):
+    """The FID and KID of reference image sets in the features of the classifier trained on the data's labels,
+    against the reference statistics evaluator_for scores a model against, to read its scores by:
     'held-out images' (the test split, at most eval.num_samples of them: the sampling floor, measured on fewer
     samples where the split is smaller, which biases FID upwards), 'class means' (sample i the mean training image of
     class i mod classes: the right modes with no spread; labelled data) and 'prior (u = 0)' (the evaluation noise
@@ -122,8 +122,8 @@ def image_references(config: RunConfig, chunk: int = 1000) -> dict[str, dict[str
     if train.kind != "images":
         raise ConfigError(f"data.name={config.data.name!r} is {train.kind}: image references score images")
     if feature_kind(config, test) != "classifier":
-        raise ConfigError("reference image sets are scored here in classifier features only (Inception features of "
-                          "reference sets on a CPU would take longer than the report); score them with wb eval")
+        raise ConfigError("reference image sets are scored in classifier features only (Inception features of "
+                          "reference sets on a CPU would take longer than rendering the report)")
     scorer = image_scorer(config.data, "classifier", Path(ev.cache_dir), ev.seed, ev.inception_mode, reference=ev.fid_reference)
     n = ev.num_samples
     held_out = test.x[:n].float()
